@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up for neuroloop on Debian with Rust and Python 3:
+#   - system packages the build and the tests need,
+#   - a Python virtual environment (.venv) with pylsl (liblsl 1.18) and numpy, used by the
+#     interop tests and the Python baselines,
+#   - liblsl 1.18 copied from the pylsl wheel into .liblsl/, which .cargo/config.toml links.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYLSL_VERSION=1.18.6
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need_apt[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import pylsl, numpy; assert pylsl.__version__ == '$PYLSL_VERSION'" >/dev/null 2>&1; then
+    echo "setup: installing pylsl==$PYLSL_VERSION and numpy into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check "pylsl==$PYLSL_VERSION" numpy
+fi
+
+pylsl_lib=$(.venv/bin/python -c 'import pylsl, os; print(os.path.join(os.path.dirname(pylsl.__file__), "lib"))')
+if [ ! -e .liblsl/liblsl.so ] || ! cmp -s "$pylsl_lib/liblsl.so" .liblsl/liblsl.so; then
+    echo "setup: copying liblsl from the pylsl wheel into .liblsl/"
+    mkdir -p .liblsl
+    cp -a "$pylsl_lib"/liblsl.so* .liblsl/
+fi
+echo "setup: ok (liblsl $(.venv/bin/python -c 'import pylsl; print(pylsl.library_version())'), pylsl $PYLSL_VERSION)"

@@ -1,0 +1,169 @@
+//! The plain-Rust CPU backend: the reference every GPU kernel is tested against.
+//!
+//! Per bin: EKF predict with the command actually emitted last bin → EKF update with the
+//! counts → one online embedding step (gradient through dynamics and hypernetwork) →
+//! re-decode θ(z) → task identification over the library → controller. Everything is
+//! preallocated in `new`; `step` does not allocate.
+
+use super::{Backend, BinInput, BinOutput};
+use crate::control::{ActuationLimits, ControlContext, Controller, Objective};
+use crate::model::ekf::PointProcessEkf;
+use crate::model::embedding::{EmbeddingConfig, EmbeddingUpdater};
+use crate::model::hypernet::HypernetScratch;
+use crate::model::taskid::{TaskIdConfig, TaskIdentifier};
+use crate::model::{Dims, ModelParams, Theta};
+use crate::rig::Rig;
+use anyhow::anyhow;
+use nalgebra::DVector;
+
+pub struct CpuBackend {
+    params: ModelParams,
+    z: DVector<f64>,
+    theta: Theta,
+    hyper: HypernetScratch,
+    ekf: PointProcessEkf,
+    embed_cfg: EmbeddingConfig,
+    embed: EmbeddingUpdater,
+    taskid: Option<TaskIdentifier>,
+    controller: Controller,
+    objective: Objective,
+    limits: ActuationLimits,
+    u_prev: DVector<f64>,
+    u: DVector<f64>,
+}
+
+impl CpuBackend {
+    pub fn new(params: ModelParams, rig: &Rig, objective: Objective, lower: &[f64], upper: &[f64]) -> anyhow::Result<CpuBackend> {
+        let dims = params.dims;
+        let file = rig.path.display();
+        let mut controller =
+            Controller::new(&rig.controller, &dims, &params).map_err(|e| anyhow!("rig file {file}: [controller]: {e}"))?;
+        controller.set_objective(&objective, &params).map_err(|e| anyhow!("rig file {file}: [objective]: {e}"))?;
+        let task_cfg: &TaskIdConfig = &rig.model.task_id;
+        let taskid = if task_cfg.enabled && !params.task_library.is_empty() {
+            Some(TaskIdentifier::new(&params, task_cfg.clone()))
+        } else {
+            None
+        };
+        let mut hyper = HypernetScratch::new(&dims);
+        let mut theta = Theta::zeros(&dims);
+        let z = params.z_init.clone();
+        params.hypernet.decode(&z, &mut theta, &mut hyper);
+        let mut ekf = PointProcessEkf::new(&dims, params.initial_state_var);
+        ekf.reset(&DVector::zeros(dims.latent), params.initial_state_var);
+        Ok(CpuBackend {
+            embed: EmbeddingUpdater::new(&dims, rig.model.embedding.clone()),
+            embed_cfg: rig.model.embedding.clone(),
+            taskid,
+            controller,
+            objective,
+            limits: ActuationLimits { lo: DVector::from_column_slice(lower), hi: DVector::from_column_slice(upper) },
+            u_prev: DVector::zeros(dims.control),
+            u: DVector::zeros(dims.control),
+            z,
+            theta,
+            hyper,
+            ekf,
+            params,
+        })
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn dims(&self) -> Dims {
+        self.params.dims
+    }
+
+    fn step(&mut self, input: &BinInput, out: &mut BinOutput) {
+        let p = &self.params;
+        self.u_prev.as_mut_slice().copy_from_slice(input.u_prev);
+        self.ekf.predict(&self.theta, p.alpha, &p.process_noise, &self.u_prev);
+        out.task_jump = None;
+        out.embed_step = 0.0;
+        if input.has_data {
+            out.loglik = self.ekf.update(&p.obs_c, &p.obs_d, p.log_rate_max, p.bin_s, input.counts);
+            if self.embed_cfg.enabled {
+                out.embed_step = self.embed.step(
+                    p,
+                    &mut self.z,
+                    &mut self.theta,
+                    &self.ekf.x_prev,
+                    &self.u_prev,
+                    input.counts,
+                    &mut self.hyper,
+                ); // re-decodes θ(z) for the next bin
+            }
+            if let Some(tid) = &mut self.taskid {
+                if let Some(j) = tid.score(p, &self.ekf.x_prev, &self.u_prev, input.counts, out.loglik) {
+                    self.z.copy_from(&p.task_library[j]);
+                    p.hypernet.decode(&self.z, &mut self.theta, &mut self.hyper);
+                    tid.jumped_to(j);
+                    self.embed.reset();
+                    out.task_jump = Some(j);
+                }
+            }
+        } else {
+            self.ekf.skip_update();
+            out.loglik = 0.0;
+        }
+        out.control_valid = false;
+        if input.want_control && input.has_data {
+            let ctx = ControlContext { params: p, theta: &self.theta, x: &self.ekf.x, u_prev: &self.u_prev, bin: input.bin };
+            self.controller.compute(&ctx, &self.objective, &self.limits, &mut self.u);
+            out.u.copy_from_slice(self.u.as_slice());
+            out.control_valid = true;
+        }
+        out.x.copy_from_slice(self.ekf.x.as_slice());
+        out.z.copy_from_slice(self.z.as_slice());
+    }
+
+    fn set_objective(&mut self, objective: Objective) {
+        if self.controller.set_objective(&objective, &self.params).is_ok() {
+            self.objective = objective;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BinOutput;
+
+    fn sim_rig(controller: &str) -> Rig {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rigs/sim-utah96.toml")).unwrap();
+        let text = text.replace("kind = \"mppi\"", &format!("kind = \"{controller}\""));
+        let mut rig: Rig = toml::from_str(&text).unwrap();
+        rig.path = "rigs/sim-utah96.toml".into();
+        rig
+    }
+
+    /// Per-bin step time on synthetic counts (run with --ignored --nocapture; a timing
+    /// probe, not a test of anything).
+    #[test]
+    #[ignore]
+    fn step_timing_probe() {
+        for controller in ["mppi", "lqr"] {
+            let rig = sim_rig(controller);
+            let params = crate::sim::truth_model(rig.sim.as_ref().unwrap(), 0.01);
+            let dims = params.dims;
+            let obj = crate::session::objective(&rig, &params).unwrap();
+            let mut b = CpuBackend::new(params, &rig, obj, &[-1.0, -1.0], &[1.0, 1.0]).unwrap();
+            let mut out = BinOutput::new(&dims);
+            let counts: Vec<f64> = (0..dims.n_units).map(|i| (i % 3 == 0) as u8 as f64).collect();
+            let u_prev = vec![0.0; dims.control];
+            let mut times = Vec::new();
+            for k in 0..3000 {
+                let t = std::time::Instant::now();
+                b.step(&BinInput { bin: k, counts: &counts, u_prev: &u_prev, has_data: true, want_control: true }, &mut out);
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            times.sort_by(|a, b| a.total_cmp(b));
+            let q = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
+            eprintln!("{controller}: p50 {:.0} µs p99 {:.0} µs max {:.0} µs", q(0.5), q(0.99), q(1.0));
+        }
+    }
+}

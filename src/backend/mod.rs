@@ -1,0 +1,63 @@
+//! Backends run the per-bin model and controller: filter → embedding update → task
+//! identification → controller. `cpu` is the plain-Rust reference; GPU backends (cubecl)
+//! implement the same trait.
+
+pub mod cpu;
+
+use crate::control::Objective;
+use crate::model::Dims;
+
+/// What the loop hands the backend for one bin.
+pub struct BinInput<'a> {
+    pub bin: u64,
+    /// Spike counts y_k (N).
+    pub counts: &'a [f64],
+    /// The command actually emitted for the previous bin (m): it drove x_k.
+    pub u_prev: &'a [f64],
+    /// False during a stream gap: predict only, no update, no control.
+    pub has_data: bool,
+    /// False when the bin's deadline has already passed: filter, but skip the controller.
+    pub want_control: bool,
+}
+
+/// What the backend writes back (buffers sized once by [`BinOutput::new`]).
+#[derive(Debug, Clone)]
+pub struct BinOutput {
+    /// Proposed command u_k (m), before the safety layer.
+    pub u: Vec<f64>,
+    pub control_valid: bool,
+    /// Filtered latent mean x_k (d).
+    pub x: Vec<f64>,
+    /// Current embedding z (e).
+    pub z: Vec<f64>,
+    /// Predictive log-likelihood log p(y_k | x_k⁻) (0 when no data).
+    pub loglik: f64,
+    /// Library task the embedding jumped to this bin, if any.
+    pub task_jump: Option<usize>,
+    /// ‖Δz‖ of this bin's online embedding step.
+    pub embed_step: f64,
+}
+
+impl BinOutput {
+    pub fn new(dims: &Dims) -> BinOutput {
+        BinOutput {
+            u: vec![0.0; dims.control],
+            control_valid: false,
+            x: vec![0.0; dims.latent],
+            z: vec![0.0; dims.embed],
+            loglik: 0.0,
+            task_jump: None,
+            embed_step: 0.0,
+        }
+    }
+}
+
+/// The per-bin model and controller. `step` is the hot path: it must not allocate,
+/// lock, log or do I/O.
+pub trait Backend: Send {
+    fn name(&self) -> &'static str;
+    fn dims(&self) -> Dims;
+    fn step(&mut self, input: &BinInput, out: &mut BinOutput);
+    /// Change the controller's objective (control plane; may allocate).
+    fn set_objective(&mut self, objective: Objective);
+}

@@ -1,0 +1,102 @@
+//! Time on the local LSL clock, and the bin grid laid on it (DESIGN.md §1).
+//!
+//! Bin k = [t0 + kΔ, t0 + (k+1)Δ). It closes at its end + grace; its control sample is
+//! due at close + deadline.
+
+use std::time::Duration;
+
+/// Seconds on the local LSL clock (`lsl::local_clock()`), the clock every timestamp in
+/// neuroloop is mapped onto.
+#[inline]
+pub fn now() -> f64 {
+    lsl::local_clock()
+}
+
+/// Sleep until local-clock time `t`. Sleeps coarsely, then yields through the last
+/// stretch, because the OS timer overshoots by 50–100 µs. Allocation-free.
+pub fn sleep_until(t: f64) {
+    const SPIN_S: f64 = 150e-6;
+    loop {
+        let remaining = t - now();
+        if remaining <= 0.0 {
+            return;
+        }
+        if remaining > SPIN_S {
+            std::thread::sleep(Duration::from_secs_f64(remaining - SPIN_S));
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Park the current thread until `t` or until unparked, whichever comes first (same
+/// coarse-then-yield strategy as [`sleep_until`], but wakes early on `unpark`).
+pub fn park_until(t: f64) {
+    const SPIN_S: f64 = 150e-6;
+    let remaining = t - now();
+    if remaining > SPIN_S {
+        std::thread::park_timeout(Duration::from_secs_f64(remaining - SPIN_S));
+    } else if remaining > 0.0 {
+        std::thread::yield_now();
+    }
+}
+
+/// The bin grid.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BinClock {
+    /// Start of bin 0 (local clock, s).
+    pub t0: f64,
+    /// Δ (s).
+    pub bin_s: f64,
+    /// Time allowed for transport after a bin ends before it closes (s).
+    pub grace_s: f64,
+    /// Time after close by which the bin's control sample must be pushed (s).
+    pub deadline_s: f64,
+}
+
+impl BinClock {
+    #[inline]
+    pub fn bin_start(&self, k: u64) -> f64 {
+        self.t0 + k as f64 * self.bin_s
+    }
+    #[inline]
+    pub fn bin_end(&self, k: u64) -> f64 {
+        self.t0 + (k + 1) as f64 * self.bin_s
+    }
+    #[inline]
+    pub fn close(&self, k: u64) -> f64 {
+        self.bin_end(k) + self.grace_s
+    }
+    #[inline]
+    pub fn deadline(&self, k: u64) -> f64 {
+        self.close(k) + self.deadline_s
+    }
+    /// The bin index containing local time `t` (negative before t0).
+    #[inline]
+    pub fn bin_of(&self, t: f64) -> i64 {
+        ((t - self.t0) / self.bin_s).floor() as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_arithmetic() {
+        let c = BinClock { t0: 100.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.003 };
+        assert_eq!(c.bin_of(100.0), 0);
+        assert_eq!(c.bin_of(100.0099), 0);
+        assert_eq!(c.bin_of(100.0101), 1);
+        assert_eq!(c.bin_of(99.999), -1);
+        assert!((c.close(0) - 100.012).abs() < 1e-12);
+        assert!((c.deadline(1) - 100.025).abs() < 1e-12);
+    }
+
+    #[test]
+    fn sleep_until_is_not_early() {
+        let t = now() + 0.003;
+        sleep_until(t);
+        assert!(now() >= t);
+    }
+}

@@ -1,0 +1,361 @@
+//! Ingest: the LSL inlet thread. Resolves the rig's spike stream, maps timestamps onto
+//! the local clock, validates every sample, and hands spikes to the loop through a
+//! preallocated SPSC ring. Nothing is dropped silently: every rejected sample and every
+//! full-ring event is counted and reported.
+
+use crate::rig::{Input, InputKind};
+use crate::units::UnitMap;
+use lsl::Pullable;
+use ringbuf::traits::Producer;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// One entry in the ingest → loop ring: `count` spikes of model unit `unit` at local time `t`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpikeItem {
+    pub t: f64,
+    pub unit: u32,
+    pub count: f32,
+}
+
+pub type SpikeProducer = ringbuf::HeapProd<SpikeItem>;
+pub type SpikeConsumer = ringbuf::HeapCons<SpikeItem>;
+
+/// A preallocated ring between ingest and loop.
+pub fn spike_ring(capacity: usize) -> (SpikeProducer, SpikeConsumer) {
+    use ringbuf::traits::Split;
+    ringbuf::HeapRb::<SpikeItem>::new(capacity).split()
+}
+
+/// Counters shared by ingest, loop and telemetry (lock-free).
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub samples: AtomicU64,
+    pub spikes: AtomicU64,
+    pub ring_overflows: AtomicU64,
+    pub unknown_units: AtomicU64,
+    pub nonfinite: AtomicU64,
+    pub invalid: AtomicU64,
+    pub out_of_order: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Local time at which the newest sample arrived (f64 bits; 0 = none yet). Arrival,
+    /// not the sample's timestamp: a source running behind is late, not gone.
+    pub last_arrival: AtomicU64,
+    pub connected: AtomicBool,
+}
+
+impl IngestStats {
+    #[inline]
+    pub fn last_arrival(&self) -> f64 {
+        f64::from_bits(self.last_arrival.load(Ordering::Acquire))
+    }
+    /// Whether the stream is connected and a sample arrived within `stall_s` before `now`.
+    #[inline]
+    pub fn is_live(&self, now: f64, stall_s: f64) -> bool {
+        self.connected.load(Ordering::Acquire) && now - self.last_arrival() <= stall_s
+    }
+}
+
+/// Things the operator must hear about (first occurrence of each kind, and connection changes).
+#[derive(Debug, Clone, PartialEq)]
+pub enum IngestNotice {
+    Connected { description: String },
+    Lost { description: String },
+    Rejected { what: String },
+}
+
+/// What the ingest thread needs to start.
+pub struct IngestSetup {
+    pub input: Input,
+    pub units: UnitMap,
+    pub producer: SpikeProducer,
+    pub stats: Arc<IngestStats>,
+    pub stop: Arc<AtomicBool>,
+    pub notices: crossbeam_channel::Sender<IngestNotice>,
+}
+
+/// Start the ingest thread. Returns once the stream is resolved and connected (or with a
+/// clear error if it is not found within `input.resolve_timeout_s`, or is of the wrong shape).
+pub fn start(setup: IngestSetup) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
+    let handle = std::thread::Builder::new().name("neuroloop-ingest".into()).spawn(move || {
+        let mut ingest = Ingest::new(setup);
+        match ingest.connect(ingest.input.resolve_timeout_s) {
+            Ok(inlet) => {
+                let _ = ready_tx.send(Ok(()));
+                ingest.run(inlet);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        }
+    })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(anyhow::anyhow!(e))
+        }
+        Err(_) => Err(anyhow::anyhow!("the ingest thread died while connecting")),
+    }
+}
+
+struct Connected {
+    inlet: lsl::StreamInlet,
+    /// Remote → local clock offset (s).
+    offset: f64,
+    /// Sample period of a counts stream (s).
+    period: f64,
+    rates: bool,
+    channels: usize,
+}
+
+struct Ingest {
+    input: Input,
+    units: UnitMap,
+    producer: SpikeProducer,
+    stats: Arc<IngestStats>,
+    stop: Arc<AtomicBool>,
+    notices: crossbeam_channel::Sender<IngestNotice>,
+    /// Kinds of rejection already reported (report the first of each kind).
+    reported: [bool; 6],
+    last_t: f64,
+    last_t_unit: Vec<f64>,
+}
+
+const REJ_NONFINITE: usize = 0;
+const REJ_UNKNOWN: usize = 1;
+const REJ_ORDER: usize = 2;
+const REJ_DUP: usize = 3;
+const REJ_OVERFLOW: usize = 4;
+const REJ_INVALID: usize = 5;
+
+impl Ingest {
+    fn new(s: IngestSetup) -> Ingest {
+        let n = s.units.n_units();
+        Ingest {
+            input: s.input,
+            units: s.units,
+            producer: s.producer,
+            stats: s.stats,
+            stop: s.stop,
+            notices: s.notices,
+            reported: [false; 6],
+            last_t: f64::NEG_INFINITY,
+            last_t_unit: vec![f64::NEG_INFINITY; n],
+        }
+    }
+
+    fn reject(&mut self, kind: usize, what: impl FnOnce() -> String) {
+        if !self.reported[kind] {
+            self.reported[kind] = true;
+            let _ = self.notices.try_send(IngestNotice::Rejected { what: what() });
+        }
+    }
+
+    /// Resolve the stream and open an inlet; Err with an operator-facing message.
+    fn connect(&mut self, timeout_s: f64) -> Result<Connected, String> {
+        let pred = self.input.predicate();
+        let deadline = crate::clock::now() + timeout_s;
+        let info = loop {
+            let wait = (deadline - crate::clock::now()).clamp(0.05, 1.0);
+            match lsl::resolve_bypred(&pred, 1, wait) {
+                Ok(mut found) if !found.is_empty() => break found.remove(0),
+                _ => {}
+            }
+            if crate::clock::now() >= deadline || self.stop.load(Ordering::Relaxed) {
+                return Err(format!(
+                    "no LSL stream matching {pred} was found within {timeout_s:.1} s; \
+                     check that the rig is streaming and the rig file's [input] name/type/source_id"
+                ));
+            }
+        };
+        let channels = info.channel_count().max(0) as usize;
+        let description = format!(
+            "stream '{}' (type {}, source_id '{}', {} channels, {} Hz) on {}",
+            info.stream_name(),
+            info.stream_type(),
+            info.source_id(),
+            channels,
+            info.nominal_srate(),
+            info.hostname()
+        );
+        let rates = self.input.values_are_rates.unwrap_or(info.stream_type() == "SpikingRates");
+        match self.input.kind {
+            InputKind::Events if channels < 1 => {
+                return Err(format!("{description}: a spike-event stream needs ≥ 1 channel (channel[, unit])"))
+            }
+            InputKind::Counts if channels != self.units.channels() => {
+                return Err(format!(
+                    "{description}: wrong channel count: the rig's [units] maps {} channels, the stream has {}; \
+                     fix [units] or select another stream",
+                    self.units.channels(),
+                    channels
+                ))
+            }
+            InputKind::Counts if info.nominal_srate() <= 0.0 => {
+                return Err(format!("{description}: a counts stream must have a regular sampling rate"))
+            }
+            _ => {}
+        }
+        let period = if info.nominal_srate() > 0.0 { 1.0 / info.nominal_srate() } else { 0.0 };
+        // liblsl drops the oldest samples silently when its inlet buffer is full, so give it
+        // room for any stall: 360 s of a regular stream, 36 000 samples of an irregular one.
+        // recover=false so that a vanished stream is reported (StreamLost), not hidden.
+        let inlet = lsl::StreamInlet::new(&info, 360, 0, false).map_err(|e| format!("{description}: cannot open inlet: {e:?}"))?;
+        inlet.open_stream(timeout_s.max(1.0)).map_err(|e| format!("{description}: cannot open the stream: {e:?}"))?;
+        let offset = inlet.time_correction(timeout_s.max(1.0)).unwrap_or(0.0);
+        self.stats.connected.store(true, Ordering::Release);
+        let _ = self.notices.try_send(IngestNotice::Connected { description });
+        Ok(Connected { inlet, offset, period, rates, channels })
+    }
+
+    fn run(&mut self, mut conn: Connected) {
+        let mut buf: Vec<f32> = vec![0.0; conn.channels];
+        let mut next_correction = crate::clock::now() + 5.0;
+        while !self.stop.load(Ordering::Relaxed) {
+            match conn.inlet.pull_sample_buf(&mut buf, 0.02) {
+                Ok(ts) if ts != 0.0 => {
+                    self.handle_sample(&conn, ts + conn.offset, &buf);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    // The stream is gone. The loop sees `connected == false` and emits fallbacks.
+                    self.stats.connected.store(false, Ordering::Release);
+                    self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.notices.try_send(IngestNotice::Lost {
+                        description: format!("input stream lost ({}); waiting for it to come back", self.input.predicate()),
+                    });
+                    drop(conn);
+                    loop {
+                        if self.stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        match self.connect(1.0) {
+                            Ok(c) => {
+                                conn = c;
+                                buf.resize(conn.channels, 0.0);
+                                self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            Err(e) if e.contains("wrong channel count") => {
+                                let _ = self.notices.try_send(IngestNotice::Rejected { what: e });
+                                std::thread::sleep(std::time::Duration::from_millis(500));
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                }
+            }
+            let now = crate::clock::now();
+            if now > next_correction {
+                if let Ok(o) = conn.inlet.time_correction(0.5) {
+                    conn.offset = o;
+                }
+                next_correction = now + 5.0;
+            }
+        }
+    }
+
+    fn push(&mut self, item: SpikeItem) {
+        if self.producer.try_push(item).is_err() {
+            self.stats.ring_overflows.fetch_add(1, Ordering::Relaxed);
+            self.reject(REJ_OVERFLOW, || {
+                "the ingest → loop ring is full: spikes are being dropped (counted as ring_overflows); \
+                 raise [input] ring_capacity or check that the loop keeps up"
+                    .into()
+            });
+        } else {
+            self.stats.spikes.fetch_add(item.count as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn handle_sample(&mut self, conn: &Connected, t: f64, buf: &[f32]) {
+        self.stats.samples.fetch_add(1, Ordering::Relaxed);
+        self.stats.last_arrival.store(crate::clock::now().to_bits(), Ordering::Release);
+        if !t.is_finite() {
+            self.stats.nonfinite.fetch_add(1, Ordering::Relaxed);
+            self.reject(REJ_NONFINITE, || "a sample with a non-finite timestamp was rejected".into());
+            return;
+        }
+        match self.input.kind {
+            InputKind::Events => self.handle_event(t, buf),
+            InputKind::Counts => self.handle_counts(conn, t, buf),
+        }
+    }
+
+    fn handle_event(&mut self, t: f64, buf: &[f32]) {
+        let channel = buf[0];
+        let unit = if buf.len() > 1 { buf[1] } else { 0.0 };
+        if !channel.is_finite() || !unit.is_finite() {
+            self.stats.nonfinite.fetch_add(1, Ordering::Relaxed);
+            self.reject(REJ_NONFINITE, || format!("a spike event with a NaN/inf channel or unit (at t={t:.6}) was rejected"));
+            return;
+        }
+        if channel.fract() != 0.0 || unit.fract() != 0.0 {
+            self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+            self.reject(REJ_INVALID, || format!("a spike event with non-integer channel/unit ({channel}, {unit}) was rejected"));
+            return;
+        }
+        let Some(model_unit) = self.units.lookup(channel as i64, unit as i64) else {
+            self.stats.unknown_units.fetch_add(1, Ordering::Relaxed);
+            self.reject(REJ_UNKNOWN, || {
+                format!("spikes from (channel {channel}, unit {unit}), which the rig's [units] does not map, are counted as unknown_units")
+            });
+            return;
+        };
+        if t == self.last_t_unit[model_unit] {
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            self.reject(REJ_DUP, || format!("a duplicate spike (same unit {model_unit}, same timestamp {t:.6}) was dropped"));
+            return;
+        }
+        if t < self.last_t {
+            self.stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+            let last = self.last_t;
+            self.reject(REJ_ORDER, || {
+                format!("out-of-order timestamps: {t:.6} after {last:.6}; such spikes are binned by their own timestamp")
+            });
+        } else {
+            self.last_t = t;
+        }
+        self.last_t_unit[model_unit] = t;
+        self.push(SpikeItem { t, unit: model_unit as u32, count: 1.0 });
+    }
+
+    fn handle_counts(&mut self, conn: &Connected, t: f64, buf: &[f32]) {
+        if let Some(c) = buf.iter().position(|v| !v.is_finite()) {
+            self.stats.nonfinite.fetch_add(1, Ordering::Relaxed);
+            self.reject(REJ_NONFINITE, || format!("a counts sample with NaN/inf in channel {c} (at t={t:.6}) was rejected whole"));
+            return;
+        }
+        if let Some(c) = buf.iter().position(|v| *v < 0.0) {
+            self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+            self.reject(REJ_INVALID, || format!("a counts sample with a negative value in channel {c} (at t={t:.6}) was rejected whole"));
+            return;
+        }
+        if t == self.last_t {
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            self.reject(REJ_DUP, || format!("a counts sample with a duplicate timestamp {t:.6} was dropped"));
+            return;
+        }
+        if t < self.last_t {
+            self.stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+            let last = self.last_t;
+            self.reject(REJ_ORDER, || format!("out-of-order counts timestamps: {t:.6} after {last:.6}; binned by their own timestamp"));
+        } else {
+            self.last_t = t;
+        }
+        // A counts sample covers (t − period, t]: bin it at its midpoint.
+        let t_mid = t - 0.5 * conn.period;
+        let scale = if conn.rates { conn.period as f32 } else { 1.0 };
+        for (c, v) in buf.iter().enumerate() {
+            if *v > 0.0 {
+                if let Some(u) = self.units.lookup(c as i64, 0) {
+                    self.push(SpikeItem { t: t_mid, unit: u as u32, count: v * scale });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! neuroloop: a real-time closed-loop controller for BCI experiments.
+//!
+//! Data flow, a module per stage: [`ingest`] (LSL inlet → ring) → [`binning`] (counts per
+//! bin on the local clock) → [`model`] via a [`backend`] (filter, embedding update, task
+//! identification) → [`control`] → [`safety`] → [`emit`] (one Control sample per bin, on
+//! time). [`runloop`] is the per-bin loop thread, [`session`] wires a run together,
+//! [`telemetry`] is the side channel (status line, Status stream, report), [`sim`] is the
+//! built-in simulated rig, and [`rig`] reads rig files.
+
+pub mod backend;
+pub mod binning;
+pub mod clock;
+pub mod control;
+pub mod emit;
+pub mod hot;
+pub mod ingest;
+pub mod linalg;
+pub mod lslutil;
+pub mod model;
+pub mod rig;
+pub mod runloop;
+pub mod safety;
+pub mod session;
+pub mod sim;
+pub mod telemetry;
+pub mod units;
+
+/// Largest latent dimension d supported (fixed-size per-bin records).
+pub const MAX_LATENT: usize = 64;
+/// Largest embedding dimension e supported.
+pub const MAX_EMBED: usize = 32;
+/// Largest control dimension m supported.
+pub const MAX_CONTROL: usize = 64;

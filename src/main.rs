@@ -1,0 +1,109 @@
+//! The `neuroloop` command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use neuroloop::rig::Rig;
+use neuroloop::session::{self, RunOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "neuroloop", version, about = "Real-time closed-loop BCI controller over LSL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the closed loop for a rig. A simulated rig (one with [sim]) starts its simulator too.
+    Run {
+        /// Rig file (TOML).
+        #[arg(long)]
+        rig: PathBuf,
+        /// Stop after this many bins (default: run until Ctrl-C).
+        #[arg(long)]
+        bins: Option<u64>,
+        /// Write a JSON summary here at the end.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Do not start the rig's built-in simulator (it runs elsewhere, e.g. `neuroloop sim`).
+        #[arg(long)]
+        no_sim: bool,
+        /// No live status line.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run only the simulated rig of a rig file: publish spikes, take its Control stream.
+    Sim {
+        #[arg(long)]
+        rig: PathBuf,
+        /// Stop after this many bins (default: run until Ctrl-C).
+        #[arg(long)]
+        bins: Option<u64>,
+        /// Write the simulator's true model to this safetensors file and exit.
+        #[arg(long)]
+        write_model: Option<PathBuf>,
+    },
+    /// Validate a rig file and its model file without starting anything.
+    Check {
+        #[arg(long)]
+        rig: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("neuroloop: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { rig, bins, report, no_sim, quiet } => {
+            let rig = Rig::load(&rig)?;
+            let opts = RunOptions { bins, report, with_sim: !no_sim, status_line: !quiet };
+            let r = session::run(&rig, &opts)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }
+        Command::Sim { rig, bins, write_model } => {
+            let rig = Rig::load(&rig)?;
+            let sim_cfg = rig
+                .sim
+                .clone()
+                .with_context(|| format!("rig file {} has no [sim] section", rig.path.display()))?;
+            let truth = neuroloop::sim::truth_model(&sim_cfg, rig.timing.bin_ms * 1e-3);
+            if let Some(path) = write_model {
+                truth.save(&path)?;
+                eprintln!("[neuroloop] wrote the simulator's true model to {}", path.display());
+                return Ok(());
+            }
+            session::run_sim_only(&rig, truth, bins)
+        }
+        Command::Check { rig } => {
+            let rig = Rig::load(&rig)?;
+            let (params, source) = session::load_model(&rig)?;
+            let units = neuroloop::units::UnitMap::from_config(&rig.units);
+            rig.check_against_model(&params.dims, units.n_units())?;
+            let d = params.dims;
+            println!(
+                "rig '{}' OK: model {} (N={} d={} e={} m={}, {} library tasks, policy: {})",
+                rig.name,
+                source,
+                d.n_units,
+                d.latent,
+                d.embed,
+                d.control,
+                params.task_library.len(),
+                params.policy.is_some()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! The model file: safetensors with PyTorch `state_dict` tensor names (DESIGN.md §2,
+//! "Model file"), so a model trained in PyTorch can be written with
+//! `safetensors.torch.save_file(model.state_dict(), path, metadata=...)` and loaded as is.
+//!
+//! Tensors (F32 or F64 on load; F64 on save so a round trip is exact). PyTorch `Linear`
+//! weights are (out, in); matrices are stored row-major. `G` is each of `w_hh_generator`
+//! (out d·d, row-major (d × d)), `w_xu_generator` (out d·m, row-major (d × m)) and
+//! `b_generator` (out d):
+//!
+//! | name                              | shape      |                                     |
+//! |-----------------------------------|------------|-------------------------------------|
+//! | `decoder.G.0.weight`              | (h, e)     |                                     |
+//! | `decoder.G.0.bias`                | (h)        |                                     |
+//! | `decoder.G.2.weight`              | (out, h)   |                                     |
+//! | `decoder.G.2.bias`                | (out)      |                                     |
+//! | `observation.weight`              | (N, d)     | C                                   |
+//! | `observation.bias`                | (N)        | d (log Hz)                          |
+//! | `embedding.initial`               | (e)        | optional, default zeros             |
+//! | `embedding.library`               | (T, e)     | optional, default empty             |
+//! | `dynamics.process_noise`          | (d)        | optional, else metadata scalar      |
+//! | `controller.0.weight` / `.0.bias` | (hp, 2d) / (hp) | optional as a group of four    |
+//! | `controller.2.weight` / `.2.bias` | (m, hp) / (m)   |                                |
+//!
+//! Metadata (`__metadata__`, all values strings): required `n_units`, `latent_dim`,
+//! `embed_dim`, `control_dim`, `hidden_dim`, `bin_s`, `alpha`; optional `format`
+//! (must be `neuroloop-model` if present), `format_version` (must be `1` if present),
+//! `process_noise` (default 1e-3, used when the tensor is absent), `initial_state_var`
+//! (0.1), `log_rate_max` (7.0 ≈ 1100 Hz), `z_prior_sigma` (1.0), `policy_scale` (1.0).
+//! Other metadata keys are ignored; unknown tensor names are an error (a typo must not
+//! silently drop weights).
+
+use super::observation::LOG_RATE_MIN;
+use super::{Dims, Generator, Hypernet, ModelParams, Policy};
+use nalgebra::{DMatrix, DVector};
+use safetensors::tensor::{Dtype, SafeTensorError, TensorView};
+use safetensors::SafeTensors;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Value of the `format` metadata key.
+pub const FORMAT: &str = "neuroloop-model";
+/// Value of the `format_version` metadata key.
+pub const FORMAT_VERSION: &str = "1";
+
+pub const DEFAULT_PROCESS_NOISE: f64 = 1e-3;
+pub const DEFAULT_INITIAL_STATE_VAR: f64 = 0.1;
+pub const DEFAULT_LOG_RATE_MAX: f64 = 7.0;
+pub const DEFAULT_Z_PRIOR_SIGMA: f64 = 1.0;
+pub const DEFAULT_POLICY_SCALE: f64 = 1.0;
+
+const GENERATORS: [&str; 3] = ["w_hh_generator", "w_xu_generator", "b_generator"];
+const CONTROLLER: [&str; 4] = ["controller.0.weight", "controller.0.bias", "controller.2.weight", "controller.2.bias"];
+
+/// What can go wrong with a model file. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileError {
+    #[error("model file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("model file {path}: not a valid safetensors file: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("model file {path}: missing tensor `{name}` (expected shape {expected:?})")]
+    MissingTensor { path: PathBuf, name: String, expected: Vec<usize> },
+    #[error("model file {path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    WrongShape { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("model file {path}: tensor `{name}` has dtype {dtype}, expected F32 or F64")]
+    WrongDtype { path: PathBuf, name: String, dtype: String },
+    #[error("model file {path}: tensor `{name}` holds non-finite values (NaN or ±inf)")]
+    NonFinite { path: PathBuf, name: String },
+    #[error("model file {path}: unknown tensors {names:?} (a typo? expected names follow PyTorch's state_dict: decoder.w_hh_generator.0.weight, observation.weight, controller.0.weight, …)")]
+    UnknownTensors { path: PathBuf, names: Vec<String> },
+    #[error("model file {path}: the controller (policy) needs all of {CONTROLLER:?} or none; missing {missing:?}")]
+    PartialController { path: PathBuf, missing: Vec<String> },
+    #[error("model file {path}: missing metadata key `{key}`")]
+    MissingMetadata { path: PathBuf, key: String },
+    #[error("model file {path}: metadata key `{key}` = {value:?}: {reason}")]
+    BadMetadata { path: PathBuf, key: String, value: String, reason: String },
+    #[error("model file {path}: invalid model: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// Path reported by [`ModelParams::validate`] when no file is involved.
+const IN_MEMORY: &str = "<in-memory model>";
+
+struct Reader<'a> {
+    path: &'a Path,
+    st: SafeTensors<'a>,
+}
+
+impl<'a> Reader<'a> {
+    fn has(&self, name: &str) -> bool {
+        self.st.tensor(name).is_ok()
+    }
+
+    /// Tensor `name` as row-major f64, checked against `expected` (None in a dimension:
+    /// any size) and for finiteness. Returns the data and the actual shape.
+    fn get(&mut self, name: &str, expected: &[Option<usize>]) -> Result<(Vec<f64>, Vec<usize>), ModelFileError> {
+        let path = self.path.to_path_buf();
+        let shape_for_msg = |exp: &[Option<usize>]| exp.iter().map(|v| v.unwrap_or(0)).collect::<Vec<_>>();
+        let view = self.st.tensor(name).map_err(|_| ModelFileError::MissingTensor {
+            path: path.clone(),
+            name: name.to_string(),
+            expected: shape_for_msg(expected),
+        })?;
+        let found = view.shape().to_vec();
+        let matches = found.len() == expected.len() && found.iter().zip(expected).all(|(f, e)| e.is_none_or(|e| e == *f));
+        if !matches {
+            let exp = expected.iter().zip(found.iter().chain(std::iter::repeat(&0))).map(|(e, f)| e.unwrap_or(*f)).collect();
+            return Err(ModelFileError::WrongShape { path, name: name.to_string(), expected: exp, found });
+        }
+        let data: Vec<f64> = match view.dtype() {
+            Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect(),
+            Dtype::F64 => view
+                .data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect(),
+            other => return Err(ModelFileError::WrongDtype { path, name: name.to_string(), dtype: format!("{other:?}") }),
+        };
+        if !data.iter().all(|v| v.is_finite()) {
+            return Err(ModelFileError::NonFinite { path, name: name.to_string() });
+        }
+        Ok((data, found))
+    }
+
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<DMatrix<f64>, ModelFileError> {
+        let (data, _) = self.get(name, &[Some(rows), Some(cols)])?;
+        Ok(DMatrix::from_row_slice(rows, cols, &data))
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Result<DVector<f64>, ModelFileError> {
+        let (data, _) = self.get(name, &[Some(len)])?;
+        Ok(DVector::from_vec(data))
+    }
+
+    fn generator(&mut self, which: &str, e: usize, h: usize, out: usize) -> Result<Generator, ModelFileError> {
+        Ok(Generator {
+            w1: self.matrix(&format!("decoder.{which}.0.weight"), h, e)?,
+            b1: self.vector(&format!("decoder.{which}.0.bias"), h)?,
+            w2: self.matrix(&format!("decoder.{which}.2.weight"), out, h)?,
+            b2: self.vector(&format!("decoder.{which}.2.bias"), out)?,
+        })
+    }
+}
+
+struct Meta<'a> {
+    path: &'a Path,
+    map: HashMap<String, String>,
+}
+
+impl Meta<'_> {
+    fn parse<T: std::str::FromStr>(&self, key: &str, default: Option<T>) -> Result<T, ModelFileError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.map.get(key) {
+            Some(v) => v.trim().parse::<T>().map_err(|e| ModelFileError::BadMetadata {
+                path: self.path.to_path_buf(),
+                key: key.to_string(),
+                value: v.clone(),
+                reason: e.to_string(),
+            }),
+            None => default.ok_or_else(|| ModelFileError::MissingMetadata { path: self.path.to_path_buf(), key: key.to_string() }),
+        }
+    }
+
+    fn expect_value(&self, key: &str, want: &str) -> Result<(), ModelFileError> {
+        match self.map.get(key) {
+            Some(v) if v.trim() != want => Err(ModelFileError::BadMetadata {
+                path: self.path.to_path_buf(),
+                key: key.to_string(),
+                value: v.clone(),
+                reason: format!("expected {want:?}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn row_major(m: &DMatrix<f64>) -> Vec<f64> {
+    let mut out = Vec::with_capacity(m.len());
+    for i in 0..m.nrows() {
+        for j in 0..m.ncols() {
+            out.push(m[(i, j)]);
+        }
+    }
+    out
+}
+
+/// One tensor to write: name, shape, row-major values.
+pub(crate) type NamedTensor = (String, Vec<usize>, Vec<f64>);
+
+impl ModelParams {
+    /// Load and validate a model file (see the module docs for the schema).
+    pub fn load(path: &Path) -> Result<ModelParams, ModelFileError> {
+        let bytes = std::fs::read(path).map_err(|source| ModelFileError::Io { path: path.to_path_buf(), source })?;
+        let format_err = |e: SafeTensorError| ModelFileError::Format { path: path.to_path_buf(), message: format!("{e:?}") };
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(format_err)?;
+        let st = SafeTensors::deserialize(&bytes).map_err(format_err)?;
+        let meta = Meta { path, map: header.metadata().clone().unwrap_or_default() };
+        meta.expect_value("format", FORMAT)?;
+        meta.expect_value("format_version", FORMAT_VERSION)?;
+        let dims = Dims {
+            n_units: meta.parse("n_units", None)?,
+            latent: meta.parse("latent_dim", None)?,
+            embed: meta.parse("embed_dim", None)?,
+            control: meta.parse("control_dim", None)?,
+            hidden: meta.parse("hidden_dim", None)?,
+        };
+        let bin_s: f64 = meta.parse("bin_s", None)?;
+        let alpha: f64 = meta.parse("alpha", None)?;
+        let process_noise_scalar: f64 = meta.parse("process_noise", Some(DEFAULT_PROCESS_NOISE))?;
+        let initial_state_var: f64 = meta.parse("initial_state_var", Some(DEFAULT_INITIAL_STATE_VAR))?;
+        let log_rate_max: f64 = meta.parse("log_rate_max", Some(DEFAULT_LOG_RATE_MAX))?;
+        let z_prior_sigma: f64 = meta.parse("z_prior_sigma", Some(DEFAULT_Z_PRIOR_SIGMA))?;
+        let policy_scale: f64 = meta.parse("policy_scale", Some(DEFAULT_POLICY_SCALE))?;
+
+        // Unknown names first: a typo shows up as itself, not only as a missing tensor.
+        let (n, d, e, m, h) = (dims.n_units, dims.latent, dims.embed, dims.control, dims.hidden);
+        let mut known: BTreeSet<String> = BTreeSet::new();
+        for g in GENERATORS {
+            for t in ["0.weight", "0.bias", "2.weight", "2.bias"] {
+                known.insert(format!("decoder.{g}.{t}"));
+            }
+        }
+        for k in ["observation.weight", "observation.bias", "embedding.initial", "embedding.library", "dynamics.process_noise"]
+            .into_iter()
+            .chain(CONTROLLER)
+        {
+            known.insert(k.to_string());
+        }
+        let unknown: Vec<String> = st.names().into_iter().filter(|s| !known.contains(*s)).cloned().collect();
+        if !unknown.is_empty() {
+            let mut names = unknown;
+            names.sort();
+            return Err(ModelFileError::UnknownTensors { path: path.to_path_buf(), names });
+        }
+
+        let mut r = Reader { path, st };
+        let hypernet = Hypernet {
+            w_hh: r.generator("w_hh_generator", e, h, d * d)?,
+            w_xu: r.generator("w_xu_generator", e, h, d * m)?,
+            b: r.generator("b_generator", e, h, d)?,
+        };
+        let obs_c = r.matrix("observation.weight", n, d)?;
+        let obs_d = r.vector("observation.bias", n)?;
+        let z_init = if r.has("embedding.initial") { r.vector("embedding.initial", e)? } else { DVector::zeros(e) };
+        let task_library = if r.has("embedding.library") {
+            let (data, shape) = r.get("embedding.library", &[None, Some(e)])?;
+            (0..shape[0]).map(|t| DVector::from_row_slice(&data[t * e..(t + 1) * e])).collect()
+        } else {
+            Vec::new()
+        };
+        let process_noise = if r.has("dynamics.process_noise") {
+            r.vector("dynamics.process_noise", d)?
+        } else {
+            DVector::from_element(d, process_noise_scalar)
+        };
+        let present: Vec<&str> = CONTROLLER.iter().copied().filter(|k| r.has(k)).collect();
+        let policy = if present.is_empty() {
+            None
+        } else if present.len() < CONTROLLER.len() {
+            let missing = CONTROLLER.iter().filter(|k| !present.contains(k)).map(|k| k.to_string()).collect();
+            return Err(ModelFileError::PartialController { path: path.to_path_buf(), missing });
+        } else {
+            let (w1, shape) = r.get("controller.0.weight", &[None, Some(2 * d)])?;
+            let hp = shape[0];
+            Some(Policy {
+                w1: DMatrix::from_row_slice(hp, 2 * d, &w1),
+                b1: r.vector("controller.0.bias", hp)?,
+                w2: r.matrix("controller.2.weight", m, hp)?,
+                b2: r.vector("controller.2.bias", m)?,
+                scale: policy_scale,
+            })
+        };
+        let params = ModelParams {
+            dims,
+            bin_s,
+            alpha,
+            process_noise,
+            initial_state_var,
+            log_rate_max,
+            obs_c,
+            obs_d,
+            hypernet,
+            z_init,
+            z_prior_sigma,
+            task_library,
+            policy,
+        };
+        params.validate_at(path)?;
+        Ok(params)
+    }
+
+    /// Write the model file (F64 tensors, all metadata keys).
+    pub fn save(&self, path: &Path) -> Result<(), ModelFileError> {
+        self.validate_at(path)?;
+        let tensors = self.named_tensors();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .into_iter()
+            .map(|(name, shape, data)| (name, shape, data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(name, shape, b)| TensorView::new(Dtype::F64, shape.clone(), b).map(|v| (name.clone(), v)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ModelFileError::Format { path: path.to_path_buf(), message: format!("{e:?}") })?;
+        safetensors::serialize_to_file(views, &Some(self.metadata()), path).map_err(|e| match e {
+            SafeTensorError::IoError(source) => ModelFileError::Io { path: path.to_path_buf(), source },
+            other => ModelFileError::Format { path: path.to_path_buf(), message: format!("{other:?}") },
+        })
+    }
+
+    /// Check dimensions, shapes, finiteness and the ranges of the constants.
+    pub fn validate(&self) -> Result<(), ModelFileError> {
+        self.validate_at(Path::new(IN_MEMORY))
+    }
+
+    /// The metadata `save` writes.
+    pub(crate) fn metadata(&self) -> HashMap<String, String> {
+        let d = &self.dims;
+        let mut m = HashMap::new();
+        m.insert("format".into(), FORMAT.into());
+        m.insert("format_version".into(), FORMAT_VERSION.into());
+        m.insert("n_units".into(), d.n_units.to_string());
+        m.insert("latent_dim".into(), d.latent.to_string());
+        m.insert("embed_dim".into(), d.embed.to_string());
+        m.insert("control_dim".into(), d.control.to_string());
+        m.insert("hidden_dim".into(), d.hidden.to_string());
+        m.insert("bin_s".into(), self.bin_s.to_string());
+        m.insert("alpha".into(), self.alpha.to_string());
+        m.insert("initial_state_var".into(), self.initial_state_var.to_string());
+        m.insert("log_rate_max".into(), self.log_rate_max.to_string());
+        m.insert("z_prior_sigma".into(), self.z_prior_sigma.to_string());
+        if let Some(p) = &self.policy {
+            m.insert("policy_scale".into(), p.scale.to_string());
+        }
+        m
+    }
+
+    /// The tensors `save` writes, by name, row-major.
+    pub(crate) fn named_tensors(&self) -> Vec<NamedTensor> {
+        let mut t: Vec<NamedTensor> = Vec::new();
+        let mat = |name: &str, m: &DMatrix<f64>| (name.to_string(), vec![m.nrows(), m.ncols()], row_major(m));
+        let vec_ = |name: &str, v: &DVector<f64>| (name.to_string(), vec![v.len()], v.as_slice().to_vec());
+        for (g, gen) in GENERATORS.iter().zip([&self.hypernet.w_hh, &self.hypernet.w_xu, &self.hypernet.b]) {
+            t.push(mat(&format!("decoder.{g}.0.weight"), &gen.w1));
+            t.push(vec_(&format!("decoder.{g}.0.bias"), &gen.b1));
+            t.push(mat(&format!("decoder.{g}.2.weight"), &gen.w2));
+            t.push(vec_(&format!("decoder.{g}.2.bias"), &gen.b2));
+        }
+        t.push(mat("observation.weight", &self.obs_c));
+        t.push(vec_("observation.bias", &self.obs_d));
+        t.push(vec_("embedding.initial", &self.z_init));
+        if !self.task_library.is_empty() {
+            let e = self.dims.embed;
+            let data = self.task_library.iter().flat_map(|z| z.iter().copied()).collect();
+            t.push(("embedding.library".to_string(), vec![self.task_library.len(), e], data));
+        }
+        t.push(vec_("dynamics.process_noise", &self.process_noise));
+        if let Some(p) = &self.policy {
+            t.push(mat("controller.0.weight", &p.w1));
+            t.push(vec_("controller.0.bias", &p.b1));
+            t.push(mat("controller.2.weight", &p.w2));
+            t.push(vec_("controller.2.bias", &p.b2));
+        }
+        t
+    }
+
+    fn validate_at(&self, path: &Path) -> Result<(), ModelFileError> {
+        let invalid = |reason: String| Err(ModelFileError::Invalid { path: path.to_path_buf(), reason });
+        let dims = &self.dims;
+        if dims.n_units == 0 || dims.latent == 0 || dims.embed == 0 || dims.hidden == 0 {
+            return invalid(format!("n_units, latent_dim, embed_dim and hidden_dim must be ≥ 1 (got {dims:?})"));
+        }
+        let scalar = |key: &str, v: f64, ok: bool, want: &str| -> Result<(), ModelFileError> {
+            if v.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(ModelFileError::BadMetadata { path: path.to_path_buf(), key: key.into(), value: v.to_string(), reason: want.into() })
+            }
+        };
+        scalar("bin_s", self.bin_s, self.bin_s > 0.0, "must be > 0 (seconds)")?;
+        scalar("alpha", self.alpha, self.alpha > 0.0 && self.alpha <= 1.0, "must be in (0, 1]")?;
+        scalar("initial_state_var", self.initial_state_var, self.initial_state_var > 0.0, "must be > 0")?;
+        scalar("log_rate_max", self.log_rate_max, self.log_rate_max > LOG_RATE_MIN, "must be > the lower clamp (−20)")?;
+        scalar("z_prior_sigma", self.z_prior_sigma, self.z_prior_sigma > 0.0, "must be > 0")?;
+        if let Some(p) = &self.policy {
+            scalar("policy_scale", p.scale, true, "must be finite")?;
+        }
+        let (n, d, e, m, h) = (dims.n_units, dims.latent, dims.embed, dims.control, dims.hidden);
+        let mut expected: Vec<(String, Vec<usize>)> = Vec::new();
+        for (g, out) in GENERATORS.iter().zip([d * d, d * m, d]) {
+            expected.push((format!("decoder.{g}.0.weight"), vec![h, e]));
+            expected.push((format!("decoder.{g}.0.bias"), vec![h]));
+            expected.push((format!("decoder.{g}.2.weight"), vec![out, h]));
+            expected.push((format!("decoder.{g}.2.bias"), vec![out]));
+        }
+        expected.push(("observation.weight".into(), vec![n, d]));
+        expected.push(("observation.bias".into(), vec![n]));
+        expected.push(("embedding.initial".into(), vec![e]));
+        expected.push(("embedding.library".into(), vec![self.task_library.len(), e]));
+        expected.push(("dynamics.process_noise".into(), vec![d]));
+        if let Some(p) = &self.policy {
+            let hp = p.w1.nrows();
+            expected.push(("controller.0.weight".into(), vec![hp, 2 * d]));
+            expected.push(("controller.0.bias".into(), vec![hp]));
+            expected.push(("controller.2.weight".into(), vec![m, hp]));
+            expected.push(("controller.2.bias".into(), vec![m]));
+        }
+        let mut lib_ok = true;
+        for z in &self.task_library {
+            lib_ok &= z.len() == e;
+        }
+        let found: HashMap<String, (Vec<usize>, Vec<f64>)> = if lib_ok {
+            self.named_tensors().into_iter().map(|(name, shape, data)| (name, (shape, data))).collect()
+        } else {
+            return Err(ModelFileError::WrongShape {
+                path: path.to_path_buf(),
+                name: "embedding.library".into(),
+                expected: vec![self.task_library.len(), e],
+                found: vec![self.task_library.len(), self.task_library.iter().map(|z| z.len()).find(|&l| l != e).unwrap_or(0)],
+            });
+        };
+        for (name, shape) in expected {
+            let Some((fshape, data)) = found.get(&name) else {
+                continue; // optional tensors (library) that are absent
+            };
+            if *fshape != shape {
+                return Err(ModelFileError::WrongShape { path: path.to_path_buf(), name, expected: shape, found: fshape.clone() });
+            }
+            if !data.iter().all(|v| v.is_finite()) {
+                return Err(ModelFileError::NonFinite { path: path.to_path_buf(), name });
+            }
+        }
+        if self.process_noise.iter().any(|&q| q < 0.0) {
+            return invalid("dynamics.process_noise must be ≥ 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims() -> Dims {
+        Dims { n_units: 12, latent: 3, embed: 2, control: 2, hidden: 5 }
+    }
+
+    fn write(path: &Path, tensors: &[NamedTensor], meta: HashMap<String, String>, dtype: Dtype) {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(n, s, d)| {
+                let b = match dtype {
+                    Dtype::F32 => d.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect(),
+                    _ => d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                };
+                (n.clone(), s.clone(), b)
+            })
+            .collect();
+        let views: Vec<(String, TensorView)> =
+            bytes.iter().map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap())).collect();
+        safetensors::serialize_to_file(views, &Some(meta), path).unwrap();
+    }
+
+    fn load_err(p: &ModelParams, edit: impl FnOnce(&mut Vec<NamedTensor>, &mut HashMap<String, String>)) -> (String, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edited.safetensors");
+        let mut t = p.named_tensors();
+        let mut m = p.metadata();
+        edit(&mut t, &mut m);
+        write(&path, &t, m, Dtype::F64);
+        let err = ModelParams::load(&path).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        (err, path)
+    }
+
+    #[test]
+    fn round_trip_with_policy_and_library() {
+        let p = ModelParams::synthetic(dims(), 3, 0.01, 4);
+        assert!(p.policy.is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        p.save(&path).unwrap();
+        assert_eq!(ModelParams::load(&path).unwrap(), p);
+    }
+
+    #[test]
+    fn round_trip_without_policy_or_library() {
+        let mut p = ModelParams::synthetic(dims(), 0, 0.02, 5);
+        p.policy = None;
+        p.process_noise[1] = 3e-3;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        p.save(&path).unwrap();
+        let q = ModelParams::load(&path).unwrap();
+        assert_eq!(q, p);
+        assert!(q.task_library.is_empty() && q.policy.is_none());
+    }
+
+    #[test]
+    fn missing_tensor_names_it_and_its_shape() {
+        let p = ModelParams::synthetic(dims(), 2, 0.01, 1);
+        let (err, _) = load_err(&p, |t, _| t.retain(|(n, _, _)| n != "decoder.w_xu_generator.2.weight"));
+        assert!(err.contains("decoder.w_xu_generator.2.weight") && err.contains("[6, 5]"), "{err}");
+    }
+
+    #[test]
+    fn wrong_shape_names_expected_and_found() {
+        let p = ModelParams::synthetic(dims(), 2, 0.01, 1);
+        let (err, _) = load_err(&p, |t, _| {
+            let obs = t.iter_mut().find(|(n, _, _)| n == "observation.weight").unwrap();
+            obs.1 = vec![3, 12];
+        });
+        assert!(err.contains("observation.weight") && err.contains("[12, 3]") && err.contains("[3, 12]"), "{err}");
+    }
+
+    #[test]
+    fn other_errors_name_the_culprit() {
+        let p = ModelParams::synthetic(dims(), 2, 0.01, 1);
+        let (err, _) = load_err(&p, |t, _| {
+            let obs = t.iter_mut().find(|(n, _, _)| n == "observation.bias").unwrap();
+            obs.0 = "observation.bais".into();
+        });
+        assert!(err.contains("unknown tensors") && err.contains("observation.bais"), "{err}");
+        let (err, _) = load_err(&p, |_, m| {
+            m.remove("alpha");
+        });
+        assert!(err.contains("missing metadata key `alpha`"), "{err}");
+        let (err, _) = load_err(&p, |_, m| {
+            m.insert("latent_dim".into(), "three".into());
+        });
+        assert!(err.contains("latent_dim") && err.contains("three"), "{err}");
+        let (err, _) = load_err(&p, |t, _| {
+            let b = t.iter_mut().find(|(n, _, _)| n == "decoder.b_generator.2.bias").unwrap();
+            b.2[1] = f64::NAN;
+        });
+        assert!(err.contains("decoder.b_generator.2.bias") && err.contains("non-finite"), "{err}");
+        let (err, _) = load_err(&p, |t, _| t.retain(|(n, _, _)| n != "controller.2.bias"));
+        assert!(err.contains("controller.2.bias") && err.contains("all of"), "{err}");
+        let (err, _) = load_err(&p, |_, m| {
+            m.insert("alpha".into(), "1.5".into());
+        });
+        assert!(err.contains("alpha"), "{err}");
+        let (err, _) = load_err(&p, |_, m| {
+            m.insert("format".into(), "something-else".into());
+        });
+        assert!(err.contains("format"), "{err}");
+        let missing = Path::new("/nonexistent/dir/model.safetensors");
+        let err = ModelParams::load(missing).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/dir/model.safetensors"), "{err}");
+    }
+
+    /// A file as PyTorch would write it: F32, only the required metadata, no optional
+    /// tensors except the controller.
+    #[test]
+    fn loads_a_float32_file_from_another_writer() {
+        let p = ModelParams::synthetic(dims(), 2, 0.01, 9);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("torch.safetensors");
+        let tensors: Vec<NamedTensor> = p
+            .named_tensors()
+            .into_iter()
+            .filter(|(n, _, _)| n != "embedding.initial" && n != "embedding.library" && n != "dynamics.process_noise")
+            .collect();
+        let mut meta = HashMap::new();
+        for (k, v) in [("n_units", "12"), ("latent_dim", "3"), ("embed_dim", "2"), ("control_dim", "2"), ("hidden_dim", "5")] {
+            meta.insert(k.to_string(), v.to_string());
+        }
+        meta.insert("bin_s".into(), "0.01".into());
+        meta.insert("alpha".into(), "0.1".into());
+        meta.insert("process_noise".into(), "0.002".into());
+        write(&path, &tensors, meta, Dtype::F32);
+        let q = ModelParams::load(&path).unwrap();
+        assert_eq!(q.dims, p.dims);
+        assert_eq!(q.z_init, DVector::zeros(2));
+        assert!(q.task_library.is_empty());
+        assert_eq!(q.process_noise, DVector::from_element(3, 0.002));
+        assert_eq!(q.log_rate_max, DEFAULT_LOG_RATE_MAX);
+        let close = |a: &DMatrix<f64>, b: &DMatrix<f64>| (a - b).amax() <= 1e-6 * b.amax().max(1.0);
+        assert!(close(&q.hypernet.w_hh.w2, &p.hypernet.w_hh.w2));
+        assert!(close(&q.obs_c, &p.obs_c));
+        let (qp, pp) = (q.policy.unwrap(), p.policy.unwrap());
+        assert!(close(&qp.w1, &pp.w1) && close(&qp.w2, &pp.w2));
+        assert_eq!(qp.scale, 1.0);
+    }
+
+    #[test]
+    fn validate_rejects_inconsistent_params() {
+        let mut p = ModelParams::synthetic(dims(), 2, 0.01, 1);
+        assert!(p.validate().is_ok());
+        p.obs_d = DVector::zeros(11);
+        let err = p.validate().unwrap_err().to_string();
+        assert!(err.contains("observation.bias") && err.contains(IN_MEMORY), "{err}");
+    }
+}

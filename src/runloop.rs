@@ -1,0 +1,131 @@
+//! The loop thread: per bin, wait for the bin to close, drain the ring into counts,
+//! run the backend (filter → embedding update → controller), hand the result to the
+//! emitter, and send a record to telemetry. Nothing here allocates, locks a contended
+//! mutex, logs or does I/O (see tests/hot_path_alloc.rs).
+
+use crate::backend::{Backend, BinInput, BinOutput};
+use crate::binning::Binner;
+use crate::clock::{self, BinClock};
+use crate::emit::{ControlResult, EmitChannels};
+use crate::ingest::{IngestStats, SpikeConsumer};
+use crate::rig::FaultConfig;
+use crate::{MAX_CONTROL, MAX_EMBED, MAX_LATENT};
+use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// One bin as the loop saw it (telemetry, status stream, reports).
+#[derive(Debug, Clone, Copy)]
+pub struct BinRecord {
+    pub bin: u64,
+    /// When the loop started on the bin (local clock).
+    pub started_at: f64,
+    /// When the model and controller were done.
+    pub done_at: f64,
+    pub spikes: f64,
+    pub late_spikes: u64,
+    pub future_spikes: u64,
+    pub has_data: bool,
+    /// The result reached the emitter before the deadline.
+    pub on_time: bool,
+    pub loglik: f64,
+    pub task_jump: i32,
+    pub embed_step: f64,
+    pub x: [f64; MAX_LATENT],
+    pub z: [f64; MAX_EMBED],
+    pub u: [f64; MAX_CONTROL],
+}
+
+pub struct LoopSetup {
+    pub clock: BinClock,
+    pub backend: Box<dyn Backend>,
+    pub ring: SpikeConsumer,
+    pub ingest: Arc<IngestStats>,
+    /// No sample for this long = stream gap (s).
+    pub stall_s: f64,
+    pub emit: Arc<EmitChannels>,
+    /// The emitter thread, to wake it when a result is ready.
+    pub emitter: std::thread::Thread,
+    pub telemetry: Arc<ArrayQueue<BinRecord>>,
+    pub telemetry_dropped: Arc<AtomicU64>,
+    /// Run bins 0..end_bin (lowered to stop early).
+    pub end_bin: Arc<AtomicU64>,
+    pub fault: FaultConfig,
+    /// Lookahead of the binner, in bins.
+    pub lookahead_bins: usize,
+}
+
+/// The loop's progress, for the control plane and the report.
+#[derive(Debug, Default)]
+pub struct LoopStatus {
+    /// Bins processed so far.
+    pub bins_done: AtomicU64,
+}
+
+pub fn start(setup: LoopSetup, status: Arc<LoopStatus>) -> std::io::Result<std::thread::JoinHandle<Box<dyn Backend>>> {
+    std::thread::Builder::new().name("neuroloop-loop".into()).spawn(move || run(setup, &status))
+}
+
+fn run(mut s: LoopSetup, status: &LoopStatus) -> Box<dyn Backend> {
+    let dims = s.backend.dims();
+    let (n, m) = (dims.n_units, dims.control);
+    let mut binner = Binner::new(s.clock, n, s.lookahead_bins);
+    let mut counts = vec![0.0f64; n];
+    let mut u_prev = vec![0.0f64; m];
+    let mut out = BinOutput::new(&dims);
+    crate::hot::enter();
+    let mut k: u64 = 0;
+    while k < s.end_bin.load(Ordering::Acquire) {
+        clock::sleep_until(s.clock.close(k));
+        let started_at = clock::now();
+        binner.drain(&mut s.ring);
+        let tally = binner.close(k, &mut counts);
+        // What was actually emitted for bin k−1 drove x_k.
+        while let Some(e) = s.emit.feedback.pop() {
+            if e.bin + 1 == k {
+                u_prev.copy_from_slice(&e.u[..m]);
+            }
+        }
+        let has_data = s.ingest.is_live(started_at, s.stall_s);
+        let deadline = s.clock.deadline(k);
+        let input = BinInput { bin: k, counts: &counts, u_prev: &u_prev, has_data, want_control: started_at < deadline };
+        s.backend.step(&input, &mut out);
+        if s.fault.slow_every > 0 && k % s.fault.slow_every == s.fault.slow_every - 1 {
+            clock::sleep_until(clock::now() + s.fault.slow_ms * 1e-3);
+        }
+        let done_at = clock::now();
+        let on_time = done_at < deadline;
+        let mut result = ControlResult { bin: k, u: [0.0; MAX_CONTROL], use_fallback: !has_data || !out.control_valid };
+        result.u[..m].copy_from_slice(&out.u);
+        if on_time {
+            // Never blocks: capacity covers many bins and the emitter drains every bin.
+            let _ = s.emit.results.push(result);
+            s.emitter.unpark();
+        }
+        let mut rec = BinRecord {
+            bin: k,
+            started_at,
+            done_at,
+            spikes: tally.spikes,
+            late_spikes: tally.late_spikes,
+            future_spikes: tally.future_spikes,
+            has_data,
+            on_time,
+            loglik: out.loglik,
+            task_jump: out.task_jump.map_or(-1, |j| j as i32),
+            embed_step: out.embed_step,
+            x: [0.0; MAX_LATENT],
+            z: [0.0; MAX_EMBED],
+            u: result.u,
+        };
+        rec.x[..dims.latent].copy_from_slice(&out.x);
+        rec.z[..dims.embed].copy_from_slice(&out.z);
+        if s.telemetry.push(rec).is_err() {
+            s.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        k += 1;
+        status.bins_done.store(k, Ordering::Release);
+    }
+    crate::hot::leave();
+    s.backend
+}

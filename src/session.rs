@@ -1,0 +1,302 @@
+//! A session wires the stages together for one run: (simulator) → ingest → loop
+//! (binning, backend) → emitter, with telemetry on the side and the control plane on
+//! the calling thread.
+
+use crate::backend::{cpu::CpuBackend, Backend};
+use crate::clock::{self, BinClock};
+use crate::control::Objective;
+use crate::emit::{self, EmitChannels, EmitterSetup};
+use crate::ingest::{self, IngestSetup, IngestStats};
+use crate::model::ModelParams;
+use crate::rig::{BackendKind, ObjectiveKind, Rig};
+use crate::runloop::{self, LoopSetup, LoopStatus};
+use crate::safety::Safety;
+use crate::sim::{self, SimSetup};
+use crate::telemetry::{Report, Telemetry, TelemetryConfig, TelemetryQueues, TrackingTarget};
+use crate::units::UnitMap;
+use anyhow::{bail, Context};
+use nalgebra::DVector;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop after this many bins (None: run until Ctrl-C).
+    pub bins: Option<u64>,
+    pub report: Option<PathBuf>,
+    /// Start the rig's built-in simulator in this process (when the rig has `[sim]`).
+    pub with_sim: bool,
+    /// Print the live status line.
+    pub status_line: bool,
+}
+
+/// Load the model a rig names, or the simulator's truth when it names none.
+pub fn load_model(rig: &Rig) -> anyhow::Result<(ModelParams, String)> {
+    match (rig.model_path(), &rig.sim) {
+        (Some(p), _) => {
+            let m = ModelParams::load(&p)?;
+            Ok((m, p.display().to_string()))
+        }
+        (None, Some(sim)) => Ok((sim::truth_model(sim, rig.timing.bin_ms * 1e-3), "the simulator's true model".into())),
+        (None, None) => bail!("rig file {}: [model] path is required (only a simulated rig may omit it)", rig.path.display()),
+    }
+}
+
+pub fn objective(rig: &Rig, params: &ModelParams) -> anyhow::Result<Objective> {
+    Ok(match rig.objective.kind {
+        ObjectiveKind::Latent => Objective::Latent(DVector::from_vec(rig.objective.target.clone())),
+        ObjectiveKind::Rates => {
+            Objective::Rates(DVector::from_vec(rig.broadcast("objective.target", &rig.objective.target, params.dims.n_units)?))
+        }
+    })
+}
+
+/// Build the backend the rig selects.
+pub fn backend(rig: &Rig, params: ModelParams) -> anyhow::Result<Box<dyn Backend>> {
+    match rig.model.backend {
+        BackendKind::Cpu => {
+            let obj = objective(rig, &params)?;
+            let safety = Safety::from_rig(rig, params.dims.control)?;
+            Ok(Box::new(CpuBackend::new(params, rig, obj, safety.lower(), safety.upper())?))
+        }
+        other => bail!(
+            "rig file {}: backend = \"{:?}\" is not available in this build yet; use backend = \"cpu\"",
+            rig.path.display(),
+            other
+        ),
+    }
+}
+
+/// Sets the stop flags when dropped (an early `?` return from [`run`]).
+struct StopOnDrop {
+    stop: Arc<AtomicBool>,
+    sim_stop: Arc<AtomicBool>,
+    end_bin: Arc<AtomicU64>,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.sim_stop.store(true, Ordering::Release);
+        self.end_bin.store(0, Ordering::Release);
+    }
+}
+
+/// Run a closed-loop session; returns the report (also written to `opts.report`).
+pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
+    let (params, model_source) = load_model(rig)?;
+    let dims = params.dims;
+    let units = UnitMap::from_config(&rig.units);
+    rig.check_against_model(&dims, units.n_units())?;
+    if (params.bin_s - rig.timing.bin_ms * 1e-3).abs() > 1e-9 {
+        eprintln!(
+            "[neuroloop] warning: the model was fitted at Δ = {} ms but the rig bins at {} ms",
+            params.bin_s * 1e3,
+            rig.timing.bin_ms
+        );
+    }
+    let bin_s = rig.timing.bin_ms * 1e-3;
+    let library: Vec<Vec<f64>> = params.task_library.iter().map(|z| z.as_slice().to_vec()).collect();
+    let target = match rig.objective.kind {
+        ObjectiveKind::Latent => TrackingTarget::Latent(rig.objective.target.clone()),
+        ObjectiveKind::Rates => TrackingTarget::Rates {
+            target_hz: rig.broadcast("objective.target", &rig.objective.target, dims.n_units)?,
+            c: params.obs_c.clone(),
+            d: params.obs_d.clone(),
+            log_rate_max: params.log_rate_max,
+        },
+    };
+    let safety = Safety::from_rig(rig, dims.control)?;
+    let backend = backend(rig, params)?;
+    let backend_name = backend.name().to_string();
+    eprintln!(
+        "[neuroloop] liblsl {}; rig '{}': N={} d={} e={} m={}, Δ={} ms, grace {} ms, deadline {} ms, backend {}, model: {}",
+        lsl::library_version(),
+        rig.name, dims.n_units, dims.latent, dims.embed, dims.control, rig.timing.bin_ms, rig.timing.grace_ms, rig.timing.deadline_ms,
+        backend_name, model_source
+    );
+
+    let end_bin = Arc::new(AtomicU64::new(opts.bins.unwrap_or(u64::MAX)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    // On an early error return, threads already started wind down instead of running on.
+    // The simulated rig stops last, so the ingest never sees it vanish at the end of a run.
+    let sim_stop = Arc::new(AtomicBool::new(false));
+    let _stop_guard = StopOnDrop { stop: stop.clone(), sim_stop: sim_stop.clone(), end_bin: end_bin.clone() };
+    {
+        let interrupted = interrupted.clone();
+        // Only one handler per process; a second session in the same process keeps the first.
+        let _ = ctrlc::set_handler(move || interrupted.store(true, Ordering::Release));
+    }
+
+    // Stages, in data-flow order. The bin grid starts once everything is connected.
+    let ingest_stats = Arc::new(IngestStats::default());
+    let (notice_tx, notice_rx) = crossbeam_channel::bounded(256);
+    // Side-channel queues hold a few seconds of bins, so a briefly starved telemetry
+    // thread loses nothing.
+    let queue_bins = ((4.0 / bin_s).ceil() as usize).max(1024);
+    let emit_ch = Arc::new(EmitChannels::new(queue_bins));
+    let loop_status = Arc::new(LoopStatus::default());
+    let queues = TelemetryQueues::new(queue_bins.max(1 << 14), emit_ch.clone(), ingest_stats.clone(), notice_rx, loop_status.clone());
+    let enabled = Arc::new(AtomicBool::new(rig.safety.enabled));
+
+    // The clock's t0 is fixed now so the simulator and the loop share one bin grid.
+    let t0 = clock::now() + rig.timing.start_delay_ms * 1e-3 + 1.0;
+    let bin_clock = BinClock { t0, bin_s, grace_s: rig.timing.grace_ms * 1e-3, deadline_s: rig.timing.deadline_ms * 1e-3 };
+
+    let mut sim_handles = None;
+    let sim_cfg = rig.sim.clone().filter(|_| opts.with_sim);
+    if let Some(sc) = &sim_cfg {
+        let truth = sim::truth_model(sc, bin_s);
+        sim_handles = Some(sim::start(SimSetup {
+            params: truth,
+            cfg: sc.clone(),
+            clock: bin_clock,
+            control_stream: rig.output.control_name.clone(),
+            // The simulated rig outlives the loop (stopped by `stop`), so the loop's last
+            // bins still see a live stream.
+            end_bin: Arc::new(AtomicU64::new(u64::MAX)),
+            stop: sim_stop.clone(),
+            truth: Some(queues.truth.clone()),
+            end_to_end: Some(queues.end_to_end.clone()),
+            outage: sc.dropout_bins.map(|[a, b]| (a, b)),
+        })?);
+    }
+
+    let (producer, consumer) = ingest::spike_ring(rig.input.ring_capacity);
+    let ingest_handle = ingest::start(IngestSetup {
+        input: rig.input.clone(),
+        units,
+        producer,
+        stats: ingest_stats.clone(),
+        stop: stop.clone(),
+        notices: notice_tx,
+    })
+    .with_context(|| format!("rig file {}: [input]", rig.path.display()))?;
+
+    let source_id = format!("neuroloop-{}", rig.name);
+    let labels = rig.output.control_labels.clone().unwrap_or_else(|| (0..dims.control).map(|j| format!("u{j}")).collect());
+    let emitter = emit::start(EmitterSetup {
+        clock: bin_clock,
+        m: dims.control,
+        stream_name: rig.output.control_name.clone(),
+        source_id: source_id.clone(),
+        labels,
+        safety,
+        enabled: enabled.clone(),
+        channels: emit_ch.clone(),
+        end_bin: end_bin.clone(),
+    })?;
+
+    let bins_q = queues.bins.clone();
+    let bins_dropped = queues.bins_dropped.clone();
+    let telemetry_stop = Arc::new(AtomicBool::new(false));
+    let telemetry_cfg = TelemetryConfig {
+            clock: bin_clock,
+            latent: dims.latent,
+            embed: dims.embed,
+            status_stream: Some((rig.output.status_name.clone(), format!("{source_id}-status"))),
+            status_line: opts.status_line,
+            expect_truth: sim_cfg.is_some(),
+            library,
+            target,
+            settle_bins: 50,
+            rig_name: rig.name.clone(),
+            backend: backend_name,
+    };
+    let telemetry_handle = {
+        let s = telemetry_stop.clone();
+        // Built on its own thread: it owns the Status outlet, which must stay on one thread.
+        std::thread::Builder::new()
+            .name("neuroloop-telemetry".into())
+            .spawn(move || Telemetry::new(telemetry_cfg, queues).run(s))?
+    };
+
+    let loop_handle = runloop::start(
+        LoopSetup {
+            clock: bin_clock,
+            backend,
+            ring: consumer,
+            ingest: ingest_stats.clone(),
+            stall_s: rig.input.stall_ms * 1e-3,
+            emit: emit_ch.clone(),
+            emitter: emitter.thread().clone(),
+            telemetry: bins_q,
+            telemetry_dropped: bins_dropped,
+            end_bin: end_bin.clone(),
+            fault: rig.fault.clone(),
+            lookahead_bins: 64.max((rig.timing.grace_ms / rig.timing.bin_ms).ceil() as usize + 8),
+        },
+        loop_status.clone(),
+    )?;
+
+    // Control plane: the enable gate's open/closed-loop schedule and Ctrl-C.
+    let block = sim_cfg.as_ref().map_or(0, |s| s.open_loop_block_bins);
+    while !loop_handle.is_finished() {
+        let done = loop_status.bins_done.load(Ordering::Acquire);
+        if interrupted.swap(false, Ordering::AcqRel) {
+            eprintln!("[neuroloop] interrupted: finishing bin {done} and writing the report");
+            end_bin.fetch_min(done + 1, Ordering::AcqRel);
+        }
+        if block > 0 {
+            // Open loop first, then closed, alternating.
+            let closed = (done / block) % 2 == 1;
+            enabled.store(rig.safety.enabled && closed, Ordering::Relaxed);
+        }
+        // Coarse on purpose: every wake-up costs on a busy 2-core machine.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _backend = loop_handle.join().map_err(|_| anyhow::anyhow!("the loop thread panicked"))?;
+    emitter.join().map_err(|_| anyhow::anyhow!("the emitter thread panicked"))?;
+    stop.store(true, Ordering::Release);
+    let _ = ingest_handle.join();
+    sim_stop.store(true, Ordering::Release);
+    if let Some(h) = sim_handles {
+        let _ = h.sim.join();
+        let _ = h.receiver.join();
+    }
+    telemetry_stop.store(true, Ordering::Release);
+    let report = telemetry_handle.join().map_err(|_| anyhow::anyhow!("the telemetry thread panicked"))?;
+    if let Some(path) = &opts.report {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+        eprintln!("[neuroloop] report written to {}", path.display());
+    }
+    Ok(report)
+}
+
+/// Run only the simulated rig (a separate process from the controller).
+pub fn run_sim_only(rig: &Rig, truth: ModelParams, bins: Option<u64>) -> anyhow::Result<()> {
+    let sc = rig.sim.clone().context("the rig has no [sim] section")?;
+    let bin_s = rig.timing.bin_ms * 1e-3;
+    let end_bin = Arc::new(AtomicU64::new(bins.unwrap_or(u64::MAX)));
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let end_bin = end_bin.clone();
+        let _ = ctrlc::set_handler(move || end_bin.store(0, Ordering::Release));
+    }
+    // The controller's timing from the same rig file: the simulator steps when u_{j−1} is due.
+    let clock = BinClock {
+        t0: clock::now() + 0.5,
+        bin_s,
+        grace_s: rig.timing.grace_ms * 1e-3,
+        deadline_s: rig.timing.deadline_ms * 1e-3,
+    };
+    let h = sim::start(SimSetup {
+        params: truth,
+        cfg: sc.clone(),
+        clock,
+        control_stream: rig.output.control_name.clone(),
+        end_bin,
+        stop: stop.clone(),
+        truth: None,
+        end_to_end: None,
+        outage: sc.dropout_bins.map(|[a, b]| (a, b)),
+    })?;
+    eprintln!("[neuroloop] simulator publishing '{}' ({:?}); Ctrl-C to stop", sc.stream_name, sc.output);
+    let _ = h.sim.join();
+    stop.store(true, Ordering::Release);
+    let _ = h.receiver.join();
+    Ok(())
+}

@@ -1,0 +1,586 @@
+//! Telemetry: the side channel. Joins what the loop, the emitter and (in simulation) the
+//! simulator report per bin; keeps hdrhistograms; prints a live status line; publishes the
+//! Status stream; and builds the end-of-run report. Runs on its own thread, fed through
+//! lock-free queues that the hot path never waits on.
+
+use crate::clock::BinClock;
+use crate::emit::{EmitChannels, Emitted};
+use crate::ingest::{IngestNotice, IngestStats};
+use crate::runloop::{BinRecord, LoopStatus};
+use crate::{MAX_EMBED, MAX_LATENT};
+use crossbeam_queue::ArrayQueue;
+use hdrhistogram::Histogram;
+use lsl::ExPushable;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The simulator's ground truth for one bin (same bin grid as the loop).
+#[derive(Debug, Clone, Copy)]
+pub struct TruthRecord {
+    pub bin: u64,
+    pub x: [f64; MAX_LATENT],
+    pub z: [f64; MAX_EMBED],
+    pub task: usize,
+}
+
+/// What telemetry is fed through.
+pub struct TelemetryQueues {
+    pub bins: Arc<ArrayQueue<BinRecord>>,
+    pub bins_dropped: Arc<AtomicU64>,
+    pub emit: Arc<EmitChannels>,
+    pub truth: Arc<ArrayQueue<TruthRecord>>,
+    /// End-to-end latency samples (s): Control sample timestamp (bin end) → received by the rig.
+    pub end_to_end: Arc<ArrayQueue<f64>>,
+    pub ingest: Arc<IngestStats>,
+    pub notices: crossbeam_channel::Receiver<IngestNotice>,
+    pub loop_status: Arc<LoopStatus>,
+}
+
+impl TelemetryQueues {
+    pub fn new(
+        capacity: usize,
+        emit: Arc<EmitChannels>,
+        ingest: Arc<IngestStats>,
+        notices: crossbeam_channel::Receiver<IngestNotice>,
+        loop_status: Arc<LoopStatus>,
+    ) -> Self {
+        TelemetryQueues {
+            loop_status,
+            bins: Arc::new(ArrayQueue::new(capacity)),
+            bins_dropped: Arc::new(AtomicU64::new(0)),
+            emit,
+            truth: Arc::new(ArrayQueue::new(capacity)),
+            end_to_end: Arc::new(ArrayQueue::new(capacity)),
+            ingest,
+            notices,
+        }
+    }
+}
+
+/// What the tracking error is measured against.
+#[derive(Debug, Clone)]
+pub enum TrackingTarget {
+    Latent(Vec<f64>),
+    /// Target rates (Hz) with the observation model to turn true latents into rates.
+    Rates { target_hz: Vec<f64>, c: nalgebra::DMatrix<f64>, d: nalgebra::DVector<f64>, log_rate_max: f64 },
+}
+
+pub struct TelemetryConfig {
+    pub clock: BinClock,
+    pub latent: usize,
+    pub embed: usize,
+    pub status_stream: Option<(String, String)>,
+    pub status_line: bool,
+    pub expect_truth: bool,
+    pub library: Vec<Vec<f64>>,
+    pub target: TrackingTarget,
+    /// Bins after an enable-gate change excluded from tracking error (transient).
+    pub settle_bins: u64,
+    pub rig_name: String,
+    pub backend: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Percentiles {
+        Percentiles {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5) as f64,
+            p90: h.value_at_quantile(0.9) as f64,
+            p99: h.value_at_quantile(0.99) as f64,
+            p999: h.value_at_quantile(0.999) as f64,
+            max: h.max() as f64,
+            mean: h.mean(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Reidentification {
+    pub switch_bin: u64,
+    pub task: usize,
+    /// Bins from the switch until the estimate's nearest library task is the true task
+    /// (and stays so for 10 bins); None if it never did.
+    pub bins_to_reidentify: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Tracking {
+    /// Mean squared error to the objective (latent units², or Hz² per unit for rates).
+    pub closed_loop_mse: Option<f64>,
+    pub open_loop_mse: Option<f64>,
+    pub closed_loop_bins: u64,
+    pub open_loop_bins: u64,
+    /// closed / open (< 1: control helps).
+    pub ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestCounts {
+    pub samples: u64,
+    pub spikes: u64,
+    pub unknown_units: u64,
+    pub nonfinite: u64,
+    pub invalid: u64,
+    pub out_of_order: u64,
+    pub duplicates: u64,
+    pub disconnects: u64,
+    pub reconnects: u64,
+}
+
+/// The end-of-run summary (`--report FILE.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub rig: String,
+    pub backend: String,
+    pub bin_ms: f64,
+    /// Bins in the session: each got exactly one Control sample (see `control_samples`).
+    pub bins: u64,
+    /// Bins the model ran on (fewer than `bins` only when a run is interrupted while the
+    /// loop is behind; those last bins got the fallback).
+    pub bins_computed: u64,
+    pub control_samples: u64,
+    pub fallbacks: u64,
+    pub deadline_misses: u64,
+    /// Bins with no live input (stream gap): fallback emitted, filter predicted only.
+    pub gap_bins: u64,
+    /// Stream gaps as [first_bin, last_bin] ranges.
+    pub gaps: Vec<[u64; 2]>,
+    pub late_results: u64,
+    pub late_spikes: u64,
+    pub future_spikes: u64,
+    pub ring_overflows: u64,
+    pub telemetry_dropped: u64,
+    pub ingest: IngestCounts,
+    /// Bin close → model and controller done (µs).
+    pub compute_us: Percentiles,
+    /// Bin close → Control sample pushed (µs).
+    pub close_to_push_us: Percentiles,
+    /// Bin end → Control sample received by the rig (µs); simulated rig only.
+    pub end_to_end_us: Option<Percentiles>,
+    pub latent_r2: Option<f64>,
+    pub reidentification: Vec<Reidentification>,
+    pub tracking: Option<Tracking>,
+    pub notices: Vec<String>,
+}
+
+#[derive(Default)]
+struct Joined {
+    rec: Option<BinRecord>,
+    emitted: Option<Emitted>,
+    truth: Option<TruthRecord>,
+}
+
+struct EvalRow {
+    enabled: bool,
+    x: Vec<f64>,
+    x_true: Option<Vec<f64>>,
+    z: Vec<f64>,
+    task_true: Option<usize>,
+}
+
+pub struct Telemetry {
+    cfg: TelemetryConfig,
+    q: TelemetryQueues,
+    pending: BTreeMap<u64, Joined>,
+    /// Bins below this are finalised.
+    first_open: u64,
+    /// The newest bin the loop has reported.
+    newest_rec: u64,
+    compute: Histogram<u64>,
+    close_to_push: Histogram<u64>,
+    e2e: Histogram<u64>,
+    bins: u64,
+    fallbacks: u64,
+    misses: u64,
+    gap_bins: u64,
+    gaps: Vec<[u64; 2]>,
+    late_spikes: u64,
+    future_spikes: u64,
+    rows: Vec<EvalRow>,
+    notices: Vec<String>,
+    status_outlet: Option<lsl::StreamOutlet>,
+    status_sample: Vec<f64>,
+    last_line: f64,
+}
+
+fn hist() -> Histogram<u64> {
+    // 1 µs .. 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("histogram bounds")
+}
+
+impl Telemetry {
+    pub fn new(cfg: TelemetryConfig, q: TelemetryQueues) -> Telemetry {
+        Telemetry {
+            status_sample: vec![0.0; 4 + cfg.latent + cfg.embed],
+            cfg,
+            q,
+            pending: BTreeMap::new(),
+            first_open: 0,
+            newest_rec: 0,
+            compute: hist(),
+            close_to_push: hist(),
+            e2e: hist(),
+            bins: 0,
+            fallbacks: 0,
+            misses: 0,
+            gap_bins: 0,
+            gaps: Vec::new(),
+            late_spikes: 0,
+            future_spikes: 0,
+            rows: Vec::new(),
+            notices: Vec::new(),
+            status_outlet: None,
+            last_line: 0.0,
+        }
+    }
+
+    fn open_status_outlet(&mut self) {
+        let Some((name, source_id)) = &self.cfg.status_stream else { return };
+        let ch = self.status_sample.len();
+        let Ok(mut info) = lsl::StreamInfo::new(name, "NeuroloopStatus", ch as u32, 1.0 / self.cfg.clock.bin_s, lsl::ChannelFormat::Double64, source_id)
+        else {
+            return;
+        };
+        let mut labels = vec!["bin".to_string()];
+        labels.extend((0..self.cfg.latent).map(|i| format!("x{i}")));
+        labels.extend((0..self.cfg.embed).map(|i| format!("z{i}")));
+        labels.extend(["loglik", "compute_us", "flags"].map(String::from));
+        crate::lslutil::add_channel_labels(&mut info, &labels, "status");
+        self.status_outlet = lsl::StreamOutlet::new(&info, 0, 360).ok();
+    }
+
+    /// Run until `stop` is set and the queues are drained; returns the report.
+    pub fn run(mut self, stop: Arc<AtomicBool>) -> Report {
+        self.open_status_outlet();
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            self.poll();
+            if stopping {
+                self.poll();
+                self.flush_all();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if self.cfg.status_line {
+            self.print_line(true);
+        }
+        if self.status_outlet.is_some() {
+            std::thread::sleep(std::time::Duration::from_millis(crate::emit::OUTLET_LINGER_MS));
+        }
+        self.report()
+    }
+
+    fn poll(&mut self) {
+        while let Ok(n) = self.q.notices.try_recv() {
+            let msg = match n {
+                IngestNotice::Connected { description } => format!("input connected: {description}"),
+                IngestNotice::Lost { description } => format!("input LOST: {description}"),
+                IngestNotice::Rejected { what } => format!("input: {what}"),
+            };
+            eprintln!("[neuroloop] {msg}");
+            self.notices.push(msg);
+        }
+        // Anything for a bin already finalised is too late to join; it is dropped.
+        let first_open = self.first_open;
+        while let Some(r) = self.q.bins.pop() {
+            self.newest_rec = self.newest_rec.max(r.bin);
+            if r.bin >= first_open {
+                self.pending.entry(r.bin).or_default().rec = Some(r);
+            }
+        }
+        while let Some(e) = self.q.emit.telemetry.pop() {
+            if e.bin >= first_open {
+                self.pending.entry(e.bin).or_default().emitted = Some(e);
+            }
+        }
+        while let Some(t) = self.q.truth.pop() {
+            if t.bin >= first_open {
+                self.pending.entry(t.bin).or_default().truth = Some(t);
+            }
+        }
+        while let Some(s) = self.q.end_to_end.pop() {
+            let _ = self.e2e.record((s * 1e6).max(1.0) as u64);
+        }
+        // Finalise bins in order once complete. A bin still incomplete when the loop is 50
+        // bins past it (truth lags, or a record was dropped on a full queue) is finalised
+        // with what it has. Measured against the loop, not the emitter or the simulator,
+        // which run ahead of a stalled loop.
+        while let Some((&k, j)) = self.pending.iter().next() {
+            let complete = j.rec.is_some() && j.emitted.is_some() && (!self.cfg.expect_truth || j.truth.is_some());
+            if !(complete || self.newest_rec > k + 50) {
+                break;
+            }
+            let j = self.pending.remove(&k).unwrap();
+            self.first_open = k + 1;
+            self.finalise(k, j);
+        }
+        if self.cfg.status_line && crate::clock::now() - self.last_line > 1.0 {
+            self.print_line(false);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let keys: Vec<u64> = self.pending.keys().copied().collect();
+        for k in keys {
+            let j = self.pending.remove(&k).unwrap();
+            self.finalise(k, j);
+        }
+    }
+
+    fn finalise(&mut self, k: u64, j: Joined) {
+        if j.rec.is_none() && j.emitted.is_none() {
+            return; // the simulator's truth for a bin the loop never ran
+        }
+        self.bins += 1;
+        let mut flags = 0u32;
+        // Without the emitted record (dropped on a full queue) the gate state is unknown:
+        // such a bin stays out of the open/closed-loop comparison.
+        let mut enabled = None;
+        if let Some(e) = &j.emitted {
+            self.fallbacks += e.fallback as u64;
+            self.misses += e.deadline_miss as u64;
+            let close = self.cfg.clock.close(k);
+            let _ = self.close_to_push.record(((e.pushed_at - close) * 1e6).max(1.0) as u64);
+            flags |= e.fallback as u32;
+            flags |= (e.deadline_miss as u32) << 1;
+            enabled = Some(e.enabled);
+        }
+        if let Some(r) = &j.rec {
+            let _ = self.compute.record(((r.done_at - r.started_at) * 1e6).max(1.0) as u64);
+            self.late_spikes += r.late_spikes;
+            self.future_spikes += r.future_spikes;
+            if !r.has_data {
+                self.gap_bins += 1;
+                match self.gaps.last_mut() {
+                    Some(g) if g[1] + 1 == k => g[1] = k,
+                    _ => self.gaps.push([k, k]),
+                }
+                flags |= 1 << 2;
+            }
+            flags |= ((r.late_spikes > 0) as u32) << 3;
+            flags |= ((r.task_jump >= 0) as u32) << 4;
+            if let (true, Some(enabled)) = (r.has_data, enabled) {
+                self.rows.push(EvalRow {
+                    enabled,
+                    x: r.x[..self.cfg.latent].to_vec(),
+                    x_true: j.truth.map(|t| t.x[..self.cfg.latent].to_vec()),
+                    z: r.z[..self.cfg.embed].to_vec(),
+                    task_true: j.truth.map(|t| t.task),
+                });
+            }
+            if let Some(out) = &self.status_outlet {
+                let s = &mut self.status_sample;
+                s[0] = k as f64;
+                let (d, ee) = (self.cfg.latent, self.cfg.embed);
+                s[1..1 + d].copy_from_slice(&r.x[..d]);
+                s[1 + d..1 + d + ee].copy_from_slice(&r.z[..ee]);
+                s[1 + d + ee] = r.loglik;
+                s[2 + d + ee] = (r.done_at - r.started_at) * 1e6;
+                s[3 + d + ee] = flags as f64;
+                let _ = out.push_sample_ex(s, self.cfg.clock.bin_end(k), true);
+            }
+        }
+    }
+
+    fn print_line(&mut self, last: bool) {
+        self.last_line = crate::clock::now();
+        let us = |h: &Histogram<u64>, q: f64| if h.len() == 0 { 0.0 } else { h.value_at_quantile(q) as f64 };
+        let r2 = self.latent_r2(Some(500)).map_or("-".into(), |v| format!("{v:.3}"));
+        let tr = self.tracking();
+        let track = match (&tr.closed_loop_mse, &tr.open_loop_mse) {
+            (Some(c), Some(o)) => format!(" | track closed {c:.3} open {o:.3}"),
+            (Some(c), None) => format!(" | track {c:.3}"),
+            _ => String::new(),
+        };
+        let e2e = if self.e2e.len() > 0 {
+            format!(" | e2e p50 {:.0} p99 {:.0} µs", us(&self.e2e, 0.5), us(&self.e2e, 0.99))
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "[neuroloop] {}bins {} | misses {} fallbacks {} gaps {} | compute p50 {:.0} p99 {:.0} max {:.0} µs{} | R² {}{}",
+            if last { "final: " } else { "" },
+            self.bins,
+            self.misses,
+            self.fallbacks,
+            self.gap_bins,
+            us(&self.compute, 0.5),
+            us(&self.compute, 0.99),
+            self.compute.max() as f64,
+            e2e,
+            r2,
+            track
+        );
+    }
+
+    /// 1 − SSE/SST over all latent dimensions (the last `window` rows, or all).
+    fn latent_r2(&self, window: Option<usize>) -> Option<f64> {
+        let rows: Vec<&EvalRow> = self.rows.iter().filter(|r| r.x_true.is_some()).collect();
+        let rows = match window {
+            Some(w) if rows.len() > w => &rows[rows.len() - w..],
+            _ => &rows[..],
+        };
+        if rows.len() < 10 {
+            return None;
+        }
+        let d = self.cfg.latent;
+        let mut mean = vec![0.0; d];
+        for r in rows {
+            for i in 0..d {
+                mean[i] += r.x_true.as_ref().unwrap()[i] / rows.len() as f64;
+            }
+        }
+        let (mut sse, mut sst) = (0.0, 0.0);
+        for r in rows {
+            let t = r.x_true.as_ref().unwrap();
+            for i in 0..d {
+                sse += (r.x[i] - t[i]).powi(2);
+                sst += (t[i] - mean[i]).powi(2);
+            }
+        }
+        (sst > 0.0).then(|| 1.0 - sse / sst)
+    }
+
+    fn tracking_error(&self, x_true: &[f64]) -> f64 {
+        match &self.cfg.target {
+            TrackingTarget::Latent(t) => x_true.iter().zip(t).map(|(a, b)| (a - b).powi(2)).sum(),
+            TrackingTarget::Rates { target_hz, c, d, log_rate_max } => {
+                let x = nalgebra::DVector::from_column_slice(x_true);
+                let eta = c * x + d;
+                let n = target_hz.len() as f64;
+                eta.iter().zip(target_hz).map(|(e, r)| (e.min(*log_rate_max).exp() - r).powi(2)).sum::<f64>() / n
+            }
+        }
+    }
+
+    fn tracking(&self) -> Tracking {
+        let (mut closed, mut open) = ((0.0, 0u64), (0.0, 0u64));
+        let mut since_change = 0u64;
+        let mut prev_enabled = None;
+        for r in &self.rows {
+            if prev_enabled != Some(r.enabled) {
+                since_change = 0;
+                prev_enabled = Some(r.enabled);
+            }
+            since_change += 1;
+            let Some(t) = &r.x_true else { continue };
+            if since_change <= self.cfg.settle_bins {
+                continue;
+            }
+            let err = self.tracking_error(t);
+            let acc = if r.enabled { &mut closed } else { &mut open };
+            acc.0 += err;
+            acc.1 += 1;
+        }
+        let c = (closed.1 > 0).then(|| closed.0 / closed.1 as f64);
+        let o = (open.1 > 0).then(|| open.0 / open.1 as f64);
+        Tracking {
+            closed_loop_mse: c,
+            open_loop_mse: o,
+            closed_loop_bins: closed.1,
+            open_loop_bins: open.1,
+            ratio: match (c, o) {
+                (Some(c), Some(o)) if o > 0.0 => Some(c / o),
+                _ => None,
+            },
+        }
+    }
+
+    fn reidentification(&self) -> Vec<Reidentification> {
+        let lib = &self.cfg.library;
+        let mut out = Vec::new();
+        if lib.is_empty() {
+            return out;
+        }
+        let nearest = |z: &[f64]| {
+            (0..lib.len())
+                .min_by(|&a, &b| {
+                    let da: f64 = lib[a].iter().zip(z).map(|(p, q)| (p - q).powi(2)).sum();
+                    let db: f64 = lib[b].iter().zip(z).map(|(p, q)| (p - q).powi(2)).sum();
+                    da.total_cmp(&db)
+                })
+                .unwrap()
+        };
+        let rows: Vec<&EvalRow> = self.rows.iter().filter(|r| r.task_true.is_some()).collect();
+        let mut i = 1;
+        while i < rows.len() {
+            let (prev, cur) = (rows[i - 1].task_true.unwrap(), rows[i].task_true.unwrap());
+            if cur != prev {
+                let start = i;
+                let mut found = None;
+                let mut run = 0;
+                let mut j = start;
+                while j < rows.len() && rows[j].task_true == Some(cur) {
+                    if nearest(&rows[j].z) == cur {
+                        run += 1;
+                        if run == 10 {
+                            found = Some((j + 1 - 10 - start) as u64);
+                            break;
+                        }
+                    } else {
+                        run = 0;
+                    }
+                    j += 1;
+                }
+                out.push(Reidentification { switch_bin: start as u64, task: cur, bins_to_reidentify: found });
+            }
+            i += 1;
+        }
+        out
+    }
+
+    fn report(&self) -> Report {
+        let st = &self.q.ingest;
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let has_truth = self.rows.iter().any(|r| r.x_true.is_some());
+        Report {
+            rig: self.cfg.rig_name.clone(),
+            backend: self.cfg.backend.clone(),
+            bin_ms: self.cfg.clock.bin_s * 1e3,
+            bins: ld(&self.q.emit.pushed),
+            bins_computed: self.q.loop_status.bins_done.load(Ordering::Acquire),
+            control_samples: ld(&self.q.emit.pushed),
+            fallbacks: ld(&self.q.emit.fallbacks),
+            deadline_misses: ld(&self.q.emit.deadline_misses),
+            gap_bins: self.gap_bins,
+            gaps: self.gaps.clone(),
+            late_results: ld(&self.q.emit.late_results),
+            late_spikes: self.late_spikes,
+            future_spikes: self.future_spikes,
+            ring_overflows: ld(&st.ring_overflows),
+            telemetry_dropped: ld(&self.q.bins_dropped) + ld(&self.q.emit.telemetry_dropped),
+            ingest: IngestCounts {
+                samples: ld(&st.samples),
+                spikes: ld(&st.spikes),
+                unknown_units: ld(&st.unknown_units),
+                nonfinite: ld(&st.nonfinite),
+                invalid: ld(&st.invalid),
+                out_of_order: ld(&st.out_of_order),
+                duplicates: ld(&st.duplicates),
+                disconnects: ld(&st.disconnects),
+                reconnects: ld(&st.reconnects),
+            },
+            compute_us: Percentiles::of(&self.compute),
+            close_to_push_us: Percentiles::of(&self.close_to_push),
+            end_to_end_us: (self.e2e.len() > 0).then(|| Percentiles::of(&self.e2e)),
+            latent_r2: if has_truth { self.latent_r2(None) } else { None },
+            reidentification: if has_truth { self.reidentification() } else { Vec::new() },
+            tracking: has_truth.then(|| self.tracking()),
+            notices: self.notices.clone(),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Shared helpers for the integration tests: unique stream names, temporary rig and
+//! model files, and running the real `neuroloop` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_neuroloop")
+}
+
+/// A stream name no other test (or test run) uses, so parallel runs never cross-talk.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn python() -> PathBuf {
+    let p = repo().join(".venv/bin/python");
+    assert!(p.exists(), "{} is missing: run ./scripts/setup.sh first", p.display());
+    p
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+pub fn run(args: &[&str]) -> Output {
+    let out = Command::new(bin()).args(args).output().expect("run neuroloop");
+    eprintln!("--- neuroloop {:?}: {}\n{}", args, out.status, String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Start `neuroloop` in the background (e.g. a `run` with no `--bins`, stopped by [`interrupt`]).
+pub fn spawn(args: &[&str]) -> Child {
+    Command::new(bin()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start neuroloop")
+}
+
+/// Ctrl-C (SIGINT) a spawned `neuroloop`, as an operator would, and collect its output.
+/// The run finishes its current bin and writes its report.
+pub fn interrupt(child: Child) -> Output {
+    let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill -INT").success();
+    assert!(ok, "could not signal neuroloop");
+    let out = child.wait_with_output().expect("wait for neuroloop");
+    eprintln!("--- neuroloop (interrupted): {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+pub fn report(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A small simulated-rig section (the model the tests use), parameterised by stream names.
+pub struct SimRig {
+    pub spikes: String,
+    pub control: String,
+    pub status: String,
+}
+
+impl SimRig {
+    pub fn new(tag: &str) -> SimRig {
+        SimRig { spikes: unique(&format!("{tag}-spikes")), control: unique(&format!("{tag}-control")), status: unique(&format!("{tag}-status")) }
+    }
+
+    /// A rig file body with 10 ms bins. `extra_sim` is appended inside [sim]; `sections` after it.
+    pub fn toml(&self, controller: &str, input_kind: &str, sim_output: &str, extra_sim: &str, sections: &str) -> String {
+        self.toml_timed((10.0, 4.0, 5.0), controller, input_kind, sim_output, extra_sim, sections)
+    }
+
+    /// Same, with (bin_ms, grace_ms, deadline_ms).
+    pub fn toml_timed(
+        &self,
+        (bin_ms, grace_ms, deadline_ms): (f64, f64, f64),
+        controller: &str,
+        input_kind: &str,
+        sim_output: &str,
+        extra_sim: &str,
+        sections: &str,
+    ) -> String {
+        let ty = if input_kind == "events" { "SpikeEvents" } else { "SpikeCounts" };
+        format!(
+            r#"
+name = "test"
+[timing]
+bin_ms = {bin_ms}
+grace_ms = {grace_ms}
+deadline_ms = {deadline_ms}
+start_delay_ms = 1500.0
+[input]
+kind = "{input_kind}"
+name = "{spikes}"
+type = "{ty}"
+resolve_timeout_s = 10.0
+[units]
+channels = 96
+[output]
+control_name = "{control}"
+status_name = "{status}"
+control_labels = ["left", "right", "up", "down"]
+[model]
+backend = "cpu"
+[controller]
+kind = "{controller}"
+[objective]
+kind = "latent"
+target = [0.3, -0.3, 0.2, -0.1]
+[safety]
+lower = [-1.0]
+upper = [1.0]
+max_step = 0.25
+fallback = "hold"
+[sim]
+seed = 7
+n_units = 96
+latent_dim = 4
+embed_dim = 3
+control_dim = 4
+tasks = 3
+output = "{sim_output}"
+stream_name = "{spikes}"
+{extra_sim}
+{sections}
+"#,
+            spikes = self.spikes,
+            control = self.control,
+            status = self.status,
+        )
+    }
+}

@@ -1,0 +1,134 @@
+//! The per-bin hot path allocates nothing after start-up: a counting global allocator
+//! counts allocations made while a thread is marked hot (`neuroloop::hot`) — the live
+//! loop and emitter threads of a whole session, and the model's per-bin functions driven
+//! directly (including the covariance-jitter path).
+
+use nalgebra::DVector;
+use neuroloop::model::ekf::PointProcessEkf;
+use neuroloop::model::embedding::{EmbeddingConfig, EmbeddingUpdater};
+use neuroloop::model::hypernet::HypernetScratch;
+use neuroloop::model::taskid::{TaskIdConfig, TaskIdentifier};
+use neuroloop::model::{Dims, ModelParams, Theta};
+use neuroloop::rig::Rig;
+use neuroloop::session::{self, RunOptions};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+mod common;
+
+struct Counting;
+/// Allocations on hot threads, all threads together.
+static HOT_ALLOCS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// Allocations while hot, this thread only.
+    static MY_HOT_ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    if neuroloop::hot::is_hot() {
+        HOT_ALLOCS.fetch_add(1, Ordering::Relaxed);
+        let _ = MY_HOT_ALLOCS.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+fn my_hot_allocs() -> u64 {
+    MY_HOT_ALLOCS.with(|c| c.get())
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        count();
+        System.alloc(l)
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        count();
+        System.alloc_zeroed(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        count();
+        System.realloc(p, l, n)
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+#[test]
+fn hot_path_does_not_allocate() {
+    // The counter must be able to fail.
+    let before = my_hot_allocs();
+    neuroloop::hot::enter();
+    let v: Vec<u64> = std::hint::black_box(vec![1, 2, 3]);
+    neuroloop::hot::leave();
+    assert!(my_hot_allocs() > before, "the counting allocator does not see hot allocations");
+    drop(v);
+    let start = HOT_ALLOCS.load(Ordering::Relaxed);
+
+    // d = 8 as well: nalgebra's matrix products allocate above 5×5 (see linalg.rs).
+    for (controller, latent) in [("mppi", 4), ("lqr", 4), ("mppi", 8), ("lqr", 8)] {
+        let dir = tempfile::tempdir().unwrap();
+        let rig = common::SimRig::new("alloc");
+        let mut text = rig.toml(controller, "events", "events", "switch_every_s = 1.0", "[model.task_id]\nenabled = true");
+        if latent == 8 {
+            text = text.replace("latent_dim = 4", "latent_dim = 8").replace("target = [0.3, -0.3, 0.2, -0.1]", "target = [0.3, -0.3, 0.2, -0.1, 0.0, 0.1, 0.0, -0.2]");
+        }
+        let path = common::write(dir.path(), "rig.toml", &text);
+        let rig = Rig::load(&path).unwrap();
+        let report = session::run(&rig, &RunOptions { bins: Some(300), report: None, with_sim: true, status_line: false }).unwrap();
+        assert_eq!(report.bins, 300);
+        assert!(report.ingest.spikes > 0);
+        assert_eq!(HOT_ALLOCS.load(Ordering::Relaxed) - start, 0, "{controller}, d = {latent}: the loop or emitter allocated on the hot path");
+    }
+}
+
+/// The model's per-bin functions, driven directly for many bins (jumps, skipped updates,
+/// the jitter path), allocate nothing.
+#[test]
+fn per_bin_model_path_does_not_allocate() {
+  for latent in [4, 8] {
+    let dims = Dims { n_units: 96, latent, embed: 3, control: 2, hidden: 16 };
+    let p = ModelParams::synthetic(dims, 3, 0.01, 1);
+    let mut z = p.z_init.clone();
+    let mut theta = Theta::zeros(&dims);
+    let mut hs = HypernetScratch::new(&dims);
+    let mut ekf = PointProcessEkf::new(&dims, p.initial_state_var);
+    let mut upd = EmbeddingUpdater::new(&dims, EmbeddingConfig::default());
+    let mut tid = TaskIdentifier::new(&p, TaskIdConfig { margin: -1e9, min_bins_between_switches: 0, ..Default::default() });
+    let mut grad_z = DVector::zeros(dims.embed);
+    let u = DVector::from_vec(vec![0.3, -0.2]);
+    let y: Vec<f64> = (0..dims.n_units).map(|i| (i % 3) as f64).collect();
+    let mut bad = p.process_noise.clone();
+    bad[0] = -10.0; // forces the covariance jitter path now and then
+
+    p.hypernet.decode(&z, &mut theta, &mut hs);
+    let before = my_hot_allocs();
+    neuroloop::hot::enter();
+    for k in 0..500 {
+        let q = if k % 97 == 0 { &bad } else { &p.process_noise };
+        ekf.predict(&theta, p.alpha, q, &u);
+        if k % 10 == 3 {
+            ekf.skip_update();
+            continue;
+        }
+        let ll = ekf.update(&p.obs_c, &p.obs_d, p.log_rate_max, p.bin_s, &y);
+        if let Some(j) = tid.score(&p, &ekf.x_prev, &u, &y, ll) {
+            z.copy_from(&p.task_library[j]);
+            p.hypernet.decode(&z, &mut theta, &mut hs);
+            tid.jumped_to(j);
+            upd.reset();
+        }
+        upd.gradient(&p, &z, &theta, &ekf.x_prev, &u, &y, &mut hs, &mut grad_z);
+        upd.step(&p, &mut z, &mut theta, &ekf.x_prev, &u, &y, &mut hs);
+        let _ = tid.best();
+    }
+    neuroloop::hot::leave();
+    let after = my_hot_allocs();
+    assert_eq!(after - before, 0, "d = {latent}: the per-bin model path allocated {} times", after - before);
+    assert!(ekf.x.iter().all(|v| v.is_finite()));
+    assert!(ekf.jitter_events > 0, "the jitter path was not exercised");
+  }
+}

@@ -1,0 +1,73 @@
+//! Interop with an LSL implementation no one here wrote: a pylsl (PyPI) outlet publishes
+//! spike events that neuroloop consumes, and a pylsl inlet receives neuroloop's Control
+//! stream with the right labels and timestamps.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+
+#[test]
+fn pylsl_spikes_in_pylsl_control_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("py");
+    // The model: the simulator's true model, saved by the real CLI.
+    let sim_rig = write(dir.path(), "sim.toml", &rig.toml("lqr", "events", "events", "", ""));
+    let model = dir.path().join("model.safetensors");
+    assert!(run(&["sim", "--rig", sim_rig.to_str().unwrap(), "--write-model", model.to_str().unwrap()]).status.success());
+    // The controller's rig: no [sim], the model from the file, input from pylsl.
+    let text = rig.toml("lqr", "events", "events", "", "");
+    let text = text[..text.find("[sim]").unwrap()].replace("[model]\n", &format!("[model]\npath = \"{}\"\n", model.display()));
+    // A long lead-in before bin 0: the Control outlet exists for 4 s before its first
+    // sample, so the Python inlet is connected by then even on a slow machine.
+    assert!(text.contains("start_delay_ms = 1500.0"));
+    let text = text.replace("start_delay_ms = 1500.0", "start_delay_ms = 4000.0");
+    let rig_path = write(dir.path(), "rig.toml", &text);
+
+    let py = python();
+    let outlet = Command::new(&py)
+        .arg(repo().join("tests/py/spike_outlet.py"))
+        .args(["--name", &rig.spikes, "--channels", "96", "--duration", "6", "--linger", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let inlet = Command::new(&py)
+        .arg(repo().join("tests/py/control_inlet.py"))
+        .args(["--name", &rig.control, "--seconds", "20"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Run until pylsl has pushed everything, then Ctrl-C.
+    let report_path = dir.path().join("report.json");
+    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
+    let pushed_out = outlet.wait_with_output().unwrap();
+    let out = interrupt(child);
+    assert!(out.status.success());
+    let r = report(&report_path);
+
+    let pushed: serde_json::Value = serde_json::from_slice(&pushed_out.stdout).unwrap();
+    let pushed = pushed["pushed"].as_u64().expect("pylsl outlet output");
+    assert!(pushed > 1000);
+    assert_eq!(r["ingest"]["samples"].as_u64().unwrap(), pushed, "every spike pylsl pushed reached neuroloop");
+    assert_eq!(r["ingest"]["spikes"].as_u64().unwrap(), pushed);
+    assert_eq!(r["ring_overflows"], 0);
+
+    let seen: serde_json::Value = serde_json::from_slice(&inlet.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(seen["type"], "Control");
+    assert_eq!(seen["channel_count"], 4);
+    assert_eq!(seen["labels"], serde_json::json!(["left", "right", "up", "down"]));
+    assert!((seen["nominal_srate"].as_f64().unwrap() - 100.0).abs() < 1e-9);
+    let ts: Vec<f64> = seen["timestamps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let bins = r["bins"].as_u64().unwrap();
+    assert!(bins > 100);
+    assert_eq!(r["control_samples"].as_u64().unwrap(), bins);
+    assert_eq!(ts.len() as u64, bins, "pylsl sees one Control sample per bin");
+    for w in ts.windows(2) {
+        assert!((w[1] - w[0] - 0.010).abs() < 1e-6, "Control timestamps are consecutive bin ends");
+    }
+    for v in seen["values"].as_array().unwrap() {
+        for x in v.as_array().unwrap() {
+            let x = x.as_f64().unwrap();
+            assert!((-1.0..=1.0).contains(&x), "control within the safety bounds");
+        }
+    }
+}
