@@ -5,14 +5,10 @@ mod common;
 use common::*;
 use lsl::ExPushable;
 
-/// A controller rig (no [sim]) reading `kind` from `stream`, with the sim's model saved to a file.
+/// A controller rig (no [sim]) reading a `kind` stream, with the sim's model saved to a file.
 fn controller_rig(dir: &std::path::Path, rig: &SimRig, kind: &str) -> std::path::PathBuf {
-    let sim_rig = write(dir, "sim.toml", &rig.toml("lqr", kind, "events", "", ""));
-    let model = dir.join("model.safetensors");
-    assert!(run(&["sim", "--rig", sim_rig.to_str().unwrap(), "--write-model", model.to_str().unwrap()]).status.success());
-    let text = rig.toml("lqr", kind, "events", "", "");
-    let text = text[..text.find("[sim]").unwrap()].replace("[model]\n", &format!("[model]\npath = \"{}\"\n", model.display()));
-    write(dir, "rig.toml", &text)
+    let model = rig.write_model(dir);
+    write(dir, "rig.toml", &rig.controller_toml(kind, &model))
 }
 
 fn wait_for_consumer(outlet: &lsl::StreamOutlet) {

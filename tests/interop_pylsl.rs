@@ -10,13 +10,9 @@ use std::process::{Command, Stdio};
 fn pylsl_spikes_in_pylsl_control_out() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("py");
-    // The model: the simulator's true model, saved by the real CLI.
-    let sim_rig = write(dir.path(), "sim.toml", &rig.toml("lqr", "events", "events", "", ""));
-    let model = dir.path().join("model.safetensors");
-    assert!(run(&["sim", "--rig", sim_rig.to_str().unwrap(), "--write-model", model.to_str().unwrap()]).status.success());
-    // The controller's rig: no [sim], the model from the file, input from pylsl.
-    let text = rig.toml("lqr", "events", "events", "", "");
-    let text = text[..text.find("[sim]").unwrap()].replace("[model]\n", &format!("[model]\npath = \"{}\"\n", model.display()));
+    // The controller's rig: no [sim], the simulator's true model from a file, input from pylsl.
+    let model = rig.write_model(dir.path());
+    let text = rig.controller_toml("events", &model);
     // A long lead-in before bin 0: the Control outlet exists for 4 s before its first
     // sample, so the Python inlet is connected by then even on a slow machine.
     assert!(text.contains("start_delay_ms = 1500.0"));

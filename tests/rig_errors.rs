@@ -47,9 +47,7 @@ fn out_of_range_values_name_the_key() {
 fn model_file_with_a_missing_tensor_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("modelerr");
-    let sim_rig = write(dir.path(), "sim.toml", &rig.toml("lqr", "events", "events", "", ""));
-    let model = dir.path().join("model.safetensors");
-    assert!(run(&["sim", "--rig", sim_rig.to_str().unwrap(), "--write-model", model.to_str().unwrap()]).status.success());
+    let model = rig.write_model(dir.path());
     // Rewrite the file without `observation.bias`, keeping everything else.
     let bytes = std::fs::read(&model).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
@@ -58,9 +56,7 @@ fn model_file_with_a_missing_tensor_names_it() {
         st.tensors().into_iter().filter(|(n, _)| n != "observation.bias").collect();
     let broken = dir.path().join("broken.safetensors");
     safetensors::serialize_to_file(kept, &meta.metadata().clone(), &broken).unwrap();
-    let text = rig.toml("lqr", "events", "events", "", "");
-    let text = text[..text.find("[sim]").unwrap()].replace("[model]\n", &format!("[model]\npath = \"{}\"\n", broken.display()));
-    let p = write(dir.path(), "rig.toml", &text);
+    let p = write(dir.path(), "rig.toml", &rig.controller_toml("events", &broken));
     let out = run(&["check", "--rig", p.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

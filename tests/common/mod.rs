@@ -70,6 +70,20 @@ impl SimRig {
         SimRig { spikes: unique(&format!("{tag}-spikes")), control: unique(&format!("{tag}-control")), status: unique(&format!("{tag}-status")) }
     }
 
+    /// The simulator's true model, saved by the real CLI (`neuroloop sim --write-model`).
+    pub fn write_model(&self, dir: &Path) -> PathBuf {
+        let sim_rig = write(dir, "sim.toml", &self.toml("lqr", "events", "events", "", ""));
+        let model = dir.join("model.safetensors");
+        assert!(run(&["sim", "--rig", sim_rig.to_str().unwrap(), "--write-model", model.to_str().unwrap()]).status.success());
+        model
+    }
+
+    /// A controller-only rig body (no [sim]): LQR, `input_kind` input, the model from `model`.
+    pub fn controller_toml(&self, input_kind: &str, model: &Path) -> String {
+        let text = self.toml("lqr", input_kind, "events", "", "");
+        text[..text.find("[sim]").unwrap()].replace("[model]\n", &format!("[model]\npath = \"{}\"\n", model.display()))
+    }
+
     /// A rig file body with 10 ms bins. `extra_sim` is appended inside [sim]; `sections` after it.
     pub fn toml(&self, controller: &str, input_kind: &str, sim_output: &str, extra_sim: &str, sections: &str) -> String {
         self.toml_timed((10.0, 4.0, 5.0), controller, input_kind, sim_output, extra_sim, sections)
