@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up for neuroloop on Debian with Rust and Python 3:
-#   - system packages the build and the tests need,
+#   - system packages the build and the tests need (Mesa's Vulkan drivers for the wgpu backend),
 #   - a Python virtual environment (.venv) with pylsl (liblsl 1.18) and numpy, used by the
 #     interop tests and the Python baselines,
 #   - liblsl 1.18 copied from the pylsl wheel into .liblsl/, which .cargo/config.toml links.
@@ -14,6 +14,10 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The wgpu backend and its tests need a Vulkan driver; Mesa's lavapipe runs the kernels on
+# the CPU when the machine has no GPU (CI).
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
+[ -e /usr/lib/x86_64-linux-gnu/libvulkan.so.1 ] || ls /usr/lib/*/libvulkan.so.1 >/dev/null 2>&1 || need_apt+=(libvulkan1)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

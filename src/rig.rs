@@ -5,6 +5,7 @@
 
 use crate::control::ControllerConfig;
 use crate::model::embedding::EmbeddingConfig;
+use crate::model::particle::ParticleConfig;
 use crate::model::taskid::TaskIdConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -179,7 +180,21 @@ pub struct ModelConfig {
     pub embedding: EmbeddingConfig,
     #[serde(default)]
     pub task_id: TaskIdConfig,
+    /// Latent-state filter: the point-process EKF (default) or a particle filter.
+    #[serde(default)]
+    pub filter: FilterKind,
+    #[serde(default)]
+    pub particles: ParticleConfig,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterKind {
+    #[default]
+    Ekf,
+    Particles,
+}
+
 fn default_backend() -> BackendKind {
     BackendKind::Cpu
 }
@@ -374,6 +389,7 @@ impl Rig {
             return Err(self.invalid("objective.target", "rates must be ≥ 0 Hz"));
         }
         self.controller.validate().map_err(|m| self.invalid("controller", m))?;
+        self.model.particles.validate().map_err(|m| self.invalid("model.particles", m))?;
         if let Some(sim) = &self.sim {
             if sim.n_units == 0 || sim.latent_dim == 0 || sim.embed_dim == 0 || sim.control_dim == 0 {
                 return Err(self.invalid("sim", "n_units, latent_dim, embed_dim and control_dim must be ≥ 1"));

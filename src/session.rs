@@ -3,6 +3,8 @@
 //! the calling thread.
 
 use crate::backend::{cpu::CpuBackend, Backend};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use crate::backend::gpu::GpuBackend;
 use crate::clock::{self, BinClock};
 use crate::control::Objective;
 use crate::emit::{self, EmitChannels, EmitterSetup};
@@ -54,16 +56,29 @@ pub fn objective(rig: &Rig, params: &ModelParams) -> anyhow::Result<Objective> {
 
 /// Build the backend the rig selects.
 pub fn backend(rig: &Rig, params: ModelParams) -> anyhow::Result<Box<dyn Backend>> {
+    let obj = objective(rig, &params)?;
+    let safety = Safety::from_rig(rig, params.dims.control)?;
+    let (lo, hi) = (safety.lower(), safety.upper());
     match rig.model.backend {
-        BackendKind::Cpu => {
-            let obj = objective(rig, &params)?;
-            let safety = Safety::from_rig(rig, params.dims.control)?;
-            Ok(Box::new(CpuBackend::new(params, rig, obj, safety.lower(), safety.upper())?))
+        BackendKind::Cpu => Ok(Box::new(CpuBackend::new(params, rig, obj, lo, hi)?)),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+            let dev = WgpuDevice::DefaultDevice;
+            Ok(Box::new(GpuBackend::<WgpuRuntime>::new("wgpu", &dev, params, rig, obj, lo, hi)?))
         }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            use cubecl::cuda::{CudaDevice, CudaRuntime};
+            let dev = CudaDevice::new(0);
+            Ok(Box::new(GpuBackend::<CudaRuntime>::new("cuda", &dev, params, rig, obj, lo, hi)?))
+        }
+        #[allow(unreachable_patterns)]
         other => bail!(
-            "rig file {}: backend = \"{:?}\" is not available in this build yet; use backend = \"cpu\"",
+            "rig file {}: backend = \"{}\" is not compiled into this neuroloop; rebuild with `--features {}` or use backend = \"cpu\"",
             rig.path.display(),
-            other
+            format!("{other:?}").to_lowercase(),
+            format!("{other:?}").to_lowercase(),
         ),
     }
 }

@@ -4,6 +4,22 @@ mod common;
 use common::*;
 use lsl::Pullable;
 
+/// The R² a live run must reach: 0.9 when (nearly) every spike made its bin; when the host
+/// stalled the simulator or the ingest long enough that more than 5 % of spikes missed
+/// their bin's close (a shared 2-vCPU VM can stall for hundreds of ms), the filter saw
+/// different data from the truth and only 0.75 is asked. The deterministic R² ≥ 0.9 check
+/// without timing noise is tests/offline_loop.rs.
+fn required_r2(r: &serde_json::Value) -> f64 {
+    let late = r["late_spikes"].as_f64().unwrap();
+    let spikes = r["ingest"]["spikes"].as_f64().unwrap().max(1.0);
+    if late / spikes <= 0.05 {
+        0.9
+    } else {
+        eprintln!("note: {:.1} % of spikes were late on this machine; R² bound relaxed to 0.75", 100.0 * late / spikes);
+        0.75
+    }
+}
+
 /// Closed loop with the simulator's true model: the filter tracks the latent, the
 /// embedding re-identifies after task switches, and control beats open loop.
 ///
@@ -36,13 +52,42 @@ fn closed_loop_tracks_reidentifies_and_controls() {
     assert_eq!(r["bins_computed"], 900);
     assert_eq!(r["control_samples"], 900);
     let r2 = r["latent_r2"].as_f64().unwrap();
-    assert!(r2 >= 0.9, "latent R² {r2}");
+    assert!(r2 >= required_r2(&r), "latent R² {r2}");
     let reid = r["reidentification"].as_array().unwrap();
     assert!(reid.len() >= 2, "expected task switches, got {reid:?}");
     for s in reid {
         let bins = s["bins_to_reidentify"].as_u64();
         assert!(bins.is_some_and(|b| b < 150), "no re-identification after switch {s}");
     }
+    let t = &r["tracking"];
+    let (closed, open) = (t["closed_loop_mse"].as_f64().unwrap(), t["open_loop_mse"].as_f64().unwrap());
+    assert!(closed < 0.5 * open, "closed-loop tracking error {closed} is not clearly below open loop {open}");
+}
+
+/// The same closed loop through the CLI with the GPU backend (wgpu: Mesa lavapipe on a
+/// machine without a GPU, as in CI): kernels in the loop over real LSL, one control sample
+/// per bin, and the model still tracks and controls.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[test]
+fn closed_loop_on_the_gpu_backend() {
+    let backend = if cfg!(feature = "cuda") { "cuda" } else { "wgpu" };
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("gpu");
+    let text = rig
+        // 100 ms bins: lavapipe runs the kernels on the same two CPU cores as everything
+        // else (≈ 15 ms per bin at p50 here), so the bin is sized for that, not for a GPU.
+        .toml_timed((100.0, 40.0, 50.0), "mppi", "events", "events", "switch_every_s = 0.0\nopen_loop_block_bins = 100", "")
+        .replace("backend = \"cpu\"", &format!("backend = \"{backend}\""));
+    let rig_path = write(dir.path(), "rig.toml", &text);
+    let report_path = dir.path().join("report.json");
+    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "400", "--report", report_path.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = report(&report_path);
+    eprintln!("{r:#}");
+    assert_eq!(r["bins"], 400);
+    assert_eq!(r["control_samples"], 400);
+    let r2 = r["latent_r2"].as_f64().unwrap();
+    assert!(r2 >= required_r2(&r), "latent R² {r2}");
     let t = &r["tracking"];
     let (closed, open) = (t["closed_loop_mse"].as_f64().unwrap(), t["open_loop_mse"].as_f64().unwrap());
     assert!(closed < 0.5 * open, "closed-loop tracking error {closed} is not clearly below open loop {open}");

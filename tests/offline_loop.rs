@@ -16,8 +16,14 @@ struct Outcome {
 }
 
 fn run_offline(rig_file: &str, controller: &str, bins: u64) -> Outcome {
+    run_offline_with(rig_file, controller, bins, "")
+}
+
+/// `model_keys` are added to the rig's [model] section (backend, filter, …).
+fn run_offline_with(rig_file: &str, controller: &str, bins: u64, model_keys: &str) -> Outcome {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rig_file);
     let text = std::fs::read_to_string(&path).unwrap().replace("kind = \"mppi\"", &format!("kind = \"{controller}\""));
+    let text = text.replace("backend = \"cpu\"\n", "").replace("[model]\n", &format!("[model]\n{model_keys}\n"));
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("rig.toml");
     std::fs::write(&p, text).unwrap();
@@ -102,7 +108,7 @@ fn run_offline(rig_file: &str, controller: &str, bins: u64) -> Outcome {
         closed_mse: closed.0 / closed.1.max(1) as f64,
         open_mse: if open.1 > 0 { open.0 / open.1 as f64 } else { f64::NAN },
     };
-    eprintln!("{rig_file} {controller}: R² {:.3}, re-identification {:?}, tracking closed {:.4} open {:.4}", o.r2, o.reidentify, o.closed_mse, o.open_mse);
+    eprintln!("{rig_file} {controller} [{model_keys}]: R² {:.3}, re-identification {:?}, tracking closed {:.4} open {:.4}", o.r2, o.reidentify, o.closed_mse, o.open_mse);
     o
 }
 
@@ -130,3 +136,36 @@ fn utah96_policy_runs() {
     assert!(o.closed_mse.is_finite() && o.open_mse.is_finite());
 }
 
+
+/// The particle filter in place of the EKF (CPU backend).
+#[test]
+fn utah96_particle_filter_tracks_and_controls() {
+    let o = run_offline_with("rigs/sim-utah96.toml", "mppi", 3000, "filter = \"particles\"\n[model.particles]\ncount = 512");
+    assert!(o.r2 >= 0.85, "R² {}", o.r2);
+    assert!(o.closed_mse < 0.5 * o.open_mse);
+}
+
+/// The same loop on the GPU backend (wgpu: Mesa lavapipe in CI; CUDA with --features cuda).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[test]
+fn utah96_gpu_backend_tracks_reidentifies_and_controls() {
+    let backend = if cfg!(feature = "cuda") { "cuda" } else { "wgpu" };
+    let o = run_offline_with("rigs/sim-utah96.toml", "mppi", 6000, &format!("backend = \"{backend}\""));
+    assert!(o.r2 >= 0.9, "R² {}", o.r2);
+    assert!(o.reidentify.len() >= 2 && o.reidentify.iter().all(|r| r.is_some_and(|b| b < 500)), "{:?}", o.reidentify);
+    assert!(o.closed_mse < 0.5 * o.open_mse);
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[test]
+fn utah96_gpu_particle_filter_tracks_and_controls() {
+    let backend = if cfg!(feature = "cuda") { "cuda" } else { "wgpu" };
+    let o = run_offline_with(
+        "rigs/sim-utah96.toml",
+        "mppi",
+        3000,
+        &format!("backend = \"{backend}\"\nfilter = \"particles\"\n[model.particles]\ncount = 512"),
+    );
+    assert!(o.r2 >= 0.85, "R² {}", o.r2);
+    assert!(o.closed_mse < 0.5 * o.open_mse);
+}

@@ -1,7 +1,16 @@
-//! neuroloop-kernels: GPU kernels for the per-bin model and controller.
+//! neuroloop-kernels: the per-bin model and controller as cubecl kernels, with their
+//! launch wrappers ([`runner::DeviceModel`]). No cubecl runtime is turned on here: the
+//! neuroloop binary picks `wgpu` (default) and/or `cuda`.
 //!
-//! The cubecl kernels land with the GPU backend. What lives here already is what the
-//! CPU and GPU backends must share bit for bit: the counter-based random number
-//! generator, so that MPPI and the particle filter draw the same noise on either side.
+//! Data layout on the device: [`layout`]. The CPU reference for every kernel is the
+//! neuroloop crate's `model` and `control` modules; the tests that hold the kernels to it
+//! live there (`tests/gpu_kernels.rs`).
 
+pub mod filter;
+pub mod layout;
+pub mod mppi;
+pub mod particle;
 pub mod philox;
+pub mod rng;
+pub mod runner;
+pub mod util;

@@ -63,7 +63,7 @@ pub fn key_from_seed(seed: u64) -> [u32; 2] {
 }
 
 /// A standard-normal draw addressed by (seed, stream, index): the block counter is
-/// (index / 4, stream low, stream high, 0) and the lane index % 4.
+/// (index / 4 low, index / 4 high, stream low, stream high) and the lane index % 4.
 #[inline]
 pub fn normal_at(seed: u64, stream: u64, index: u64) -> f32 {
     let block = index / 4;

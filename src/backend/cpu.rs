@@ -1,6 +1,7 @@
 //! The plain-Rust CPU backend: the reference every GPU kernel is tested against.
 //!
-//! Per bin: EKF predict with the command actually emitted last bin → EKF update with the
+//! Per bin: filter predict with the command actually emitted last bin (the point-process
+//! EKF, or the particle filter when the rig asks for it) → filter update with the
 //! counts → one online embedding step (gradient through dynamics and hypernetwork) →
 //! re-decode θ(z) → task identification over the library → controller. Everything is
 //! preallocated in `new`; `step` does not allocate.
@@ -10,9 +11,11 @@ use crate::control::{ActuationLimits, ControlContext, Controller, Objective};
 use crate::model::ekf::PointProcessEkf;
 use crate::model::embedding::{EmbeddingConfig, EmbeddingUpdater};
 use crate::model::hypernet::HypernetScratch;
+use crate::model::observation::{log_rates, poisson_loglik};
+use crate::model::particle::ParticleFilter;
 use crate::model::taskid::{TaskIdConfig, TaskIdentifier};
 use crate::model::{Dims, ModelParams, Theta};
-use crate::rig::Rig;
+use crate::rig::{FilterKind, Rig};
 use anyhow::anyhow;
 use nalgebra::DVector;
 
@@ -22,6 +25,14 @@ pub struct CpuBackend {
     theta: Theta,
     hyper: HypernetScratch,
     ekf: PointProcessEkf,
+    /// Replaces the EKF when the rig sets `filter = "particles"` (the EKF's `x_prev` is then
+    /// unused; the particle filter keeps its own).
+    particles: Option<ParticleFilter>,
+    /// x⁻ = f(x_{k−1}, u; θ) and log-rates at it (the particle filter's reported
+    /// log-likelihood is log p(y | x⁻), as the EKF's).
+    x_pred: DVector<f64>,
+    tanh_a: DVector<f64>,
+    eta: DVector<f64>,
     embed_cfg: EmbeddingConfig,
     embed: EmbeddingUpdater,
     taskid: Option<TaskIdentifier>,
@@ -51,7 +62,14 @@ impl CpuBackend {
         params.hypernet.decode(&z, &mut theta, &mut hyper);
         let mut ekf = PointProcessEkf::new(&dims, params.initial_state_var);
         ekf.reset(&DVector::zeros(dims.latent), params.initial_state_var);
+        let particles = (rig.model.filter == FilterKind::Particles).then(|| {
+            ParticleFilter::new(&dims, rig.model.particles.clone(), &DVector::zeros(dims.latent), params.initial_state_var)
+        });
         Ok(CpuBackend {
+            particles,
+            x_pred: DVector::zeros(dims.latent),
+            tanh_a: DVector::zeros(dims.latent),
+            eta: DVector::zeros(dims.n_units),
             embed: EmbeddingUpdater::new(&dims, rig.model.embedding.clone()),
             embed_cfg: rig.model.embedding.clone(),
             taskid,
@@ -81,24 +99,33 @@ impl Backend for CpuBackend {
     fn step(&mut self, input: &BinInput, out: &mut BinOutput) {
         let p = &self.params;
         self.u_prev.as_mut_slice().copy_from_slice(input.u_prev);
-        self.ekf.predict(&self.theta, p.alpha, &p.process_noise, &self.u_prev);
+        match &mut self.particles {
+            None => self.ekf.predict(&self.theta, p.alpha, &p.process_noise, &self.u_prev),
+            Some(pf) => pf.predict(&self.theta, p.alpha, &p.process_noise, &self.u_prev, input.bin),
+        }
         out.task_jump = None;
         out.embed_step = 0.0;
         if input.has_data {
-            out.loglik = self.ekf.update(&p.obs_c, &p.obs_d, p.log_rate_max, p.bin_s, input.counts);
+            out.loglik = match &mut self.particles {
+                None => self.ekf.update(&p.obs_c, &p.obs_d, p.log_rate_max, p.bin_s, input.counts),
+                Some(pf) => {
+                    crate::model::dynamics::step(&self.theta, p.alpha, &pf.x_prev, &self.u_prev, &mut self.x_pred, &mut self.tanh_a);
+                    log_rates(&p.obs_c, &p.obs_d, p.log_rate_max, &self.x_pred, &mut self.eta);
+                    pf.update(&p.obs_c, &p.obs_d, p.log_rate_max, p.bin_s, input.counts, input.bin);
+                    poisson_loglik(input.counts, &self.eta, p.bin_s)
+                }
+            };
+            let x_prev = match &self.particles {
+                None => &self.ekf.x_prev,
+                Some(pf) => &pf.x_prev,
+            };
             if self.embed_cfg.enabled {
-                out.embed_step = self.embed.step(
-                    p,
-                    &mut self.z,
-                    &mut self.theta,
-                    &self.ekf.x_prev,
-                    &self.u_prev,
-                    input.counts,
-                    &mut self.hyper,
-                ); // re-decodes θ(z) for the next bin
+                out.embed_step =
+                    self.embed.step(p, &mut self.z, &mut self.theta, x_prev, &self.u_prev, input.counts, &mut self.hyper);
+                // re-decodes θ(z) for the next bin
             }
             if let Some(tid) = &mut self.taskid {
-                if let Some(j) = tid.score(p, &self.ekf.x_prev, &self.u_prev, input.counts, out.loglik) {
+                if let Some(j) = tid.score(p, x_prev, &self.u_prev, input.counts, out.loglik) {
                     self.z.copy_from(&p.task_library[j]);
                     p.hypernet.decode(&self.z, &mut self.theta, &mut self.hyper);
                     tid.jumped_to(j);
@@ -107,17 +134,24 @@ impl Backend for CpuBackend {
                 }
             }
         } else {
-            self.ekf.skip_update();
+            match &mut self.particles {
+                None => self.ekf.skip_update(),
+                Some(pf) => pf.skip_update(),
+            }
             out.loglik = 0.0;
         }
+        let x = match &self.particles {
+            None => &self.ekf.x,
+            Some(pf) => &pf.x,
+        };
         out.control_valid = false;
         if input.want_control && input.has_data {
-            let ctx = ControlContext { params: p, theta: &self.theta, x: &self.ekf.x, u_prev: &self.u_prev, bin: input.bin };
+            let ctx = ControlContext { params: p, theta: &self.theta, x, u_prev: &self.u_prev, bin: input.bin };
             self.controller.compute(&ctx, &self.objective, &self.limits, &mut self.u);
             out.u.copy_from_slice(self.u.as_slice());
             out.control_valid = true;
         }
-        out.x.copy_from_slice(self.ekf.x.as_slice());
+        out.x.copy_from_slice(x.as_slice());
         out.z.copy_from_slice(self.z.as_slice());
     }
 
@@ -151,7 +185,8 @@ mod tests {
             let params = crate::sim::truth_model(rig.sim.as_ref().unwrap(), 0.01);
             let dims = params.dims;
             let obj = crate::session::objective(&rig, &params).unwrap();
-            let mut b = CpuBackend::new(params, &rig, obj, &[-1.0, -1.0], &[1.0, 1.0]).unwrap();
+            let m = dims.control;
+            let mut b = CpuBackend::new(params, &rig, obj, &vec![-1.0; m], &vec![1.0; m]).unwrap();
             let mut out = BinOutput::new(&dims);
             let counts: Vec<f64> = (0..dims.n_units).map(|i| (i % 3 == 0) as u8 as f64).collect();
             let u_prev = vec![0.0; dims.control];

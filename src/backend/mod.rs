@@ -3,6 +3,8 @@
 //! implement the same trait.
 
 pub mod cpu;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod gpu;
 
 use crate::control::Objective;
 use crate::model::Dims;

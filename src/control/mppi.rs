@@ -99,6 +99,11 @@ impl Mppi {
         self.u_nom.fill(0.0);
     }
 
+    /// Softmin weights of the last bin's samples (unnormalised: the best has weight 1).
+    pub fn weights(&self) -> &[f64] {
+        &self.costs
+    }
+
     /// The nominal sequence U (m × H) after the last bin's shift.
     pub fn nominal(&self) -> &DMatrix<f64> {
         &self.u_nom

@@ -13,6 +13,7 @@ pub mod embedding;
 pub mod file;
 pub mod hypernet;
 pub mod observation;
+pub mod particle;
 pub mod synthetic;
 pub mod taskid;
 #[cfg(test)]

@@ -1,0 +1,229 @@
+//! MPPI on the device (mirrors `src/control/mppi.rs`): one thread per sampled control
+//! sequence rolls the dynamics out over the horizon with Philox noise that is bit-for-bit
+//! the CPU's (sample k, step h, channel j ↦ index (k·H + h)·m + j, stream = bin; sample 0
+//! is the unperturbed nominal), then one cube forms the softmin weights, updates the
+//! nominal sequence, emits u_k and shifts the warm start.
+
+use crate::layout::*;
+use crate::rng::normal_at;
+use crate::util::*;
+use cubecl::prelude::*;
+
+/// u_nom[h, j] made feasible (non-finite → 0, then clamped).
+#[cube]
+fn nominal(mem: &Array<f32>, o_unom: usize, o_lo: usize, o_hi: usize, m: usize, h: usize, j: usize) -> f32 {
+    let mut v = mem[o_unom + h * m + j];
+    if !is_finite(v) {
+        v = 0.0;
+    }
+    clampf(v, mem[o_lo + j], mem[o_hi + j])
+}
+
+/// Σ_i (exp(η_i(x)) − r*_i)² / max(r*_i, 1) at the latent state `mem[x..x + d]`,
+/// compensated (Kahan): the softmin resolves cost differences of ~τ, so the N-unit sum
+/// must keep its f32 precision.
+#[cube]
+fn rate_cost(mem: &Array<f32>, lay: &Array<u32>, x: usize, lmax: f32) -> f32 {
+    let n = lay[N] as usize;
+    let d = lay[D] as usize;
+    let o_c = lay[O_C] as usize;
+    let o_dv = lay[O_DV] as usize;
+    let o_tr = lay[O_TGTR] as usize;
+    let o_rs = lay[O_RSCALE] as usize;
+    let mut s = 0.0f32;
+    let mut comp = 0.0f32;
+    for unit in 0..n {
+        let mut eta = mem[o_dv + unit];
+        for j in 0..d {
+            eta += mem[o_c + unit * d + j] * mem[x + j];
+        }
+        let err = f32::exp(clampf(eta, LOG_RATE_MIN, lmax)) - mem[o_tr + unit];
+        let term = err * err * mem[o_rs + unit] - comp;
+        let acc = s + term;
+        comp = (acc - s) - term;
+        s = acc;
+    }
+    s
+}
+
+/// Grid ⌈K·H / CUBE⌉ (rate objectives, after the rollouts): the rate cost of each sample
+/// and step, rate_weight/N · Σ_i (exp(η_i(x_{k,h+1})) − r*_i)² / max(r*_i, 1).
+#[cube(launch)]
+pub fn mppi_rate_cost_kernel(mem: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>) {
+    let q = ABSOLUTE_POS_X as usize;
+    let total = (lay[K] * lay[HOR]) as usize;
+    if q < total {
+        let d = lay[D] as usize;
+        let x = lay[O_XTRAJ] as usize + q * d;
+        let o_rc = lay[O_RCOST] as usize;
+        mem[o_rc + q] = cfg[CFG_RATE] * rate_cost(mem, lay, x, cfg[CFG_LMAX]);
+    }
+}
+
+/// Grid ⌈K / CUBE⌉ cubes: sample k's perturbations (clamped; ε' = v − U_h stored) and
+/// cost S_k, rolled out from the filtered mean.
+#[cube(launch)]
+pub fn mppi_rollout_kernel(mem: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>, stream_lo: u32, stream_hi: u32) {
+    let k = ABSOLUTE_POS_X as usize;
+    let nk = lay[K] as usize;
+    if k < nk {
+        let d = lay[D] as usize;
+        let m = lay[M] as usize;
+        let hor = lay[HOR] as usize;
+        let rates = (lay[FLAGS] & FLAG_RATES) != 0;
+        let key0 = lay[KEY0];
+        let key1 = lay[KEY1];
+        let alpha = cfg[CFG_ALPHA];
+        let noise = cfg[CFG_NOISE];
+        let q_lat = cfg[CFG_QLAT];
+        let r_ctl = cfg[CFG_RCTL];
+        let o_unom = lay[O_UNOM] as usize;
+        let o_lo = lay[O_LO] as usize;
+        let o_hi = lay[O_HI] as usize;
+        let o_eps = lay[O_EPS] as usize;
+        let o_vs = lay[O_VS] as usize + k * m;
+        let o_th = lay[O_THETA] as usize;
+        let o_x = lay[O_X] as usize;
+        let o_tx = lay[O_TGTX] as usize;
+        // Two state slots per sample, used alternately (slot h % 2 holds x_h).
+        let base = lay[O_XS] as usize + k * 2 * d;
+        for i in 0..d {
+            mem[base + i] = mem[o_x + i];
+        }
+        let mut cost = 0.0f32;
+        for h in 0..hor {
+            let cur = base + (h % 2) * d;
+            let nxt = base + ((h + 1) % 2) * d;
+            let mut uru = 0.0f32;
+            for j in 0..m {
+                let nom = nominal(mem, o_unom, o_lo, o_hi, m, h, j);
+                let idx = (k * hor + h) * m + j;
+                let mut eps = 0.0f32;
+                if k > 0 {
+                    eps = noise * normal_at(key0, key1, stream_lo, stream_hi, idx as u32);
+                }
+                let v = clampf(nom + eps, mem[o_lo + j], mem[o_hi + j]);
+                mem[o_eps + idx] = v - nom;
+                mem[o_vs + j] = v;
+                uru += v * v;
+            }
+            cost += r_ctl * uru;
+            for i in 0..d {
+                let mut a = mem[o_th + d * d + d * m + i];
+                for j in 0..d {
+                    a += mem[o_th + i * d + j] * mem[cur + j];
+                }
+                for j in 0..m {
+                    a += mem[o_th + d * d + i * m + j] * mem[o_vs + j];
+                }
+                let xi = mem[cur + i];
+                mem[nxt + i] = xi + alpha * (tanh_safe(a) - xi);
+            }
+            if rates {
+                // The rate cost (N·d per step) is a separate, wider launch.
+                let o_traj = lay[O_XTRAJ] as usize + (k * hor + h) * d;
+                for i in 0..d {
+                    mem[o_traj + i] = mem[nxt + i];
+                }
+            } else {
+                let mut s = 0.0f32;
+                for i in 0..d {
+                    let err = mem[nxt + i] - mem[o_tx + i];
+                    s += err * err;
+                }
+                cost += q_lat * s;
+            }
+        }
+        let o_costs = lay[O_COSTS] as usize;
+        mem[o_costs + k] = cost;
+    }
+}
+
+/// One cube: softmin weights (non-finite costs weigh 0), nominal update, u_k into `out`,
+/// warm-start shift (the last step repeats).
+#[cube(launch)]
+pub fn mppi_update_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>) {
+    let t = UNIT_POS as usize;
+    let nt = CUBE_DIM as usize;
+    let nk = lay[K] as usize;
+    let m = lay[M] as usize;
+    let hor = lay[HOR] as usize;
+    let temp = cfg[CFG_TEMP];
+    let o_costs = lay[O_COSTS] as usize;
+    let o_eps = lay[O_EPS] as usize;
+    let o_unom = lay[O_UNOM] as usize;
+    let o_unom2 = lay[O_UNOM2] as usize;
+    let o_lo = lay[O_LO] as usize;
+    let o_hi = lay[O_HI] as usize;
+    let mut sh = SharedMemory::<f32>::new(CUBE);
+
+    let rates = (lay[FLAGS] & FLAG_RATES) != 0;
+    let o_rc = lay[O_RCOST] as usize;
+    let mut local_min = 3.0e38f32;
+    let mut k = t;
+    while k < nk {
+        let mut c = mem[o_costs + k];
+        if rates {
+            // Compensated: the softmin resolves cost differences of ~τ.
+            let mut comp = 0.0f32;
+            for h in 0..hor {
+                let term = mem[o_rc + k * hor + h] - comp;
+                let acc = c + term;
+                comp = (acc - c) - term;
+                c = acc;
+            }
+            mem[o_costs + k] = c;
+        }
+        if is_finite(c) && c < local_min {
+            local_min = c;
+        }
+        k += nt;
+    }
+    let s_min = block_min(&mut sh, local_min);
+    let update = s_min < BIG;
+    let mut local_sum = 0.0f32;
+    let mut k2 = t;
+    while k2 < nk {
+        let c = mem[o_costs + k2];
+        let mut wk = 0.0f32;
+        if is_finite(c) && update {
+            wk = f32::exp(-(c - s_min) / temp);
+        }
+        mem[o_costs + k2] = wk;
+        local_sum += wk;
+        k2 += nt;
+    }
+    let total = block_sum(&mut sh, local_sum);
+    sync_all();
+    let mut q = t;
+    while q < hor * m {
+        let h = q / m;
+        let j = q % m;
+        let nom = nominal(mem, o_unom, o_lo, o_hi, m, h, j);
+        let mut v = nom;
+        if update {
+            let mut acc = 0.0f32;
+            for k3 in 0..nk {
+                acc += mem[o_costs + k3] * mem[o_eps + (k3 * hor + h) * m + j];
+            }
+            v = clampf(nom + acc / total, mem[o_lo + j], mem[o_hi + j]);
+        }
+        mem[o_unom2 + q] = v;
+        q += nt;
+    }
+    sync_all();
+    let mut q2 = t;
+    while q2 < hor * m {
+        let h = q2 / m;
+        let j = q2 % m;
+        if h == 0 {
+            out[j] = nominal(mem, o_unom2, o_lo, o_hi, m, 0, j);
+        }
+        let mut src = h + 1;
+        if src >= hor {
+            src = hor - 1;
+        }
+        mem[o_unom + q2] = mem[o_unom2 + src * m + j];
+        q2 += nt;
+    }
+}
