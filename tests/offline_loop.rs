@@ -169,3 +169,104 @@ fn utah96_gpu_particle_filter_tracks_and_controls() {
     assert!(o.r2 >= 0.85, "R² {}", o.r2);
     assert!(o.closed_mse < 0.5 * o.open_mse);
 }
+
+/// Switching the objective at run time (latent → rates → latent) on the GPU backend gives
+/// exactly the controls of a backend started with that objective: the targets and the
+/// cost's kind both follow `set_objective`.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[test]
+fn gpu_backend_switches_objective_between_latent_and_rates() {
+    use nalgebra::DVector;
+    use neuroloop::control::Objective;
+    let backend_kind = if cfg!(feature = "cuda") {
+        "cuda"
+    } else {
+        "wgpu"
+    };
+    let load = |objective: &str| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rigs/sim-utah96.toml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("backend = \"cpu\"\n", "")
+            .replace(
+                "[model]\n",
+                &format!("[model]\nbackend = \"{backend_kind}\"\n"),
+            )
+            .replace(
+                "kind = \"latent\"\ntarget = [0.3, -0.3, 0.2, -0.1]",
+                objective,
+            );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rig.toml");
+        std::fs::write(&p, text).unwrap();
+        let rig = Rig::load(&p).unwrap();
+        let (params, _) = session::load_model(&rig).unwrap();
+        (rig.clone(), session::backend(&rig, params).unwrap())
+    };
+    let latent = "kind = \"latent\"\ntarget = [0.3, -0.3, 0.2, -0.1]";
+    let rates = "kind = \"rates\"\ntarget = [12.0]";
+    let (rig, mut switched) = load(latent);
+    let (_, mut fresh_rates) = load(rates);
+    let (_, mut fresh_latent) = load(latent);
+    let sim = rig.sim.clone().unwrap();
+    let truth = neuroloop::sim::truth_model(&sim, rig.timing.bin_ms * 1e-3);
+    let dims = truth.dims;
+    let mut pop = Population::new(truth, sim.seed);
+    let counts = (0..12)
+        .map(|j| {
+            pop.advance(j, &vec![0.0; dims.control], 0);
+            pop.counts.iter().map(|&c| c as f64).collect::<Vec<f64>>()
+        })
+        .collect::<Vec<_>>();
+    let u_prev = vec![0.0; dims.control];
+    let run = |b: &mut Box<dyn neuroloop::backend::Backend>, bins: std::ops::Range<usize>| {
+        let mut out = BinOutput::new(&dims);
+        bins.map(|j| {
+            let input = BinInput {
+                bin: j as u64,
+                counts: &counts[j],
+                u_prev: &u_prev,
+                has_data: true,
+                want_control: true,
+            };
+            b.step(&input, &mut out);
+            assert!(out.control_valid, "bin {j}: no valid control");
+            out.u.clone()
+        })
+        .collect::<Vec<_>>()
+    };
+    let to_rates = Objective::Rates(DVector::from_element(dims.n_units, 12.0));
+    let to_latent = Objective::Latent(DVector::from_vec(vec![0.3, -0.3, 0.2, -0.1]));
+    // Switched before the first bin: identical to a backend started with that objective.
+    switched.set_objective(to_rates.clone());
+    let mut there_and_back = load(latent).1;
+    there_and_back.set_objective(to_rates.clone());
+    there_and_back.set_objective(to_latent.clone());
+    assert_eq!(
+        run(&mut switched, 0..6),
+        run(&mut fresh_rates, 0..6),
+        "latent → rates"
+    );
+    assert_eq!(
+        run(&mut there_and_back, 0..6),
+        run(&mut fresh_latent, 0..6),
+        "latent → rates → latent"
+    );
+    // Switched mid-run: from then on it no longer follows the rate objective.
+    switched.set_objective(to_latent);
+    assert_ne!(
+        run(&mut switched, 6..12),
+        run(&mut fresh_rates, 6..12),
+        "the rate objective must have been left"
+    );
+    // An objective that does not fit the model is ignored, as on the CPU backend.
+    fresh_latent.set_objective(Objective::Rates(DVector::from_element(3, 1.0)));
+    fresh_latent.set_objective(Objective::Latent(DVector::from_element(
+        dims.latent,
+        f64::NAN,
+    )));
+    assert_eq!(
+        run(&mut fresh_latent, 6..12),
+        run(&mut there_and_back, 6..12)
+    );
+}

@@ -41,14 +41,7 @@ pub fn predict_kernel(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f3
         if c > 0 {
             base = o_lib + (c - 1) * th;
         }
-        let mut a = mem[base + d * d + d * m + i];
-        for j in 0..d {
-            a += mem[base + i * d + j] * mem[o_x + j];
-        }
-        for j in 0..m {
-            a += mem[base + d * d + i * m + j] * bin[n + j];
-        }
-        let ta = tanh_safe(a);
+        let ta = dynamics_tanh(mem, base, mem, o_x, bin, n, i, d, m);
         let xi = mem[o_x + i];
         mem[o_xc + c * d + i] = xi + alpha * (ta - xi);
         if c == 0 {

@@ -157,8 +157,6 @@ pub struct Shape {
     pub horizon: usize,
     pub samples: usize,
     pub particles: usize,
-    /// The objective is in rate space (MPPI keeps its trajectories for the rate costs).
-    pub rates: bool,
 }
 
 impl Shape {
@@ -248,8 +246,10 @@ impl Layout {
             (O_PSCAL, 2),
             (O_PW, np),
             (O_PCUM, np),
-            (O_XTRAJ, if s.rates { k * hor * d } else { 0 }),
-            (O_RCOST, if s.rates { k * hor } else { 0 }),
+            // MPPI's trajectories for the rate costs: always there (K·H·(d+1), small), so an
+            // objective can switch between latent and rate space without a new layout.
+            (O_XTRAJ, k * hor * d),
+            (O_RCOST, k * hor),
         ];
         let mut lay = vec![0u32; LAY_LEN];
         let mut at = 0usize;

@@ -109,15 +109,9 @@ pub fn mppi_rollout_kernel(mem: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f
             }
             cost += r_ctl * uru;
             for i in 0..d {
-                let mut a = mem[o_th + d * d + d * m + i];
-                for j in 0..d {
-                    a += mem[o_th + i * d + j] * mem[cur + j];
-                }
-                for j in 0..m {
-                    a += mem[o_th + d * d + i * m + j] * mem[o_vs + j];
-                }
+                let ta = dynamics_tanh(mem, o_th, mem, cur, mem, o_vs, i, d, m);
                 let xi = mem[cur + i];
-                mem[nxt + i] = xi + alpha * (tanh_safe(a) - xi);
+                mem[nxt + i] = xi + alpha * (ta - xi);
             }
             if rates {
                 // The rate cost (N·d per step) is a separate, wider launch.

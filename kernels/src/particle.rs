@@ -25,16 +25,10 @@ pub fn pf_propagate_kernel(mem: &mut Array<f32>, bin: &Array<f32>, lay: &Array<u
         let key0 = lay[PKEY0];
         let key1 = lay[PKEY1];
         for i in 0..d {
-            let mut a = mem[o_th + d * d + d * m + i];
-            for j in 0..d {
-                a += mem[o_th + i * d + j] * mem[cur + j];
-            }
-            for j in 0..m {
-                a += mem[o_th + d * d + i * m + j] * bin[n + j];
-            }
+            let ta = dynamics_tanh(mem, o_th, mem, cur, bin, n, i, d, m);
             let xi = mem[cur + i];
             let noise = f32::sqrt(mem[o_q + i]) * normal_at(key0, key1, stream_lo, stream_hi, (p * d + i) as u32);
-            mem[nxt + i] = xi + alpha * (tanh_safe(a) - xi) + noise;
+            mem[nxt + i] = xi + alpha * (ta - xi) + noise;
         }
         for i in 0..d {
             mem[cur + i] = mem[nxt + i];

@@ -6,7 +6,7 @@
 //! stays in `mem`.
 
 use crate::filter::{obs_reduce_kernel, predict_kernel, update_kernel};
-use crate::layout::{Layout, CFG_LEN, CUBE};
+use crate::layout::{Layout, CFG_LEN, CUBE, FLAGS, FLAG_RATES};
 use crate::mppi::{mppi_rate_cost_kernel, mppi_rollout_kernel, mppi_update_kernel};
 use crate::particle::{pf_propagate_kernel, pf_resample_kernel, pf_weigh_kernel};
 use crate::util::{copy_into_kernel, decode_kernel};
@@ -38,6 +38,11 @@ pub struct DeviceModel<R: Runtime> {
 
 fn cubes(n: usize) -> u32 {
     n.div_ceil(CUBE).max(1) as u32
+}
+
+/// A 1-D launch of at least `n` threads in cubes of CUBE.
+fn over(n: usize) -> (CubeCount, CubeDim) {
+    (CubeCount::Static(cubes(n), 1, 1), CubeDim::new_1d(CUBE as u32))
 }
 
 impl<R: Runtime> DeviceModel<R> {
@@ -77,13 +82,25 @@ impl<R: Runtime> DeviceModel<R> {
     }
 
     fn one_cube() -> (CubeCount, CubeDim) {
-        (CubeCount::Static(1, 1, 1), CubeDim::new_1d(CUBE as u32))
+        over(1)
     }
 
     /// Uploads this bin's counts (N) and the emitted u_{k−1} (m), as one buffer.
     pub fn upload_bin(&mut self, bin: &[f32]) {
         assert_eq!(bin.len(), self.layout.shape.bin_len());
         self.bin = self.client.create_from_slice(f32::as_bytes(bin));
+    }
+
+    /// Switches MPPI's cost between the latent objective and the rate objective (the
+    /// targets themselves are in `mem`: write them first). Re-uploads `lay`.
+    pub fn set_rate_objective(&mut self, rates: bool) {
+        let flags = &mut self.layout.lay[FLAGS];
+        if rates {
+            *flags |= FLAG_RATES;
+        } else {
+            *flags &= !FLAG_RATES;
+        }
+        self.lay = self.client.create_from_slice(u32::as_bytes(&self.layout.lay));
     }
 
     /// Writes `data` into `mem` at `at` (for start-up, objective changes and tests).
@@ -145,21 +162,23 @@ impl<R: Runtime> DeviceModel<R> {
     /// MPPI rollouts and costs (grid over samples).
     pub fn mppi_rollout(&self, bin: u64) {
         let s = self.layout.shape;
+        let (count, dim) = over(s.samples);
         mppi_rollout_kernel::launch::<R>(
             &self.client,
-            CubeCount::Static(cubes(s.samples), 1, 1),
-            CubeDim::new_1d(CUBE as u32),
+            count,
+            dim,
             self.mem_arg(),
             self.lay_arg(),
             self.cfg_arg(),
             bin as u32,
             (bin >> 32) as u32,
         );
-        if s.rates {
+        if self.layout.lay[FLAGS] & FLAG_RATES != 0 {
+            let (count, dim) = over(s.samples * s.horizon);
             mppi_rate_cost_kernel::launch::<R>(
                 &self.client,
-                CubeCount::Static(cubes(s.samples * s.horizon), 1, 1),
-                CubeDim::new_1d(CUBE as u32),
+                count,
+                dim,
                 self.mem_arg(),
                 self.lay_arg(),
                 self.cfg_arg(),
@@ -176,10 +195,11 @@ impl<R: Runtime> DeviceModel<R> {
     /// Particle filter, bin `bin`: propagate every particle with process noise.
     pub fn pf_propagate(&self, bin: u64) {
         let s = self.layout.shape;
+        let (count, dim) = over(s.particles);
         pf_propagate_kernel::launch::<R>(
             &self.client,
-            CubeCount::Static(cubes(s.particles), 1, 1),
-            CubeDim::new_1d(CUBE as u32),
+            count,
+            dim,
             self.mem_arg(),
             self.bin_arg(),
             self.lay_arg(),
@@ -192,10 +212,11 @@ impl<R: Runtime> DeviceModel<R> {
     /// Particle filter: add each particle's Poisson log-likelihood of the counts.
     pub fn pf_weigh(&self) {
         let s = self.layout.shape;
+        let (count, dim) = over(s.particles);
         pf_weigh_kernel::launch::<R>(
             &self.client,
-            CubeCount::Static(cubes(s.particles), 1, 1),
-            CubeDim::new_1d(CUBE as u32),
+            count,
+            dim,
             self.mem_arg(),
             self.bin_arg(),
             self.lay_arg(),

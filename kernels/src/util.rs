@@ -39,28 +39,36 @@ pub fn tanh_safe(x: f32) -> f32 {
     f32::tanh(clampf(x, -15.0, 15.0))
 }
 
+/// tanh(a_i) of the latent dynamics' row i, a = b + W_hh x + W_xu u, for the θ stored at
+/// `mem[th..]` (W_hh d×d, W_xu d×m, b d), x at `x[x_at..]` and u at `u[u_at..]`. The step is
+/// then x_i + α (tanh a_i − x_i) (src/model/dynamics.rs; same summation order).
+#[cube]
+pub fn dynamics_tanh(mem: &Array<f32>, th: usize, x: &Array<f32>, x_at: usize, u: &Array<f32>, u_at: usize, i: usize, d: usize, m: usize) -> f32 {
+    let mut a = mem[th + d * d + d * m + i];
+    for j in 0..d {
+        a += mem[th + i * d + j] * x[x_at + j];
+    }
+    for j in 0..m {
+        a += mem[th + d * d + i * m + j] * u[u_at + j];
+    }
+    tanh_safe(a)
+}
+
 /// Sum of `v` over the cube (CUBE_DIM a power of two, `sh` at least CUBE_DIM long).
 #[cube]
 pub fn block_sum(sh: &mut SharedMemory<f32>, v: f32) -> f32 {
-    let t = UNIT_POS as usize;
-    sh[t] = v;
-    sync_cube();
-    let mut s = (CUBE_DIM / 2) as usize;
-    while s > 0 {
-        if t < s {
-            sh[t] = sh[t] + sh[t + s];
-        }
-        sync_cube();
-        s /= 2;
-    }
-    let r = sh[0];
-    sync_cube();
-    r
+    block_reduce(sh, v, false)
 }
 
 /// Minimum of `v` over the cube.
 #[cube]
 pub fn block_min(sh: &mut SharedMemory<f32>, v: f32) -> f32 {
+    block_reduce(sh, v, true)
+}
+
+/// Tree reduction over the cube: the sum, or the minimum when `take_min`.
+#[cube]
+fn block_reduce(sh: &mut SharedMemory<f32>, v: f32, #[comptime] take_min: bool) -> f32 {
     let t = UNIT_POS as usize;
     sh[t] = v;
     sync_cube();
@@ -68,8 +76,12 @@ pub fn block_min(sh: &mut SharedMemory<f32>, v: f32) -> f32 {
     while s > 0 {
         if t < s {
             let o = sh[t + s];
-            if o < sh[t] {
-                sh[t] = o;
+            if take_min {
+                if o < sh[t] {
+                    sh[t] = o;
+                }
+            } else {
+                sh[t] = sh[t] + o;
             }
         }
         sync_cube();

@@ -73,7 +73,6 @@ pub fn pack(c: &DeviceConfig) -> anyhow::Result<Packed> {
         horizon: c.controller.horizon.max(1),
         samples: c.controller.samples.max(1),
         particles: c.particles.map_or(1, |pc| pc.count.max(1)),
-        rates: matches!(c.objective, Objective::Rates(_)),
     };
     let mut layout = Layout::new(shape);
     let mut mem = vec![0.0f32; layout.mem_len];
@@ -173,7 +172,6 @@ pub struct GpuBackend<R: Runtime> {
     name: &'static str,
     dims: Dims,
     params: ModelParams,
-    controller: crate::control::ControllerConfig,
     device: DeviceModel<R>,
     particles: bool,
     bin_buf: Vec<f32>,
@@ -222,7 +220,6 @@ impl<R: Runtime> GpuBackend<R> {
             name,
             dims: params.dims,
             params,
-            controller: rig.controller.clone(),
             device,
             particles: rig.model.filter == crate::rig::FilterKind::Particles,
             bin_buf: vec![0.0; shape.bin_len()],
@@ -360,19 +357,19 @@ impl<R: Runtime> Backend for GpuBackend<R> {
     }
 
     fn set_objective(&mut self, objective: Objective) {
-        let mut target = ObjectiveTarget::new(&self.dims);
-        if let Objective::Rates(r) = &objective {
-            if r.len() != self.dims.n_units {
-                return;
-            }
+        // Like the CPU backend, an objective that does not fit the model is ignored
+        // (rig files are validated at load; this is the run-time path).
+        if objective.validate(&self.dims).is_err() {
+            return;
         }
+        let mut target = ObjectiveTarget::new(&self.dims);
         target.sync(&objective, &self.params);
         let l = &self.device.layout;
         let f = |v: &nalgebra::DVector<f64>| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        self.device.write_mem(l.at(lay::O_TGTX), &f(&target.latent));
-        self.device.write_mem(l.at(lay::O_TGTR), &f(&target.rates));
-        self.device.write_mem(l.at(lay::O_RSCALE), &f(&target.rate_scale));
-        let _ = &self.controller;
-        // The rate/latent flag lives in `lay`; switching kind needs a new backend.
+        let (tx, tr, rs) = (l.at(lay::O_TGTX), l.at(lay::O_TGTR), l.at(lay::O_RSCALE));
+        self.device.write_mem(tx, &f(&target.latent));
+        self.device.write_mem(tr, &f(&target.rates));
+        self.device.write_mem(rs, &f(&target.rate_scale));
+        self.device.set_rate_objective(target.is_rates());
     }
 }
