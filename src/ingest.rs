@@ -44,6 +44,26 @@ pub struct IngestStats {
     /// not the sample's timestamp: a source running behind is late, not gone.
     pub last_arrival: AtomicU64,
     pub connected: AtomicBool,
+    /// Ingest lag samples for telemetry: [sample timestamp, arrival − timestamp] (s).
+    pub lag: LagQueue,
+    /// Lag samples not recorded because telemetry had not drained the queue.
+    pub lag_dropped: AtomicU64,
+}
+
+/// A bounded queue of ingest-lag samples (about a second of a fast rig's spikes between
+/// two telemetry polls). Full = the sample is counted in `lag_dropped`, never waited on.
+pub struct LagQueue(pub crossbeam_queue::ArrayQueue<[f64; 2]>);
+
+impl Default for LagQueue {
+    fn default() -> Self {
+        LagQueue(crossbeam_queue::ArrayQueue::new(1 << 16))
+    }
+}
+
+impl std::fmt::Debug for LagQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LagQueue({} queued)", self.0.len())
+    }
 }
 
 impl IngestStats {
@@ -259,7 +279,8 @@ impl Ingest {
         }
     }
 
-    fn push(&mut self, item: SpikeItem) {
+    /// Hands a spike to the loop's ring; false (and counted) when the ring is full.
+    fn push(&mut self, item: SpikeItem) -> bool {
         if self.producer.try_push(item).is_err() {
             self.stats.ring_overflows.fetch_add(1, Ordering::Relaxed);
             self.reject(REJ_OVERFLOW, || {
@@ -267,8 +288,10 @@ impl Ingest {
                  raise [input] ring_capacity or check that the loop keeps up"
                     .into()
             });
+            false
         } else {
             self.stats.spikes.fetch_add(item.count as u64, Ordering::Relaxed);
+            true
         }
     }
 
@@ -321,7 +344,17 @@ impl Ingest {
             self.last_t = t;
         }
         self.last_t_unit[model_unit] = t;
-        self.push(SpikeItem { t, unit: model_unit as u32, count: 1.0 });
+        if self.push(SpikeItem { t, unit: model_unit as u32, count: 1.0 }) {
+            self.note_lag(t);
+        }
+    }
+
+    /// Queues this sample's ingest lag (arrival − timestamp) for telemetry.
+    fn note_lag(&self, t: f64) {
+        let arrived = self.stats.last_arrival();
+        if self.stats.lag.0.push([t, arrived - t]).is_err() {
+            self.stats.lag_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn handle_counts(&mut self, conn: &Connected, t: f64, buf: &[f32]) {
@@ -357,5 +390,7 @@ impl Ingest {
                 }
             }
         }
+        // The sample is stamped at its bin's end: its lag is measured from there.
+        self.note_lag(t);
     }
 }

@@ -4,16 +4,19 @@
 //! bin on the local clock) → [`model`] via a [`backend`] (filter, embedding update, task
 //! identification) → [`control`] → [`safety`] → [`emit`] (one Control sample per bin, on
 //! time). [`runloop`] is the per-bin loop thread, [`session`] wires a run together,
-//! [`telemetry`] is the side channel (status line, Status stream, report), [`sim`] is the
-//! built-in simulated rig, and [`rig`] reads rig files.
+//! [`telemetry`] is the side channel (status line, Status stream, report) with [`latency`]
+//! its per-stage histograms, [`sim`] is the built-in simulated rig, [`rig`] reads rig
+//! files, and [`bench`] is the latency benchmarking harness (`neuroloop bench`).
 
 pub mod backend;
+pub mod bench;
 pub mod binning;
 pub mod clock;
 pub mod control;
 pub mod emit;
 pub mod hot;
 pub mod ingest;
+pub mod latency;
 pub mod linalg;
 pub mod lslutil;
 pub mod model;

@@ -45,6 +45,24 @@ enum Command {
         #[arg(long)]
         write_model: Option<PathBuf>,
     },
+    /// Benchmark a rig's closed loop: per-stage latency percentiles (table, JSON, HdrHistogram
+    /// interval log, SVG plots) after a warm-up. See bench/README.md.
+    Bench {
+        #[arg(long)]
+        rig: PathBuf,
+        /// Measured bins, after the warm-up.
+        #[arg(long, default_value_t = 10_000)]
+        bins: u64,
+        /// Bins run first and left out of the latencies.
+        #[arg(long, default_value_t = 500)]
+        warmup: u64,
+        /// Output folder for report.json, latency.hlog, latency.md and the SVG plots.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+        /// No live status line.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Validate a rig file and its model file without starting anything.
     Check {
         #[arg(long)]
@@ -67,7 +85,7 @@ fn real_main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run { rig, bins, report, no_sim, quiet } => {
             let rig = Rig::load(&rig)?;
-            let opts = RunOptions { bins, report, with_sim: !no_sim, status_line: !quiet };
+            let opts = RunOptions { bins, report, with_sim: !no_sim, status_line: !quiet, ..Default::default() };
             let r = session::run(&rig, &opts)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(())
@@ -85,6 +103,17 @@ fn real_main() -> anyhow::Result<()> {
                 return Ok(());
             }
             session::run_sim_only(&rig, truth, bins)
+        }
+        Command::Bench { rig, bins, warmup, out, quiet } => {
+            let rig = Rig::load(&rig)?;
+            let opts = neuroloop::bench::BenchOptions { bins, warmup, out: out.clone(), status_line: !quiet };
+            let (_, table) = neuroloop::bench::run(&rig, &opts)?;
+            println!("{table}");
+            eprintln!(
+                "[neuroloop] bench results in {}: report.json, latency.md, latency.hlog, latency-distribution.svg, latency-over-time.svg",
+                out.display()
+            );
+            Ok(())
         }
         Command::Check { rig } => {
             let rig = Rig::load(&rig)?;

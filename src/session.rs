@@ -31,6 +31,12 @@ pub struct RunOptions {
     pub with_sim: bool,
     /// Print the live status line.
     pub status_line: bool,
+    /// Bins at the start left out of the latency histograms.
+    pub warmup_bins: u64,
+    /// Keep per-bin latencies in the report (for plots).
+    pub keep_series: bool,
+    /// Write an HdrHistogram interval log of every stage here.
+    pub interval_log: Option<PathBuf>,
 }
 
 /// Load the model a rig names, or the simulator's truth when it names none.
@@ -219,6 +225,9 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             settle_bins: 50,
             rig_name: rig.name.clone(),
             backend: backend_name,
+            warmup_bins: opts.warmup_bins,
+            keep_series: opts.keep_series,
+            interval_log: opts.interval_log.clone(),
     };
     let telemetry_handle = {
         let s = telemetry_stop.clone();

@@ -48,7 +48,7 @@ pub struct SimSetup {
     pub end_bin: Arc<AtomicU64>,
     pub stop: Arc<AtomicBool>,
     pub truth: Option<Arc<ArrayQueue<TruthRecord>>>,
-    pub end_to_end: Option<Arc<ArrayQueue<f64>>>,
+    pub end_to_end: Option<Arc<ArrayQueue<[f64; 2]>>>,
     /// Pause publishing (but keep simulating) for bins in [from, to): a vanished stream.
     pub outage: Option<(u64, u64)>,
 }
@@ -78,7 +78,7 @@ pub fn start(setup: SimSetup) -> anyhow::Result<SimHandles> {
     }
 }
 
-fn receive_control(name: &str, latest: &Mutex<Vec<f64>>, stop: &AtomicBool, e2e: Option<Arc<ArrayQueue<f64>>>) {
+fn receive_control(name: &str, latest: &Mutex<Vec<f64>>, stop: &AtomicBool, e2e: Option<Arc<ArrayQueue<[f64; 2]>>>) {
     let pred = format!("name='{name}' and type='Control'");
     while !stop.load(Ordering::Relaxed) {
         let Ok(found) = lsl::resolve_bypred(&pred, 1, 0.5) else { continue };
@@ -93,7 +93,7 @@ fn receive_control(name: &str, latest: &Mutex<Vec<f64>>, stop: &AtomicBool, e2e:
                 Ok(ts) if ts != 0.0 => {
                     let received = clock::now();
                     if let Some(q) = &e2e {
-                        let _ = q.push(received - ts);
+                        let _ = q.push([ts, received - ts]);
                     }
                     let mut l = latest.lock().unwrap();
                     for (dst, src) in l.iter_mut().zip(&buf) {

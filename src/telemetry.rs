@@ -6,10 +6,11 @@
 use crate::clock::BinClock;
 use crate::emit::{EmitChannels, Emitted};
 use crate::ingest::{IngestNotice, IngestStats};
+use crate::latency::{BinLatency, Stage, StageLatencies};
+pub use crate::latency::Percentiles;
 use crate::runloop::{BinRecord, LoopStatus};
 use crate::{MAX_EMBED, MAX_LATENT};
 use crossbeam_queue::ArrayQueue;
-use hdrhistogram::Histogram;
 use lsl::ExPushable;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -31,8 +32,8 @@ pub struct TelemetryQueues {
     pub bins_dropped: Arc<AtomicU64>,
     pub emit: Arc<EmitChannels>,
     pub truth: Arc<ArrayQueue<TruthRecord>>,
-    /// End-to-end latency samples (s): Control sample timestamp (bin end) → received by the rig.
-    pub end_to_end: Arc<ArrayQueue<f64>>,
+    /// End-to-end latency samples [Control sample timestamp (bin end), received − timestamp] (s).
+    pub end_to_end: Arc<ArrayQueue<[f64; 2]>>,
     pub ingest: Arc<IngestStats>,
     pub notices: crossbeam_channel::Receiver<IngestNotice>,
     pub loop_status: Arc<LoopStatus>,
@@ -80,31 +81,12 @@ pub struct TelemetryConfig {
     pub settle_bins: u64,
     pub rig_name: String,
     pub backend: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Percentiles {
-    pub count: u64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-    pub mean: f64,
-}
-
-impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Percentiles {
-        Percentiles {
-            count: h.len(),
-            p50: h.value_at_quantile(0.5) as f64,
-            p90: h.value_at_quantile(0.9) as f64,
-            p99: h.value_at_quantile(0.99) as f64,
-            p999: h.value_at_quantile(0.999) as f64,
-            max: h.max() as f64,
-            mean: h.mean(),
-        }
-    }
+    /// Bins left out of every latency histogram (start-up: connections, caches).
+    pub warmup_bins: u64,
+    /// Keep per-bin latencies for plots (`Report::series`).
+    pub keep_series: bool,
+    /// Write an HdrHistogram interval log here (one interval per second, a tag per stage).
+    pub interval_log: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,8 +146,17 @@ pub struct Report {
     pub ring_overflows: u64,
     pub telemetry_dropped: u64,
     pub ingest: IngestCounts,
+    /// Bins at the start left out of the latency histograms below.
+    pub warmup_bins: u64,
+    /// Spike timestamp → handed to the loop's ring by the ingest thread (µs; per spike, or
+    /// per sample of a counts stream).
+    pub ingest_lag_us: Option<Percentiles>,
+    /// Ingest-lag samples not recorded (telemetry fell behind; the spikes themselves were kept).
+    pub ingest_lag_dropped: u64,
     /// Bin close → model and controller done (µs).
     pub compute_us: Percentiles,
+    /// Model and controller done → Control sample pushed (µs; bins whose result was on time).
+    pub done_to_push_us: Option<Percentiles>,
     /// Bin close → Control sample pushed (µs).
     pub close_to_push_us: Percentiles,
     /// Bin end → Control sample received by the rig (µs); simulated rig only.
@@ -174,6 +165,12 @@ pub struct Report {
     pub reidentification: Vec<Reidentification>,
     pub tracking: Option<Tracking>,
     pub notices: Vec<String>,
+    /// Per-bin latencies after warm-up (`keep_series`; for plots, not in the JSON).
+    #[serde(skip)]
+    pub series: Vec<BinLatency>,
+    /// (stage, [(quantile, µs)]) for the percentile plot (not in the JSON).
+    #[serde(skip)]
+    pub quantile_curves: Vec<(Stage, Vec<(f64, f64)>)>,
 }
 
 #[derive(Default)]
@@ -199,9 +196,7 @@ pub struct Telemetry {
     first_open: u64,
     /// The newest bin the loop has reported.
     newest_rec: u64,
-    compute: Histogram<u64>,
-    close_to_push: Histogram<u64>,
-    e2e: Histogram<u64>,
+    lat: StageLatencies,
     bins: u64,
     fallbacks: u64,
     misses: u64,
@@ -216,23 +211,16 @@ pub struct Telemetry {
     last_line: f64,
 }
 
-fn hist() -> Histogram<u64> {
-    // 1 µs .. 100 s, 3 significant digits.
-    Histogram::new_with_bounds(1, 100_000_000, 3).expect("histogram bounds")
-}
-
 impl Telemetry {
     pub fn new(cfg: TelemetryConfig, q: TelemetryQueues) -> Telemetry {
         Telemetry {
+            lat: StageLatencies::new(cfg.warmup_bins, cfg.keep_series),
             status_sample: vec![0.0; 4 + cfg.latent + cfg.embed],
             cfg,
             q,
             pending: BTreeMap::new(),
             first_open: 0,
             newest_rec: 0,
-            compute: hist(),
-            close_to_push: hist(),
-            e2e: hist(),
             bins: 0,
             fallbacks: 0,
             misses: 0,
@@ -265,6 +253,12 @@ impl Telemetry {
     /// Run until `stop` is set and the queues are drained; returns the report.
     pub fn run(mut self, stop: Arc<AtomicBool>) -> Report {
         self.open_status_outlet();
+        if let Some(path) = self.cfg.interval_log.clone() {
+            let comment = format!("neuroloop {} rig '{}' backend {}", env!("CARGO_PKG_VERSION"), self.cfg.rig_name, self.cfg.backend);
+            if let Err(e) = self.lat.log_intervals_to(&path, 1.0, crate::clock::now(), &comment) {
+                self.notices.push(format!("cannot create the interval log {}: {e}", path.display()));
+            }
+        }
         loop {
             let stopping = stop.load(Ordering::Acquire);
             self.poll();
@@ -280,6 +274,10 @@ impl Telemetry {
         }
         if self.status_outlet.is_some() {
             std::thread::sleep(std::time::Duration::from_millis(crate::emit::OUTLET_LINGER_MS));
+        }
+        if let Err(e) = self.lat.finish(crate::clock::now()) {
+            eprintln!("[neuroloop] {e}");
+            self.notices.push(e);
         }
         self.report()
     }
@@ -312,9 +310,21 @@ impl Telemetry {
                 self.pending.entry(t.bin).or_default().truth = Some(t);
             }
         }
-        while let Some(s) = self.q.end_to_end.pop() {
-            let _ = self.e2e.record((s * 1e6).max(1.0) as u64);
+        let clock = self.cfg.clock;
+        while let Some([ts, lag]) = self.q.end_to_end.pop() {
+            // The sample's timestamp is its bin's end.
+            let bin = ((ts - clock.t0) / clock.bin_s).round() as i64 - 1;
+            if bin >= 0 {
+                self.lat.record(Stage::EndToEnd, bin as u64, lag);
+            }
         }
+        while let Some([t, lag]) = self.q.ingest.lag.0.pop() {
+            let bin = clock.bin_of(t);
+            if bin >= 0 {
+                self.lat.record(Stage::IngestLag, bin as u64, lag);
+            }
+        }
+        self.lat.tick(crate::clock::now());
         // Finalise bins in order once complete. A bin still incomplete when the loop is 50
         // bins past it (truth lags, or a record was dropped on a full queue) is finalised
         // with what it has. Measured against the loop, not the emitter or the simulator,
@@ -354,13 +364,16 @@ impl Telemetry {
             self.fallbacks += e.fallback as u64;
             self.misses += e.deadline_miss as u64;
             let close = self.cfg.clock.close(k);
-            let _ = self.close_to_push.record(((e.pushed_at - close) * 1e6).max(1.0) as u64);
+            self.lat.record(Stage::CloseToPush, k, e.pushed_at - close);
+            if let Some(r) = j.rec.as_ref().filter(|r| r.on_time) {
+                self.lat.record(Stage::DoneToPush, k, e.pushed_at - r.done_at);
+            }
             flags |= e.fallback as u32;
             flags |= (e.deadline_miss as u32) << 1;
             enabled = Some(e.enabled);
         }
         if let Some(r) = &j.rec {
-            let _ = self.compute.record(((r.done_at - r.started_at) * 1e6).max(1.0) as u64);
+            self.lat.record(Stage::Compute, k, r.done_at - r.started_at);
             self.late_spikes += r.late_spikes;
             self.future_spikes += r.future_spikes;
             if !r.has_data {
@@ -398,7 +411,7 @@ impl Telemetry {
 
     fn print_line(&mut self, last: bool) {
         self.last_line = crate::clock::now();
-        let us = |h: &Histogram<u64>, q: f64| if h.len() == 0 { 0.0 } else { h.value_at_quantile(q) as f64 };
+        let us = |stage, q| self.lat.quantile_us(stage, q);
         let r2 = self.latent_r2(Some(500)).map_or("-".into(), |v| format!("{v:.3}"));
         let tr = self.tracking();
         let track = match (&tr.closed_loop_mse, &tr.open_loop_mse) {
@@ -406,8 +419,8 @@ impl Telemetry {
             (Some(c), None) => format!(" | track {c:.3}"),
             _ => String::new(),
         };
-        let e2e = if self.e2e.len() > 0 {
-            format!(" | e2e p50 {:.0} p99 {:.0} µs", us(&self.e2e, 0.5), us(&self.e2e, 0.99))
+        let e2e = if !self.lat.histogram(Stage::EndToEnd).is_empty() {
+            format!(" | e2e p50 {:.0} p99 {:.0} µs", us(Stage::EndToEnd, 0.5), us(Stage::EndToEnd, 0.99))
         } else {
             String::new()
         };
@@ -418,9 +431,9 @@ impl Telemetry {
             self.misses,
             self.fallbacks,
             self.gap_bins,
-            us(&self.compute, 0.5),
-            us(&self.compute, 0.99),
-            self.compute.max() as f64,
+            us(Stage::Compute, 0.5),
+            us(Stage::Compute, 0.99),
+            us(Stage::Compute, 1.0),
             e2e,
             r2,
             track
@@ -543,7 +556,7 @@ impl Telemetry {
         out
     }
 
-    fn report(&self) -> Report {
+    fn report(&mut self) -> Report {
         let st = &self.q.ingest;
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let has_truth = self.rows.iter().any(|r| r.x_true.is_some());
@@ -574,13 +587,19 @@ impl Telemetry {
                 disconnects: ld(&st.disconnects),
                 reconnects: ld(&st.reconnects),
             },
-            compute_us: Percentiles::of(&self.compute),
-            close_to_push_us: Percentiles::of(&self.close_to_push),
-            end_to_end_us: (self.e2e.len() > 0).then(|| Percentiles::of(&self.e2e)),
+            warmup_bins: self.cfg.warmup_bins,
+            ingest_lag_us: self.lat.percentiles(Stage::IngestLag),
+            ingest_lag_dropped: ld(&st.lag_dropped),
+            compute_us: Percentiles::of(self.lat.histogram(Stage::Compute)),
+            done_to_push_us: self.lat.percentiles(Stage::DoneToPush),
+            close_to_push_us: Percentiles::of(self.lat.histogram(Stage::CloseToPush)),
+            end_to_end_us: self.lat.percentiles(Stage::EndToEnd),
             latent_r2: if has_truth { self.latent_r2(None) } else { None },
             reidentification: if has_truth { self.reidentification() } else { Vec::new() },
             tracking: has_truth.then(|| self.tracking()),
             notices: self.notices.clone(),
+            series: self.lat.take_series(),
+            quantile_curves: crate::latency::STAGES.iter().map(|&st| (st, self.lat.quantile_curve(st))).collect(),
         }
     }
 }

@@ -78,7 +78,7 @@ fn hot_path_does_not_allocate() {
         }
         let path = common::write(dir.path(), "rig.toml", &text);
         let rig = Rig::load(&path).unwrap();
-        let report = session::run(&rig, &RunOptions { bins: Some(300), report: None, with_sim: true, status_line: false }).unwrap();
+        let report = session::run(&rig, &RunOptions { bins: Some(300), with_sim: true, ..Default::default() }).unwrap();
         assert_eq!(report.bins, 300);
         assert!(report.ingest.spikes > 0);
         assert_eq!(HOT_ALLOCS.load(Ordering::Relaxed) - start, 0, "{controller}, d = {latent}: the loop or emitter allocated on the hot path");

@@ -1,0 +1,137 @@
+//! The two plots of a bench report, as SVG: the latency distribution of every stage (the
+//! HdrHistogram percentile plot) and the per-bin latencies over the run.
+
+use crate::latency::{BinLatency, Stage};
+use plotters::prelude::*;
+use std::path::Path;
+
+const COLORS: [RGBColor; 5] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189)];
+
+fn color(stage: Stage) -> RGBColor {
+    COLORS[crate::latency::STAGES.iter().position(|&s| s == stage).unwrap_or(0)]
+}
+
+fn err<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!("cannot draw {}: {e:?}", path.display())
+}
+
+/// Latency (µs, log) against percentile (log of 1/(1 − q)), one line per stage.
+pub fn distribution(path: &Path, title: &str, curves: &[(Stage, Vec<(f64, f64)>)]) -> anyhow::Result<()> {
+    let curves: Vec<_> = curves.iter().filter(|(_, c)| !c.is_empty()).collect();
+    let x_of = |q: f64| 1.0 / (1.0 - q).max(1e-7);
+    let x_max = curves.iter().flat_map(|(_, c)| c.iter().map(|p| x_of(p.0))).fold(10.0, f64::max);
+    let (y_min, y_max) = y_range(curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.1)));
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((1.0..x_max).log_scale(), (y_min..y_max).log_scale())
+        .map_err(err(path))?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (µs)")
+        .x_label_formatter(&|x| format!("{}%", trim(100.0 * (1.0 - 1.0 / x))))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()
+        .map_err(err(path))?;
+    for (stage, c) in curves {
+        let col = color(*stage);
+        chart
+            .draw_series(LineSeries::new(c.iter().map(|&(q, v)| (x_of(q), v.max(y_min))), col.stroke_width(2)))
+            .map_err(err(path))?
+            .label(stage.describe())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err(path))?;
+    root.present().map_err(err(path))?;
+    Ok(())
+}
+
+/// Per-bin latency over the run (µs, log): every bin when there are few, else the median
+/// and the maximum of each of ~1000 consecutive groups of bins.
+pub fn over_time(path: &Path, title: &str, series: &[BinLatency], bin_s: f64, first_bin: u64) -> anyhow::Result<()> {
+    type Pick = fn(&BinLatency) -> f32;
+    let stages: [(Stage, Pick); 3] =
+        [(Stage::Compute, |b| b.compute_us), (Stage::CloseToPush, |b| b.close_to_push_us), (Stage::EndToEnd, |b| b.end_to_end_us)];
+    let group = series.len().div_ceil(1000).max(1);
+    let t_of = |i: usize| (first_bin as f64 + i as f64) * bin_s;
+    // (stage, [(t, median, max)]) per group of bins.
+    let mut lines = Vec::new();
+    for (stage, pick) in stages {
+        let mut pts = Vec::new();
+        for (g, chunk) in series.chunks(group).enumerate() {
+            let mut v: Vec<f64> = chunk.iter().map(|b| pick(b) as f64).filter(|v| v.is_finite()).collect();
+            if v.is_empty() {
+                continue;
+            }
+            v.sort_by(f64::total_cmp);
+            pts.push((t_of(g * group), v[v.len() / 2].max(1.0), v[v.len() - 1].max(1.0)));
+        }
+        if !pts.is_empty() {
+            lines.push((stage, pts));
+        }
+    }
+    let (y_min, y_max) = y_range(lines.iter().flat_map(|(_, p)| p.iter().flat_map(|&(_, a, b)| [a, b])));
+    let t_end = t_of(series.len().max(1));
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(t_of(0)..t_end, (y_min..y_max).log_scale())
+        .map_err(err(path))?;
+    chart
+        .configure_mesh()
+        .x_desc("time since the first bin (s)")
+        .y_desc("latency (µs)")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()
+        .map_err(err(path))?;
+    let what = if group > 1 { format!(" (median and max of every {group} bins)") } else { String::new() };
+    for (stage, pts) in &lines {
+        let col = color(*stage);
+        chart
+            .draw_series(LineSeries::new(pts.iter().map(|&(t, med, _)| (t, med)), col.stroke_width(2)))
+            .map_err(err(path))?
+            .label(format!("{}{what}", stage.describe()))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+        if group > 1 {
+            chart.draw_series(LineSeries::new(pts.iter().map(|&(t, _, max)| (t, max)), col.mix(0.4))).map_err(err(path))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err(path))?;
+    root.present().map_err(err(path))?;
+    Ok(())
+}
+
+/// A log-scale y range covering the values (µs), in whole decades.
+fn y_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.filter(|v| v.is_finite() && *v > 0.0).fold((f64::MAX, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+    if hi <= 0.0 {
+        return (1.0, 10.0);
+    }
+    (10f64.powf(lo.log10().floor()), 10f64.powf((hi.log10() + 1e-9).ceil()).max(10.0 * 10f64.powf(lo.log10().floor())))
+}
+
+fn trim(p: f64) -> String {
+    let s = format!("{p:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
