@@ -153,6 +153,10 @@ pub struct Report {
     pub ingest_lag_us: Option<Percentiles>,
     /// Ingest-lag samples not recorded (telemetry fell behind; the spikes themselves were kept).
     pub ingest_lag_dropped: u64,
+    /// Measured spikes that arrived before their own timestamp (recorded as 1 µs of lag).
+    /// The simulated rig publishes a bin's spikes ahead of their in-bin stamps (src/sim.rs);
+    /// on a real rig this should be 0, else its clock mapping is off.
+    pub ingest_lag_early: u64,
     /// Bin close → model and controller done (µs).
     pub compute_us: Percentiles,
     /// Model and controller done → Control sample pushed (µs; bins whose result was on time).
@@ -197,6 +201,7 @@ pub struct Telemetry {
     /// The newest bin the loop has reported.
     newest_rec: u64,
     lat: StageLatencies,
+    ingest_early: u64,
     bins: u64,
     fallbacks: u64,
     misses: u64,
@@ -215,6 +220,7 @@ impl Telemetry {
     pub fn new(cfg: TelemetryConfig, q: TelemetryQueues) -> Telemetry {
         Telemetry {
             lat: StageLatencies::new(cfg.warmup_bins, cfg.keep_series),
+            ingest_early: 0,
             status_sample: vec![0.0; 4 + cfg.latent + cfg.embed],
             cfg,
             q,
@@ -320,7 +326,8 @@ impl Telemetry {
         }
         while let Some([t, lag]) = self.q.ingest.lag.0.pop() {
             let bin = clock.bin_of(t);
-            if bin >= 0 {
+            if bin >= 0 && self.lat.counts(bin as u64) {
+                self.ingest_early += (lag < 0.0) as u64;
                 self.lat.record(Stage::IngestLag, bin as u64, lag);
             }
         }
@@ -590,6 +597,7 @@ impl Telemetry {
             warmup_bins: self.cfg.warmup_bins,
             ingest_lag_us: self.lat.percentiles(Stage::IngestLag),
             ingest_lag_dropped: ld(&st.lag_dropped),
+            ingest_lag_early: self.ingest_early,
             compute_us: Percentiles::of(self.lat.histogram(Stage::Compute)),
             done_to_push_us: self.lat.percentiles(Stage::DoneToPush),
             close_to_push_us: Percentiles::of(self.lat.histogram(Stage::CloseToPush)),

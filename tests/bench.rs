@@ -83,6 +83,7 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
     assert!(count("done_to_push_us") <= bins && count("done_to_push_us") + misses >= bins, "on-time bins only");
     assert!(count("end_to_end_us") <= bins, "at most one received sample per measured bin");
     assert!(count("ingest_lag_us") <= r["ingest"]["spikes"].as_u64().unwrap(), "at most one lag per spike");
+    assert!(r["ingest_lag_early"].as_u64().unwrap() <= count("ingest_lag_us"), "early spikes are among the measured ones");
     assert!(r["fallbacks"].as_u64().unwrap() >= misses);
     for k in ["ingest_lag_us", "compute_us", "done_to_push_us", "close_to_push_us", "end_to_end_us"] {
         assert_ordered(k, &r[k]);

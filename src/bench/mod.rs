@@ -90,7 +90,8 @@ pub fn table(r: &Report, title: &str) -> String {
     }
     s += &format!(
         "\nbins {} (warm-up {} excluded from the latencies) · control samples {} · deadline misses {} · fallbacks {} · \
-         gap bins {} · late spikes {} of {} · ring overflows {} · ingest-lag samples dropped {}\n",
+         gap bins {} · late spikes {} of {} · ring overflows {} · ingest-lag samples dropped {} · \
+         spikes that arrived before their timestamp {}\n",
         r.bins,
         r.warmup_bins,
         r.control_samples,
@@ -100,7 +101,8 @@ pub fn table(r: &Report, title: &str) -> String {
         r.late_spikes,
         r.ingest.spikes,
         r.ring_overflows,
-        r.ingest_lag_dropped
+        r.ingest_lag_dropped,
+        r.ingest_lag_early
     );
     s
 }
