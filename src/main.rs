@@ -62,6 +62,50 @@ enum Command {
         /// No live status line.
         #[arg(long)]
         quiet: bool,
+        /// Baselines run after neuroloop against the same simulated rig: echo (the pylsl
+        /// floor), python (the same model as a Python + numpy loop), comma-separated, or none.
+        #[arg(long, default_value = "echo,python")]
+        baselines: String,
+        /// Python with pylsl and numpy for the baselines (default: .venv/bin/python).
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
+    /// The scaling table: per-bin compute time of each backend (offline, no LSL) over units N,
+    /// latent d, particles P and MPPI samples K, one axis at a time from the rig's own
+    /// configuration. Writes sweep.md, sweep.json and sweep-<axis>.svg. See bench/README.md.
+    Sweep {
+        /// A rig with [sim]: its simulated population draws the counts.
+        #[arg(long)]
+        rig: PathBuf,
+        /// Timed steps per grid point, after the warm-up.
+        #[arg(long, default_value_t = 300)]
+        bins: u64,
+        /// Untimed steps first at each point (GPU pipelines compile on the first launches).
+        #[arg(long, default_value_t = 30)]
+        warmup: u64,
+        /// Backends to time, comma-separated (default: every backend compiled in).
+        #[arg(long)]
+        backends: Option<String>,
+        /// Units N to sweep.
+        #[arg(long, default_value = "96,384,1024,4096,10000")]
+        units: String,
+        /// Latent dimensions d to sweep.
+        #[arg(long, default_value = "2,4,8,16,32")]
+        latent: String,
+        /// Particle counts P to sweep (the particle filter instead of the EKF).
+        #[arg(long, default_value = "256,1024,4096")]
+        particles: String,
+        /// MPPI sample counts K to sweep.
+        #[arg(long, default_value = "32,128,512,2048")]
+        samples: String,
+        /// Sweep only these axes, comma-separated (units, latent, particles, samples).
+        #[arg(long, default_value = "units,latent,particles,samples")]
+        axes: String,
+        #[arg(long, default_value = "bench-out/sweep")]
+        out: PathBuf,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Validate a rig file and its model file without starting anything.
     Check {
@@ -104,15 +148,47 @@ fn real_main() -> anyhow::Result<()> {
             }
             session::run_sim_only(&rig, truth, bins)
         }
-        Command::Bench { rig, bins, warmup, out, quiet } => {
+        Command::Bench { rig, bins, warmup, out, quiet, baselines, python } => {
+            use neuroloop::bench::baseline;
             let rig = Rig::load(&rig)?;
-            let opts = neuroloop::bench::BenchOptions { bins, warmup, out: out.clone(), status_line: !quiet };
+            let baselines = baseline::parse_baselines(&baselines)?;
+            if !baselines.is_empty() && rig.sim.is_none() {
+                anyhow::bail!(
+                    "rig file {}: the baselines run against the simulated rig and this rig has no [sim]; pass --baselines none",
+                    rig.path.display()
+                );
+            }
+            let python = python.unwrap_or_else(baseline::default_python);
+            let opts = neuroloop::bench::BenchOptions { bins, warmup, out: out.clone(), status_line: !quiet, baselines, python };
             let (_, table) = neuroloop::bench::run(&rig, &opts)?;
             println!("{table}");
             eprintln!(
-                "[neuroloop] bench results in {}: report.json, latency.md, latency.hlog, latency-distribution.svg, latency-over-time.svg",
+                "[neuroloop] bench results in {}: report.json, latency.md, latency.hlog, latency-distribution.svg, latency-over-time.svg, baselines.json",
                 out.display()
             );
+            Ok(())
+        }
+        Command::Sweep { rig, bins, warmup, backends, units, latent, particles, samples, axes, out, quiet } => {
+            use neuroloop::bench::sweep::{self, Axis};
+            let rig = Rig::load(&rig)?;
+            let backends = match backends {
+                Some(b) => sweep::parse_backends(&b)?,
+                None => sweep::compiled_backends(),
+            };
+            let mut chosen = Vec::new();
+            for a in axes.split(',').map(str::trim) {
+                chosen.push(match a {
+                    "units" => (Axis::Units, sweep::parse_sizes("units", &units)?),
+                    "latent" => (Axis::Latent, sweep::parse_sizes("latent", &latent)?),
+                    "particles" => (Axis::Particles, sweep::parse_sizes("particles", &particles)?),
+                    "samples" => (Axis::Samples, sweep::parse_sizes("samples", &samples)?),
+                    other => anyhow::bail!("--axes: unknown axis '{other}' (expected units, latent, particles or samples)"),
+                });
+            }
+            let opts = sweep::SweepOptions { bins, warmup, backends, axes: chosen, out: out.clone(), status_line: !quiet };
+            let (_, table) = sweep::run(&rig, &opts)?;
+            println!("{table}");
+            eprintln!("[neuroloop] sweep results in {}: sweep.md, sweep.json, sweep-<axis>.svg", out.display());
             Ok(())
         }
         Command::Check { rig } => {

@@ -17,6 +17,30 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// 1 − SSE/SST of estimates against the truth, over all dimensions ((estimate, truth) per
+/// bin); None with fewer than 10 bins or a constant truth.
+pub fn r_squared<'a>(pairs: impl Iterator<Item = (&'a [f64], &'a [f64])> + Clone) -> Option<f64> {
+    let n = pairs.clone().count();
+    if n < 10 {
+        return None;
+    }
+    let d = pairs.clone().next().map_or(0, |(_, t)| t.len());
+    let mut mean = vec![0.0; d];
+    for (_, t) in pairs.clone() {
+        for i in 0..d {
+            mean[i] += t[i] / n as f64;
+        }
+    }
+    let (mut sse, mut sst) = (0.0, 0.0);
+    for (x, t) in pairs {
+        for i in 0..d {
+            sse += (x[i] - t[i]).powi(2);
+            sst += (t[i] - mean[i]).powi(2);
+        }
+    }
+    (sst > 0.0).then(|| 1.0 - sse / sst)
+}
+
 /// The simulator's ground truth for one bin (same bin grid as the loop).
 #[derive(Debug, Clone, Copy)]
 pub struct TruthRecord {
@@ -454,25 +478,7 @@ impl Telemetry {
             Some(w) if rows.len() > w => &rows[rows.len() - w..],
             _ => &rows[..],
         };
-        if rows.len() < 10 {
-            return None;
-        }
-        let d = self.cfg.latent;
-        let mut mean = vec![0.0; d];
-        for r in rows {
-            for i in 0..d {
-                mean[i] += r.x_true.as_ref().unwrap()[i] / rows.len() as f64;
-            }
-        }
-        let (mut sse, mut sst) = (0.0, 0.0);
-        for r in rows {
-            let t = r.x_true.as_ref().unwrap();
-            for i in 0..d {
-                sse += (r.x[i] - t[i]).powi(2);
-                sst += (t[i] - mean[i]).powi(2);
-            }
-        }
-        (sst > 0.0).then(|| 1.0 - sse / sst)
+        r_squared(rows.iter().map(|r| (&r.x[..], &r.x_true.as_ref().unwrap()[..])))
     }
 
     fn tracking_error(&self, x_true: &[f64]) -> f64 {

@@ -63,6 +63,10 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
         "--out",
         out_dir.to_str().unwrap(),
         "--quiet",
+        "--baselines",
+        "echo,python",
+        "--python",
+        python().to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -110,6 +114,102 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
         let svg = std::fs::read_to_string(out_dir.join(f)).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{f} is not an SVG document");
         assert!(svg.contains("bin close → model done") && svg.contains("<polyline"), "{f} lacks the compute line");
+    }
+
+    // The baselines ran in the same run against the same rig, and their numbers add up.
+    let b = report(&out_dir.join("baselines.json"));
+    assert_eq!(b["bins"], bins);
+    assert_eq!(b["neuroloop"]["control_samples"], r["end_to_end_us"]["count"]);
+    let baselines = b["baselines"].as_array().unwrap();
+    assert_eq!(baselines.iter().map(|x| x["kind"].as_str().unwrap()).collect::<Vec<_>>(), ["echo", "python"]);
+    for x in baselines {
+        let kind = x["kind"].as_str().unwrap();
+        let n = |k: &str| x[k].as_u64().unwrap_or_else(|| panic!("{kind}.{k} missing: {x}"));
+        assert_eq!(n("bins"), total);
+        // Every bin on the grid is processed or skipped (bins before the loop was ready count as skipped).
+        assert_eq!(n("bins_processed") + n("bins_skipped"), total, "{kind}: {x}");
+        assert!(n("control_samples") <= bins, "{kind}: at most one received sample per measured bin");
+        assert!(n("control_samples") > 0, "{kind}: the rig received nothing");
+        for k in ["compute_us", "close_to_push_us", "end_to_end_us"] {
+            assert_ordered(&format!("{kind}.{k}"), &x[k]);
+        }
+        assert_eq!(x["end_to_end_us"]["count"].as_u64(), Some(n("control_samples")));
+        assert!(x["close_to_push_us"]["count"].as_u64().unwrap() <= bins);
+        assert!(n("past_deadline") <= x["close_to_push_us"]["count"].as_u64().unwrap());
+    }
+    // The model baseline tracks the simulated population's latent state (the echo has no model).
+    assert!(baselines[0]["latent_r2"].is_null());
+    // Its R² is there (the model's numbers are pinned by tests/baseline_python.rs; how well it
+    // tracks live depends on how late this machine runs it, which a test must not judge).
+    let r2 = baselines[1]["latent_r2"].as_f64().expect("python baseline R²");
+    assert!(r2.is_finite() && r2 <= 1.0, "R² {r2}");
+    // Ratios are neuroloop's percentile over the baseline's.
+    for (i, ratio) in b["ratios"].as_array().unwrap().iter().enumerate() {
+        let want = r["end_to_end_us"]["p99"].as_f64().unwrap() / baselines[i]["end_to_end_us"]["p99"].as_f64().unwrap();
+        assert!((ratio["end_to_end_p99"].as_f64().unwrap() - want).abs() < 1e-9 * want.max(1.0), "{ratio} vs {want}");
+    }
+    let table = std::fs::read_to_string(out_dir.join("latency.md")).unwrap();
+    assert!(table.contains("LSL floor: pylsl echo") && table.contains("Python + numpy loop") && table.contains("neuroloop / baseline"));
+}
+
+#[test]
+fn sweep_times_every_grid_point_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("sweep");
+    let rig_path = write(dir.path(), "rig.toml", &rig.toml("mppi", "events", "events", "", ""));
+    let out_dir = dir.path().join("sweep");
+    let backends = if cfg!(feature = "wgpu") { "cpu,wgpu" } else { "cpu" };
+    let bins = 12u64;
+    let out = run(&[
+        "sweep", "--rig", rig_path.to_str().unwrap(), "--backends", backends, "--bins", &bins.to_string(), "--warmup", "2",
+        "--units", "16,48", "--latent", "2,3", "--particles", "32", "--samples", "8,24", "--out", out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = report(&out_dir.join("sweep.json"));
+    let rows = s["rows"].as_array().unwrap();
+    let n_backends = backends.split(',').count();
+    assert_eq!(rows.len(), 7 * n_backends, "one row per grid point and backend");
+    for row in rows {
+        assert!(row["note"].is_null(), "a point did not run: {row}");
+        assert_eq!(row["step_us"]["count"].as_u64(), Some(bins), "{row}");
+        assert_ordered("step_us", &row["step_us"]);
+        // Each axis changes only its own size.
+        let (axis, value) = (row["axis"].as_str().unwrap(), row["value"].as_u64().unwrap());
+        let want = |k: &str, base: u64| if axis == k { value } else { base };
+        assert_eq!(row["n_units"].as_u64(), Some(want("units", 96)), "{row}");
+        assert_eq!(row["latent"].as_u64(), Some(want("latent", 4)), "{row}");
+        assert_eq!(row["particles"].as_u64(), Some(if axis == "particles" { value } else { 0 }), "{row}");
+        assert_eq!(row["mppi_samples"].as_u64(), Some(want("samples", 256)), "{row}");
+    }
+    let md = std::fs::read_to_string(out_dir.join("sweep.md")).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(md.trim()), "the table is printed");
+    for axis in ["units", "latent", "particles", "samples"] {
+        let svg = std::fs::read_to_string(out_dir.join(format!("sweep-{axis}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("cpu p50"), "sweep-{axis}.svg");
+    }
+    if n_backends > 1 {
+        assert!(md.contains("wgpu / cpu (p50)"));
+    }
+}
+
+#[test]
+fn sweep_and_bench_reject_bad_lists_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("sweep-bad");
+    let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "", ""));
+    let rig_arg = rig_path.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["sweep", "--rig", rig_arg, "--units", "96,abc"], "--units: 'abc' is not a positive whole number"),
+        (&["sweep", "--rig", rig_arg, "--latent", "0"], "--latent: '0' is not a positive whole number"),
+        (&["sweep", "--rig", rig_arg, "--backends", "tpu"], "unknown backend 'tpu'"),
+        (&["sweep", "--rig", rig_arg, "--axes", "units,speed"], "unknown axis 'speed'"),
+        (&["bench", "--rig", rig_arg, "--baselines", "matlab"], "unknown baseline 'matlab'"),
+    ];
+    for (args, want) in cases {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
     }
 }
 

@@ -1,6 +1,7 @@
 //! The whole loop on the simulated rig, over real LSL on loopback, through the real CLI.
 
 mod common;
+use neuroloop::bench::CpuTimes;
 use common::*;
 use lsl::Pullable;
 
@@ -34,37 +35,6 @@ fn assert_r2(r: &serde_json::Value, cpu_at_start: CpuTimes) {
     let r2 = r["latent_r2"].as_f64().unwrap();
     if let Some(bound) = required_r2(r, cpu_at_start) {
         assert!(r2 >= bound, "latent R² {r2} < {bound}");
-    }
-}
-
-/// The machine's CPU time counters (/proc/stat: steal, total), to say in the notes above
-/// how much CPU the hypervisor took from this VM during a run.
-#[derive(Clone, Copy)]
-struct CpuTimes(f64, f64);
-
-impl CpuTimes {
-    fn now() -> CpuTimes {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let fields: Vec<f64> = stat
-            .lines()
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        CpuTimes(fields.get(7).copied().unwrap_or(0.0), fields.iter().sum())
-    }
-
-    /// Steal as a percentage of all CPU time since `self` (0 where it is not reported).
-    fn steal_percent_since(self) -> f64 {
-        let now = CpuTimes::now();
-        let total = now.1 - self.1;
-        if total > 0.0 {
-            100.0 * (now.0 - self.0) / total
-        } else {
-            0.0
-        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! The two plots of a bench report, as SVG: the latency distribution of every stage (the
-//! HdrHistogram percentile plot) and the per-bin latencies over the run.
+//! The plots of a bench report, as SVG: the latency distribution of every stage (the
+//! HdrHistogram percentile plot), the per-bin latencies over the run, and the sweep's
+//! compute-time scaling.
 
 use crate::latency::{BinLatency, Stage};
 use plotters::prelude::*;
@@ -46,15 +47,7 @@ pub fn distribution(path: &Path, title: &str, curves: &[(Stage, Vec<(f64, f64)>)
             .label(stage.describe())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err(path))?;
-    root.present().map_err(err(path))?;
-    Ok(())
+    finish(chart, &root, path)
 }
 
 /// Per-bin latency over the run (µs, log): every bin when there are few, else the median
@@ -111,6 +104,15 @@ pub fn over_time(path: &Path, title: &str, series: &[BinLatency], bin_s: f64, fi
             chart.draw_series(LineSeries::new(pts.iter().map(|&(t, _, max)| (t, max)), col.mix(0.4))).map_err(err(path))?;
         }
     }
+    finish(chart, &root, path)
+}
+
+/// Draws the legend and writes the file.
+fn finish<'a, 'b: 'a, CT: CoordTranslate>(
+    mut chart: ChartContext<'a, SVGBackend<'b>, CT>,
+    root: &DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    path: &Path,
+) -> anyhow::Result<()> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
@@ -120,6 +122,48 @@ pub fn over_time(path: &Path, title: &str, series: &[BinLatency], bin_s: f64, fi
         .map_err(err(path))?;
     root.present().map_err(err(path))?;
     Ok(())
+}
+
+/// The sweep's scaling plot: per-bin compute (µs, log) against the swept size (log), one
+/// line per backend for the median and a faded one for p99. `lines`: (backend,
+/// [(size, p50, p99)]).
+pub fn scaling(path: &Path, title: &str, x_desc: &str, lines: &[(String, Vec<(f64, f64, f64)>)]) -> anyhow::Result<()> {
+    let xs = || lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
+    let x_lo = xs().fold(f64::MAX, f64::min).min(1e9);
+    let x_hi = xs().fold(0.0f64, f64::max).max(x_lo * 2.0);
+    let (y_min, y_max) = y_range(lines.iter().flat_map(|(_, p)| p.iter().flat_map(|q| [q.1, q.2])));
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((x_lo * 0.8..x_hi * 1.25).log_scale(), (y_min..y_max).log_scale())
+        .map_err(err(path))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("per-bin compute (µs)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()
+        .map_err(err(path))?;
+    for (i, (name, pts)) in lines.iter().enumerate().filter(|(_, (_, p))| !p.is_empty()) {
+        let col = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts.iter().map(|q| (q.0, q.1)), col.stroke_width(2)))
+            .map_err(err(path))?
+            .label(format!("{name} p50"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|q| Circle::new((q.0, q.1), 3, col.filled()))).map_err(err(path))?;
+        chart
+            .draw_series(LineSeries::new(pts.iter().map(|q| (q.0, q.2)), col.mix(0.4)))
+            .map_err(err(path))?
+            .label(format!("{name} p99"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.mix(0.4)));
+    }
+    finish(chart, &root, path)
 }
 
 /// A log-scale y range covering the values (µs), in whole decades.

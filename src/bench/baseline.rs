@@ -1,0 +1,314 @@
+//! The baselines of `neuroloop bench`, measured in the same run, on the same machine and
+//! against the same simulated rig (same seed, same bin grid, same Control stream name):
+//!
+//! - `echo` — the LSL floor: bench/baselines/pyloop.py `--mode echo`, a pylsl loop that
+//!   bins each bin's spikes and pushes one Control sample per bin with no model;
+//! - `python` — the same filter, embedding update, task identification and controller as a
+//!   plain Python + numpy loop (pyloop.py `--mode model`, the port in bench/baselines/ssm.py).
+//!
+//! The simulated rig runs in this process and measures end to end (bin end → Control sample
+//! received) exactly as it does for neuroloop; the Python loop writes its own per-bin
+//! times (bin close → model done, bin close → pushed) and latent estimates to a file.
+
+use crate::clock::{self, BinClock};
+use crate::latency::{histogram, Percentiles};
+use crate::rig::Rig;
+use crate::sim::{self, SimSetup};
+use crate::telemetry::{r_squared, TruthRecord};
+use anyhow::{bail, Context};
+use crossbeam_queue::ArrayQueue;
+use serde::Serialize;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaselineKind {
+    Echo,
+    Python,
+}
+
+impl BaselineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BaselineKind::Echo => "echo",
+            BaselineKind::Python => "python",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            BaselineKind::Echo => "LSL floor: pylsl echo, no model",
+            BaselineKind::Python => "Python + numpy loop, same model",
+        }
+    }
+
+    fn mode(self) -> &'static str {
+        match self {
+            BaselineKind::Echo => "echo",
+            BaselineKind::Python => "model",
+        }
+    }
+}
+
+/// Parses `--baselines echo,python` (`none` for no baselines).
+pub fn parse_baselines(text: &str) -> anyhow::Result<Vec<BaselineKind>> {
+    if text.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|t| match t.trim() {
+            "echo" => Ok(BaselineKind::Echo),
+            "python" => Ok(BaselineKind::Python),
+            other => bail!("--baselines: unknown baseline '{other}' (expected echo, python, both comma-separated, or none)"),
+        })
+        .collect()
+}
+
+/// What one baseline run measured (bins before the warm-up left out of every latency).
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineResult {
+    pub kind: BaselineKind,
+    pub description: &'static str,
+    /// Bins on the grid (warm-up included).
+    pub bins: u64,
+    pub warmup_bins: u64,
+    /// Bins the loop processed and pushed a sample for.
+    pub bins_processed: u64,
+    /// Bins it skipped because it had fallen behind (no sample pushed).
+    pub bins_skipped: u64,
+    /// Control samples the simulated rig received for measured bins.
+    pub control_samples: u64,
+    /// Measured bins whose sample was pushed after neuroloop's deadline (close + deadline):
+    /// the bins neuroloop would have covered with a fallback.
+    pub past_deadline: u64,
+    /// Spikes that arrived after their bin closed.
+    pub late_spikes: u64,
+    pub compute_us: Option<Percentiles>,
+    pub close_to_push_us: Option<Percentiles>,
+    pub end_to_end_us: Option<Percentiles>,
+    /// Latent R² against the simulator's truth (model baseline only).
+    pub latent_r2: Option<f64>,
+    /// CPU time the hypervisor stole while it ran (% of all CPU time).
+    pub cpu_steal_percent: f64,
+}
+
+pub struct BaselineOptions<'a> {
+    pub bins: u64,
+    pub warmup: u64,
+    pub python: &'a Path,
+    /// Folder for the model file, the loop's output and its log.
+    pub out: &'a Path,
+    pub status_line: bool,
+}
+
+/// Where pyloop.py lives: bench/baselines/ under the current folder, else under the source
+/// tree this binary was built from.
+pub fn script_path() -> anyhow::Result<PathBuf> {
+    let rel = Path::new("bench/baselines/pyloop.py");
+    for base in [PathBuf::from("."), PathBuf::from(env!("CARGO_MANIFEST_DIR"))] {
+        let p = base.join(rel);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("cannot find bench/baselines/pyloop.py (run from the neuroloop source folder, or pass --baselines none)")
+}
+
+/// The default interpreter: the set-up script's .venv (pylsl + numpy), else python3.
+pub fn default_python() -> PathBuf {
+    for base in [PathBuf::from("."), PathBuf::from(env!("CARGO_MANIFEST_DIR"))] {
+        let p = base.join(".venv/bin/python");
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from("python3")
+}
+
+/// Runs one baseline against the rig's simulator and returns what it measured.
+pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result<BaselineResult> {
+    let sim_cfg = rig.sim.clone().with_context(|| {
+        format!("rig file {}: the baselines run against the simulated rig, and this rig has no [sim] section (use --baselines none)", rig.path.display())
+    })?;
+    let script = script_path()?;
+    let bin_s = rig.timing.bin_ms * 1e-3;
+    let total = o.warmup + o.bins;
+    let truth = sim::truth_model(&sim_cfg, bin_s);
+    let d = truth.dims.latent;
+    let model_path = o.out.join("baseline-model.safetensors");
+    if kind == BaselineKind::Python {
+        truth.save(&model_path).with_context(|| format!("cannot write {}", model_path.display()))?;
+    }
+    let rows_path = o.out.join(format!("baseline-{}.f64", kind.name()));
+    let log_path = o.out.join(format!("baseline-{}.log", kind.name()));
+    let _ = std::fs::remove_file(&rows_path);
+
+    // Python needs a few seconds to import numpy and pylsl and to connect: bin 0 starts
+    // after that, and the loop must be ready before the warm-up is over.
+    let t0 = clock::now() + 6.0;
+    let grid = BinClock { t0, bin_s, grace_s: rig.timing.grace_ms * 1e-3, deadline_s: rig.timing.deadline_ms * 1e-3 };
+    let e2e = Arc::new(ArrayQueue::<[f64; 2]>::new(1 << 16));
+    let truth_q = Arc::new(ArrayQueue::<TruthRecord>::new(1 << 14));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sim_handles = sim::start(SimSetup {
+        params: truth,
+        cfg: sim_cfg.clone(),
+        clock: grid,
+        control_stream: rig.output.control_name.clone(),
+        end_bin: Arc::new(AtomicU64::new(u64::MAX)),
+        stop: stop.clone(),
+        truth: Some(truth_q.clone()),
+        end_to_end: Some(e2e.clone()),
+        outage: None,
+    })?;
+    let stop_sim = || {
+        stop.store(true, Ordering::Release);
+    };
+
+    let log = std::fs::File::create(&log_path).with_context(|| format!("cannot write {}", log_path.display()))?;
+    let mut cmd = Command::new(o.python);
+    cmd.arg(&script)
+        .args(["--mode", kind.mode(), "--rig"])
+        .arg(&rig.path)
+        .args(["--t0", &format!("{t0:.9}"), "--bins", &total.to_string()])
+        .args(["--open-loop-block", &sim_cfg.open_loop_block_bins.to_string(), "--out"])
+        .arg(&rows_path)
+        .stdout(Stdio::piped())
+        .stderr(log);
+    if kind == BaselineKind::Python {
+        cmd.arg("--model").arg(&model_path);
+    }
+    let cpu_at_start = super::CpuTimes::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            stop_sim();
+            bail!(
+                "cannot start the Python baseline with {}: {e} (run ./scripts/setup.sh for .venv with pylsl and numpy, pass --python, or --baselines none)",
+                o.python.display()
+            );
+        }
+    };
+    // Its stdout: "ready" once connected, then one JSON line of totals at the end.
+    let stdout = child.stdout.take().expect("piped");
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(l);
+            }
+        })
+    };
+
+    let mut e2e_h = histogram();
+    let mut truth_x: Vec<Option<Vec<f64>>> = vec![None; total as usize];
+    let mut received = 0u64;
+    let limit = Instant::now() + Duration::from_secs_f64(6.0 + total as f64 * bin_s + 60.0);
+    let mut last_status = Instant::now();
+    let drain = |e2e_h: &mut hdrhistogram::Histogram<u64>, truth_x: &mut Vec<Option<Vec<f64>>>, received: &mut u64| {
+        while let Some([ts, lat]) = e2e.pop() {
+            let bin = ((ts - t0) / bin_s).round() as i64 - 1;
+            if bin >= o.warmup as i64 && bin < total as i64 {
+                e2e_h.saturating_record((lat * 1e6).round().max(1.0) as u64);
+                *received += 1;
+            }
+        }
+        while let Some(t) = truth_q.pop() {
+            if let Some(slot) = truth_x.get_mut(t.bin as usize) {
+                *slot = Some(t.x[..d].to_vec());
+            }
+        }
+    };
+    let status = loop {
+        drain(&mut e2e_h, &mut truth_x, &mut received);
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > limit {
+            let _ = child.kill();
+            stop_sim();
+            bail!("the {} baseline did not finish in time; its log: {}", kind.name(), log_path.display());
+        }
+        if o.status_line && last_status.elapsed() > Duration::from_secs(2) {
+            last_status = Instant::now();
+            let k = ((clock::now() - t0) / bin_s).max(0.0) as u64;
+            eprintln!("[bench] {} baseline: bin {}/{total}, control samples received {received}", kind.name(), k.min(total));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let cpu_steal_percent = cpu_at_start.steal_percent_since();
+    // The simulated rig takes the last samples, then stops.
+    std::thread::sleep(Duration::from_millis(300));
+    drain(&mut e2e_h, &mut truth_x, &mut received);
+    stop_sim();
+    let _ = sim_handles.sim.join();
+    let _ = sim_handles.receiver.join();
+    let _ = reader.join();
+    let lines = lines.lock().unwrap().clone();
+    if !status.success() {
+        let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "the {} baseline ({} {}) failed ({status}); stdout: {}; its log {} ends:\n{}",
+            kind.name(),
+            o.python.display(),
+            script.display(),
+            lines.join(" | "),
+            log_path.display(),
+            tail.join("\n")
+        );
+    }
+    let totals: serde_json::Value = lines
+        .iter()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("the {} baseline printed no totals; its log: {}", kind.name(), log_path.display()))?;
+    let row_len = totals["row_len"].as_u64().unwrap_or(0) as usize;
+    let bytes = std::fs::read(&rows_path).with_context(|| format!("cannot read {}", rows_path.display()))?;
+    let values: Vec<f64> = bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+    if row_len < 4 || values.len() % row_len != 0 {
+        bail!("{}: {} values do not make rows of {row_len}", rows_path.display(), values.len());
+    }
+
+    let (mut compute, mut push) = (histogram(), histogram());
+    let mut past_deadline = 0;
+    let mut pairs: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
+    let deadline = rig.timing.deadline_ms * 1e-3;
+    for row in values.chunks_exact(row_len) {
+        let bin = row[0] as u64;
+        if bin >= o.warmup {
+            compute.saturating_record((row[1] * 1e6).round().max(1.0) as u64);
+            push.saturating_record((row[2] * 1e6).round().max(1.0) as u64);
+            past_deadline += (row[2] > deadline) as u64;
+        }
+        if row_len >= 4 + d {
+            if let Some(Some(t)) = truth_x.get(bin as usize) {
+                pairs.push((row[4..4 + d].to_vec(), t.clone()));
+            }
+        }
+    }
+    let some = |h: &hdrhistogram::Histogram<u64>| (h.len() > 0).then(|| Percentiles::of(h));
+    Ok(BaselineResult {
+        kind,
+        description: kind.describe(),
+        bins: total,
+        warmup_bins: o.warmup,
+        bins_processed: (values.len() / row_len) as u64,
+        bins_skipped: totals["skipped"].as_u64().unwrap_or(0),
+        control_samples: received,
+        past_deadline,
+        late_spikes: totals["late_spikes"].as_u64().unwrap_or(0),
+        compute_us: some(&compute),
+        close_to_push_us: some(&push),
+        end_to_end_us: some(&e2e_h),
+        latent_r2: r_squared(pairs.iter().map(|(x, t)| (&x[..], &t[..]))),
+        cpu_steal_percent,
+    })
+}
