@@ -333,6 +333,10 @@ impl Telemetry {
         while let Some(e) = self.q.emit.telemetry.pop() {
             if e.bin >= first_open {
                 self.pending.entry(e.bin).or_default().emitted = Some(e);
+            } else {
+                // Its bin was finalised without it (the emitter ran far behind the loop): its
+                // push, fallback and miss still count — they are the worst latencies.
+                self.account_push(e.bin, &e, None);
             }
         }
         while let Some(t) = self.q.truth.pop() {
@@ -356,13 +360,14 @@ impl Telemetry {
             }
         }
         self.lat.tick(crate::clock::now());
-        // Finalise bins in order once complete. A bin still incomplete when the loop is 50
-        // bins past it (truth lags, or a record was dropped on a full queue) is finalised
-        // with what it has. Measured against the loop, not the emitter or the simulator,
-        // which run ahead of a stalled loop.
+        // Finalise bins in order once complete. A bin still incomplete when the loop is a
+        // second (and at least 50 bins) past it (truth lags, the emitter stalls, or a record
+        // was dropped on a full queue) is finalised with what it has. Measured against the
+        // loop, not the emitter or the simulator, which run ahead of a stalled loop.
+        let horizon = ((1.0 / clock.bin_s).ceil() as u64).max(50);
         while let Some((&k, j)) = self.pending.iter().next() {
             let complete = j.rec.is_some() && j.emitted.is_some() && (!self.cfg.expect_truth || j.truth.is_some());
-            if !(complete || self.newest_rec > k + 50) {
+            if !(complete || self.newest_rec > k + horizon) {
                 break;
             }
             let j = self.pending.remove(&k).unwrap();
@@ -382,6 +387,16 @@ impl Telemetry {
         }
     }
 
+    /// Counts bin k's push: fallback, deadline miss, and its latencies.
+    fn account_push(&mut self, k: u64, e: &Emitted, rec: Option<&BinRecord>) {
+        self.fallbacks += e.fallback as u64;
+        self.misses += e.deadline_miss as u64;
+        self.lat.record(Stage::CloseToPush, k, e.pushed_at - self.cfg.clock.close(k));
+        if let Some(r) = rec.filter(|r| r.on_time) {
+            self.lat.record(Stage::DoneToPush, k, e.pushed_at - r.done_at);
+        }
+    }
+
     fn finalise(&mut self, k: u64, j: Joined) {
         if j.rec.is_none() && j.emitted.is_none() {
             return; // the simulator's truth for a bin the loop never ran
@@ -392,13 +407,7 @@ impl Telemetry {
         // such a bin stays out of the open/closed-loop comparison.
         let mut enabled = None;
         if let Some(e) = &j.emitted {
-            self.fallbacks += e.fallback as u64;
-            self.misses += e.deadline_miss as u64;
-            let close = self.cfg.clock.close(k);
-            self.lat.record(Stage::CloseToPush, k, e.pushed_at - close);
-            if let Some(r) = j.rec.as_ref().filter(|r| r.on_time) {
-                self.lat.record(Stage::DoneToPush, k, e.pushed_at - r.done_at);
-            }
+            self.account_push(k, e, j.rec.as_ref());
             flags |= e.fallback as u32;
             flags |= (e.deadline_miss as u32) << 1;
             enabled = Some(e.enabled);
@@ -615,5 +624,87 @@ impl Telemetry {
             series: self.lat.take_series(),
             quantile_curves: crate::latency::STAGES.iter().map(|&st| (st, self.lat.quantile_curve(st))).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::latency::Stage;
+
+    fn record(k: u64, clock: &BinClock) -> BinRecord {
+        BinRecord {
+            bin: k,
+            started_at: clock.close(k),
+            done_at: clock.close(k) + 1e-4,
+            spikes: 0.0,
+            late_spikes: 0,
+            future_spikes: 0,
+            has_data: true,
+            on_time: true,
+            loglik: 0.0,
+            task_jump: -1,
+            embed_step: 0.0,
+            x: [0.0; MAX_LATENT],
+            z: [0.0; MAX_EMBED],
+            u: [0.0; crate::MAX_CONTROL],
+        }
+    }
+
+    fn emitted(k: u64, clock: &BinClock, late_s: f64) -> Emitted {
+        Emitted {
+            bin: k,
+            u: [0.0; crate::MAX_CONTROL],
+            fallback: late_s > 0.0,
+            deadline_miss: late_s > 0.0,
+            enabled: true,
+            pushed_at: clock.deadline(k) + late_s,
+        }
+    }
+
+    /// An emitter stalled far behind the loop: its push for a bin comes after telemetry has
+    /// finalised the bin. That push is the worst latency of the run and must still count.
+    #[test]
+    fn a_push_that_comes_after_its_bin_was_finalised_still_counts() {
+        let clock = BinClock { t0: 100.0, bin_s: 1e-3, grace_s: 5e-4, deadline_s: 4e-4 };
+        let (_tx, rx) = crossbeam_channel::bounded(1);
+        let emit = Arc::new(EmitChannels::new(8192));
+        let q = TelemetryQueues::new(8192, emit.clone(), Arc::new(IngestStats::default()), rx, Arc::new(LoopStatus::default()));
+        let bins_q = q.bins.clone();
+        let cfg = TelemetryConfig {
+            clock,
+            latent: 2,
+            embed: 1,
+            status_stream: None,
+            status_line: false,
+            expect_truth: false,
+            library: Vec::new(),
+            target: TrackingTarget::Latent(vec![0.0, 0.0]),
+            settle_bins: 0,
+            rig_name: "test".into(),
+            backend: "cpu".into(),
+            warmup_bins: 0,
+            keep_series: false,
+            interval_log: None,
+        };
+        let mut t = Telemetry::new(cfg, q);
+        let n = 3000u64;
+        let stalled = 7u64;
+        for k in 0..n {
+            bins_q.push(record(k, &clock)).unwrap();
+            if k != stalled {
+                emit.telemetry.push(emitted(k, &clock, 0.0)).unwrap();
+            }
+        }
+        t.poll();
+        assert!(t.first_open > stalled, "bin {stalled} should have been finalised without its push");
+        // The emitter finally pushes bin 7, 2.5 s late.
+        emit.telemetry.push(emitted(stalled, &clock, 2.5)).unwrap();
+        t.poll();
+        t.flush_all();
+        let h = t.lat.histogram(Stage::CloseToPush);
+        assert_eq!(h.len(), n, "every push is in the close → pushed histogram");
+        assert!(h.max() >= 2_500_000, "the stalled push is its maximum: {} µs", h.max());
+        assert_eq!(t.misses, 1);
     }
 }

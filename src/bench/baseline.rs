@@ -11,6 +11,7 @@
 //! times (bin close → model done, bin close → pushed) and latent estimates to a file.
 
 use crate::clock::{self, BinClock};
+use super::LoopSummary;
 use crate::latency::{histogram, Percentiles};
 use crate::rig::Rig;
 use crate::sim::{self, SimSetup};
@@ -73,28 +74,14 @@ pub fn parse_baselines(text: &str) -> anyhow::Result<Vec<BaselineKind>> {
 #[derive(Debug, Clone, Serialize)]
 pub struct BaselineResult {
     pub kind: BaselineKind,
-    pub description: &'static str,
     /// Bins on the grid (warm-up included).
     pub bins: u64,
     pub warmup_bins: u64,
     /// Bins the loop processed and pushed a sample for.
     pub bins_processed: u64,
-    /// Bins it skipped because it had fallen behind (no sample pushed).
-    pub bins_skipped: u64,
-    /// Control samples the simulated rig received for measured bins.
-    pub control_samples: u64,
-    /// Measured bins whose sample was pushed after neuroloop's deadline (close + deadline):
-    /// the bins neuroloop would have covered with a fallback.
-    pub past_deadline: u64,
-    /// Spikes that arrived after their bin closed.
-    pub late_spikes: u64,
-    pub compute_us: Option<Percentiles>,
-    pub close_to_push_us: Option<Percentiles>,
-    pub end_to_end_us: Option<Percentiles>,
-    /// Latent R² against the simulator's truth (model baseline only).
-    pub latent_r2: Option<f64>,
-    /// CPU time the hypervisor stole while it ran (% of all CPU time).
-    pub cpu_steal_percent: f64,
+    /// The numbers every loop in the comparison has (`name` is the baseline's description).
+    #[serde(flatten)]
+    pub summary: LoopSummary,
 }
 
 pub struct BaselineOptions<'a> {
@@ -297,18 +284,20 @@ pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result
     let some = |h: &hdrhistogram::Histogram<u64>| (h.len() > 0).then(|| Percentiles::of(h));
     Ok(BaselineResult {
         kind,
-        description: kind.describe(),
         bins: total,
         warmup_bins: o.warmup,
         bins_processed: (values.len() / row_len) as u64,
-        bins_skipped: totals["skipped"].as_u64().unwrap_or(0),
-        control_samples: received,
-        past_deadline,
-        late_spikes: totals["late_spikes"].as_u64().unwrap_or(0),
-        compute_us: some(&compute),
-        close_to_push_us: some(&push),
-        end_to_end_us: some(&e2e_h),
-        latent_r2: r_squared(pairs.iter().map(|(x, t)| (&x[..], &t[..]))),
-        cpu_steal_percent,
+        summary: LoopSummary {
+            name: kind.describe().to_string(),
+            control_samples: received,
+            bins_skipped: totals["skipped"].as_u64().unwrap_or(0),
+            past_deadline,
+            late_spikes: totals["late_spikes"].as_u64().unwrap_or(0),
+            compute_us: some(&compute),
+            close_to_push_us: some(&push),
+            end_to_end_us: some(&e2e_h),
+            latent_r2: r_squared(pairs.iter().map(|(x, t)| (&x[..], &t[..]))),
+            cpu_steal_percent,
+        },
     })
 }

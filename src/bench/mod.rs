@@ -72,10 +72,14 @@ pub struct Comparison {
 #[derive(Debug, Clone, Serialize)]
 pub struct LoopSummary {
     pub name: String,
+    /// Control samples the simulated rig received for measured bins.
     pub control_samples: u64,
+    /// Bins a baseline skipped because it had fallen behind (no sample pushed; 0 for neuroloop).
     pub bins_skipped: u64,
-    /// Bins whose own result missed the deadline (neuroloop covers them with a fallback).
+    /// Measured bins whose own result came after the deadline (close + deadline):
+    /// neuroloop covers them with its fallback, a baseline just pushes late.
     pub past_deadline: u64,
+    /// Spikes that arrived after their bin closed.
     pub late_spikes: u64,
     pub compute_us: Option<Percentiles>,
     pub close_to_push_us: Option<Percentiles>,
@@ -111,21 +115,6 @@ impl LoopSummary {
             cpu_steal_percent,
         }
     }
-
-    fn of_baseline(b: &BaselineResult) -> LoopSummary {
-        LoopSummary {
-            name: b.description.to_string(),
-            control_samples: b.control_samples,
-            bins_skipped: b.bins_skipped,
-            past_deadline: b.past_deadline,
-            late_spikes: b.late_spikes,
-            compute_us: b.compute_us.clone(),
-            close_to_push_us: b.close_to_push_us.clone(),
-            end_to_end_us: b.end_to_end_us.clone(),
-            latent_r2: b.latent_r2,
-            cpu_steal_percent: b.cpu_steal_percent,
-        }
-    }
 }
 
 fn ratio(a: &Option<Percentiles>, b: &Option<Percentiles>, pick: fn(&Percentiles) -> f64) -> Option<f64> {
@@ -141,12 +130,12 @@ impl Comparison {
             .iter()
             .map(|b| Ratios {
                 baseline: b.kind,
-                end_to_end_p50: ratio(&neuroloop.end_to_end_us, &b.end_to_end_us, |p| p.p50),
-                end_to_end_p99: ratio(&neuroloop.end_to_end_us, &b.end_to_end_us, |p| p.p99),
-                end_to_end_p999: ratio(&neuroloop.end_to_end_us, &b.end_to_end_us, |p| p.p999),
-                close_to_push_p50: ratio(&neuroloop.close_to_push_us, &b.close_to_push_us, |p| p.p50),
-                close_to_push_p99: ratio(&neuroloop.close_to_push_us, &b.close_to_push_us, |p| p.p99),
-                compute_p50: ratio(&neuroloop.compute_us, &b.compute_us, |p| p.p50),
+                end_to_end_p50: ratio(&neuroloop.end_to_end_us, &b.summary.end_to_end_us, |p| p.p50),
+                end_to_end_p99: ratio(&neuroloop.end_to_end_us, &b.summary.end_to_end_us, |p| p.p99),
+                end_to_end_p999: ratio(&neuroloop.end_to_end_us, &b.summary.end_to_end_us, |p| p.p999),
+                close_to_push_p50: ratio(&neuroloop.close_to_push_us, &b.summary.close_to_push_us, |p| p.p50),
+                close_to_push_p99: ratio(&neuroloop.close_to_push_us, &b.summary.close_to_push_us, |p| p.p99),
+                compute_p50: ratio(&neuroloop.compute_us, &b.summary.compute_us, |p| p.p50),
             })
             .collect();
         Comparison {
@@ -173,8 +162,7 @@ impl Comparison {
             Some(p) => f.iter().map(|g| format!("{:.0}", g(p))).collect::<Vec<_>>().join(" / "),
             None => "–".into(),
         };
-        let rows = std::iter::once(&self.neuroloop).chain(self.baseline_summaries().iter()).cloned().collect::<Vec<_>>();
-        for l in &rows {
+        for l in std::iter::once(&self.neuroloop).chain(self.baselines.iter().map(|b| &b.summary)) {
             s += &format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} % |\n",
                 l.name,
@@ -208,10 +196,6 @@ impl Comparison {
             }
         }
         s
-    }
-
-    fn baseline_summaries(&self) -> Vec<LoopSummary> {
-        self.baselines.iter().map(LoopSummary::of_baseline).collect()
     }
 }
 

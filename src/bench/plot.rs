@@ -24,11 +24,7 @@ pub fn distribution(path: &Path, title: &str, curves: &[(Stage, Vec<(f64, f64)>)
     let (y_min, y_max) = y_range(curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.1)));
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = frame(&root, title)
         .build_cartesian_2d((1.0..x_max).log_scale(), (y_min..y_max).log_scale())
         .map_err(err(path))?;
     chart
@@ -78,11 +74,7 @@ pub fn over_time(path: &Path, title: &str, series: &[BinLatency], bin_s: f64, fi
     let t_end = t_of(series.len().max(1));
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = frame(&root, title)
         .build_cartesian_2d(t_of(0)..t_end, (y_min..y_max).log_scale())
         .map_err(err(path))?;
     chart
@@ -105,6 +97,13 @@ pub fn over_time(path: &Path, title: &str, series: &[BinLatency], bin_s: f64, fi
         }
     }
     finish(chart, &root, path)
+}
+
+/// Every chart's frame: its title, margins and axis label areas.
+fn frame<'a, 'b>(root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>, title: &str) -> ChartBuilder<'a, 'static, SVGBackend<'b>> {
+    let mut b = ChartBuilder::on(root);
+    b.caption(title, ("sans-serif", 20)).margin(12).x_label_area_size(40).y_label_area_size(70);
+    b
 }
 
 /// Draws the legend and writes the file.
@@ -134,11 +133,7 @@ pub fn scaling(path: &Path, title: &str, x_desc: &str, lines: &[(String, Vec<(f6
     let (y_min, y_max) = y_range(lines.iter().flat_map(|(_, p)| p.iter().flat_map(|q| [q.1, q.2])));
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = frame(&root, title)
         .build_cartesian_2d((x_lo * 0.8..x_hi * 1.25).log_scale(), (y_min..y_max).log_scale())
         .map_err(err(path))?;
     chart
