@@ -120,6 +120,9 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
     let b = report(&out_dir.join("baselines.json"));
     assert_eq!(b["bins"], bins);
     assert_eq!(b["neuroloop"]["control_samples"], r["end_to_end_us"]["count"]);
+    let measured_misses = r["measured_deadline_misses"].as_u64().unwrap();
+    assert!(measured_misses <= misses && measured_misses <= bins, "misses after the warm-up are among all misses");
+    assert_eq!(b["neuroloop"]["past_deadline"], measured_misses);
     let baselines = b["baselines"].as_array().unwrap();
     assert_eq!(baselines.iter().map(|x| x["kind"].as_str().unwrap()).collect::<Vec<_>>(), ["echo", "python"]);
     for x in baselines {

@@ -10,12 +10,12 @@ pub mod plot;
 pub mod sweep;
 
 use crate::latency::{Percentiles, Stage, STAGES};
-use baseline::{BaselineKind, BaselineOptions, BaselineResult};
-use serde::Serialize;
 use crate::rig::Rig;
 use crate::session::{self, RunOptions};
 use crate::telemetry::Report;
 use anyhow::Context;
+use baseline::{BaselineKind, BaselineOptions, BaselineResult};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 pub struct BenchOptions {
@@ -106,7 +106,7 @@ impl LoopSummary {
             name: format!("neuroloop ({})", r.backend),
             control_samples: r.end_to_end_us.as_ref().map_or(0, |p| p.count),
             bins_skipped: 0,
-            past_deadline: r.deadline_misses,
+            past_deadline: r.measured_deadline_misses,
             late_spikes: r.late_spikes,
             compute_us: stage_percentiles(r, Stage::Compute),
             close_to_push_us: stage_percentiles(r, Stage::CloseToPush),
