@@ -28,6 +28,15 @@ pub mod sim;
 pub mod telemetry;
 pub mod units;
 
+/// The message a caught panic carried (`panic!` with a string or a format).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown error".into())
+}
+
 /// Largest latent dimension d supported (fixed-size per-bin records).
 pub const MAX_LATENT: usize = 64;
 /// Largest embedding dimension e supported.

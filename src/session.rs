@@ -83,8 +83,8 @@ pub fn backend(rig: &Rig, params: ModelParams) -> anyhow::Result<Box<dyn Backend
         other => bail!(
             "rig file {}: backend = \"{}\" is not compiled into this neuroloop; rebuild with `--features {}` or use backend = \"cpu\"",
             rig.path.display(),
-            format!("{other:?}").to_lowercase(),
-            format!("{other:?}").to_lowercase(),
+            other.name(),
+            other.name(),
         ),
     }
 }

@@ -21,6 +21,7 @@ On exit it writes OUT (raw little-endian f64), one row per processed bin:
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -42,26 +43,20 @@ a = ap.parse_args()
 
 with open(a.rig, "rb") as f:
     rig = tomllib.load(f)
-timing, inp, out_cfg, safety = rig["timing"], rig["input"], rig["output"], rig["safety"]
+timing, inp, out_cfg = rig["timing"], rig["input"], rig["output"]
 bin_s = timing["bin_ms"] * 1e-3
 grace_s = timing["grace_ms"] * 1e-3
 n_units = rig["sim"]["n_units"] if "sim" in rig else rig["units"]["channels"]
 m = rig["sim"]["control_dim"] if "sim" in rig else len(out_cfg["control_labels"])
-
-
-def broadcast(v, n):
-    return np.full(n, float(v[0])) if len(v) == 1 else np.asarray(v, dtype=float)
-
-
-lo, hi = broadcast(safety["lower"], m), broadcast(safety["upper"], m)
-max_step = float(safety["max_step"])
 
 model = None
 if a.mode == "model":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import ssm
 
-    model = ssm.Loop(ssm.load_model(a.model), ssm.load_rig_config(a.rig), lo, hi)
+    rig_cfg = ssm.load_rig_config(a.rig)
+    safety = ssm.Safety(rig_cfg, m)
+    model = ssm.Loop(ssm.load_model(a.model), rig_cfg, safety.lower, safety.upper)
 
 # Streams: the rig's spike stream in, a Control outlet out (what neuroloop would publish).
 found = pylsl.resolve_bypred(f"name='{inp['name']}'", 1, 30.0)
@@ -72,12 +67,22 @@ inlet = pylsl.StreamInlet(found[0], max_buflen=360, recover=False)
 inlet.open_stream(10.0)
 offset = inlet.time_correction(5.0)
 counts_stream = inlet.info().type() in ("SpikeCounts", "SpikingRates")
+
+
+def bin_of(t):
+    """The bin a sample belongs to: a counts sample is stamped with its bin's end, an event
+    with its own time."""
+    if counts_stream:
+        return round((t - a.t0) / bin_s) - 1
+    return math.floor((t - a.t0) / bin_s)
+
+
 info = pylsl.StreamInfo(out_cfg["control_name"], "Control", m, 1.0 / bin_s, "float32", f"pyloop-{a.mode}-{os.getpid()}")
 outlet = pylsl.StreamOutlet(info)
 print("ready", flush=True)
 
 rows = []
-pending = []  # (t, unit) of events stamped in bins not yet closed
+pending = []  # (t, sample) stamped in bins not yet closed
 counts = np.zeros(n_units)
 u_prev = np.zeros(m)
 k = max(0, int((pylsl.local_clock() - grace_s - a.t0) / bin_s))  # first bin not yet closed
@@ -89,49 +94,30 @@ while k < a.bins:
     if wait > 0:
         time.sleep(wait)
     chunk, stamps = inlet.pull_chunk(timeout=0.0, max_samples=1_000_000)
-    start, end = a.t0 + k * bin_s, a.t0 + (k + 1) * bin_s
+    pending.extend((t + offset, smp) for smp, t in zip(chunk, stamps))
     late = 0
     counts[:] = 0.0
-    if counts_stream:
-        # Each sample holds the counts of the bin that ends at its stamp.
-        for s, t in zip(chunk, stamps):
-            j = round((t + offset - a.t0) / bin_s) - 1
-            if j == k:
-                counts += np.asarray(s[:n_units])
-            elif j < k:
-                late += 1
-            else:
-                pending.append((t + offset, s))
-        keep = []
-        for t, s in pending:
-            j = round((t - a.t0) / bin_s) - 1
-            if j == k:
-                counts += np.asarray(s[:n_units])
-            elif j > k:
-                keep.append((t, s))
-        pending = keep
-    else:
-        pending.extend((t + offset, int(s[0])) for s, t in zip(chunk, stamps))
-        keep = []
-        for t, ch in pending:
-            if t < start:
-                late += 1
-            elif t < end:
-                if 0 <= ch < n_units:
-                    counts[ch] += 1.0
-            else:
-                keep.append((t, ch))
-        pending = keep
+    keep = []
+    for t, smp in pending:
+        j = bin_of(t)
+        if j > k:
+            keep.append((t, smp))
+        elif j < k:
+            late += 1
+        elif counts_stream:
+            counts += np.asarray(smp[:n_units])
+        elif 0 <= int(smp[0]) < n_units:
+            counts[int(smp[0])] += 1.0
+    pending = keep
     late_total += late
     if model is not None:
         proposal = model.step(counts, u_prev, k)
         enabled = a.open_loop_block == 0 or (k // a.open_loop_block) % 2 == 1
-        want = proposal if enabled else np.zeros(m)
-        u = np.clip(np.clip(want, u_prev - max_step, u_prev + max_step), lo, hi)
+        u = safety.apply(proposal, u_prev, enabled)
     else:
         u = np.zeros(m)
     done = pylsl.local_clock()
-    outlet.push_sample(u.astype(np.float32).tolist(), end)
+    outlet.push_sample(u.astype(np.float32).tolist(), a.t0 + (k + 1) * bin_s)  # stamped with the bin's end
     pushed = pylsl.local_clock()
     u_prev = u
     row = [k, done - close, pushed - close, late]

@@ -248,11 +248,7 @@ pub fn open_device<R: Runtime>(name: &str, device: &R::Device, packed: Packed) -
         Ok(Ok(dm)) => Ok(dm),
         Ok(Err(e)) => bail!("the {name} device failed its first launch: {e}"),
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown error".into());
+            let msg = crate::panic_message(panic.as_ref());
             let hint = if name == "wgpu" {
                 "wgpu needs a Vulkan (or Metal/DX12) driver; on a machine without a GPU install Mesa's lavapipe \
                  (Debian: apt-get install mesa-vulkan-drivers)"

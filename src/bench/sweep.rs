@@ -85,14 +85,6 @@ pub fn compiled_backends() -> Vec<BackendKind> {
     v
 }
 
-pub fn backend_name(b: BackendKind) -> &'static str {
-    match b {
-        BackendKind::Cpu => "cpu",
-        BackendKind::Wgpu => "wgpu",
-        BackendKind::Cuda => "cuda",
-    }
-}
-
 /// One point of the grid on one backend.
 #[derive(Debug, Clone, Serialize)]
 pub struct SweepRow {
@@ -213,7 +205,7 @@ pub fn run(base: &Rig, o: &SweepOptions) -> anyhow::Result<(SweepReport, String)
                 let (step_us, mean_us, note) = match result {
                     Ok(Ok((p, mean))) => (Some(p), Some(mean), None),
                     Ok(Err(e)) => (None, None, Some(format!("{e:#}"))),
-                    Err(panic) => (None, None, Some(format!("backend failed: {}", panic_text(&panic)))),
+                    Err(panic) => (None, None, Some(format!("backend failed: {}", crate::panic_message(panic.as_ref())))),
                 };
                 if o.status_line {
                     let what = match (&step_us, &note) {
@@ -224,7 +216,7 @@ pub fn run(base: &Rig, o: &SweepOptions) -> anyhow::Result<(SweepReport, String)
                     eprintln!(
                         "[sweep {done}/{total}] {}={value} on {}: {what} ({:.1} s)",
                         axis.symbol(),
-                        backend_name(b),
+                        b.name(),
                         started.elapsed().as_secs_f64()
                     );
                 }
@@ -234,7 +226,7 @@ pub fn run(base: &Rig, o: &SweepOptions) -> anyhow::Result<(SweepReport, String)
                 rows.push(SweepRow {
                     axis: *axis,
                     value,
-                    backend: backend_name(b).into(),
+                    backend: b.name().into(),
                     n_units: sim.n_units,
                     latent: sim.latent_dim,
                     filter: if particles { "particles" } else { "ekf" },
@@ -263,10 +255,10 @@ pub fn run(base: &Rig, o: &SweepOptions) -> anyhow::Result<(SweepReport, String)
                 let pts = report
                     .rows
                     .iter()
-                    .filter(|r| r.axis == *axis && r.backend == backend_name(b))
+                    .filter(|r| r.axis == *axis && r.backend == b.name())
                     .filter_map(|r| r.step_us.as_ref().map(|p| (r.value as f64, p.p50, p.p99)))
                     .collect();
-                (backend_name(b).to_string(), pts)
+                (b.name().to_string(), pts)
             })
             .collect();
         let path = o.out.join(format!("sweep-{}.svg", axis.name()));
@@ -282,10 +274,6 @@ fn axis_label(a: Axis) -> String {
         Axis::Particles => "particles P (particle filter)".into(),
         Axis::Samples => "MPPI samples K".into(),
     }
-}
-
-fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic".into())
 }
 
 /// The scaling table as Markdown: one table per axis, a row per value, p50 / p99 per
@@ -404,8 +392,8 @@ pub fn parse_backends(text: &str) -> anyhow::Result<Vec<BackendKind>> {
             if !compiled.contains(&b) {
                 bail!(
                     "--backends: {} is not compiled into this neuroloop (rebuild with `--features {}`)",
-                    backend_name(b),
-                    backend_name(b)
+                    b.name(),
+                    b.name()
                 );
             }
             Ok(b)
