@@ -80,6 +80,8 @@ pub struct EmitterSetup {
     pub channels: Arc<EmitChannels>,
     /// Emit bins 0..end_bin; set lower (e.g. on stop) to end early.
     pub end_bin: Arc<AtomicU64>,
+    /// The recorder's tap (`run --record`).
+    pub record: Option<crate::record::Tap<Emitted>>,
 }
 
 /// Create the Control outlet on a new thread and start emitting. Returns once the outlet exists.
@@ -103,17 +105,22 @@ pub fn start(setup: EmitterSetup) -> anyhow::Result<std::thread::JoinHandle<()>>
     }
 }
 
+/// The Control stream's description (the outlet and the recording share it).
+pub fn control_stream_spec(name: &str, source_id: &str, bin_s: f64, labels: &[String]) -> crate::lslutil::StreamSpec {
+    crate::lslutil::StreamSpec {
+        name: name.into(),
+        stream_type: "Control".into(),
+        srate: 1.0 / bin_s,
+        format: lsl::ChannelFormat::Float32,
+        source_id: source_id.into(),
+        labels: labels.to_vec(),
+        channel_type: "control".into(),
+    }
+}
+
 fn control_outlet(s: &EmitterSetup) -> Result<lsl::StreamOutlet, String> {
-    let mut info = lsl::StreamInfo::new(
-        &s.stream_name,
-        "Control",
-        s.m as u32,
-        1.0 / s.clock.bin_s,
-        lsl::ChannelFormat::Float32,
-        &s.source_id,
-    )
-    .map_err(|e| format!("cannot describe the Control stream: {e:?}"))?;
-    crate::lslutil::add_channel_labels(&mut info, &s.labels, "control");
+    debug_assert_eq!(s.labels.len(), s.m);
+    let info = control_stream_spec(&s.stream_name, &s.source_id, s.clock.bin_s, &s.labels).info()?;
     lsl::StreamOutlet::new(&info, 0, 360).map_err(|e| format!("cannot create the Control outlet: {e:?}"))
 }
 
@@ -153,11 +160,8 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
             }
             clock::park_until(deadline);
         };
-        if fallback {
-            s.safety.fallback(&last[..m], &mut proposal[..m]);
-        }
         let enabled = s.enabled.load(Ordering::Relaxed);
-        s.safety.apply(&proposal[..m], &last[..m], enabled, &mut out[..m]);
+        command(&s.safety, &mut proposal[..m], fallback, &last[..m], enabled, &mut out[..m]);
         for j in 0..m {
             sample[j] = out[j] as f32;
         }
@@ -173,11 +177,24 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
         if ch.telemetry.push(rec).is_err() {
             ch.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(tap) = &s.record {
+            tap.offer(rec);
+        }
         k += 1;
     }
     crate::hot::leave();
     // Let liblsl deliver the last samples before the outlet goes away.
     std::thread::sleep(std::time::Duration::from_millis(OUTLET_LINGER_MS));
+}
+
+/// The command pushed for a bin: the loop's proposal, or the fallback, through the safety
+/// layer. `neuroloop replay` repeats exactly this.
+#[inline]
+pub fn command(safety: &Safety, proposal: &mut [f64], fallback: bool, last: &[f64], enabled: bool, out: &mut [f64]) {
+    if fallback {
+        safety.fallback(last, proposal);
+    }
+    safety.apply(proposal, last, enabled, out);
 }
 
 /// How long outlets stay up after their last sample (liblsl does not flush on destroy).

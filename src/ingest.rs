@@ -3,6 +3,7 @@
 //! preallocated SPSC ring. Nothing is dropped silently: every rejected sample and every
 //! full-ring event is counted and reported.
 
+use crate::record::{InputTap, InputWriter};
 use crate::rig::{Input, InputKind};
 use crate::units::UnitMap;
 use lsl::Pullable;
@@ -94,6 +95,8 @@ pub struct IngestSetup {
     pub stats: Arc<IngestStats>,
     pub stop: Arc<AtomicBool>,
     pub notices: crossbeam_channel::Sender<IngestNotice>,
+    /// The recorder's tap (`run --record`): every sample as received, and the clock offsets.
+    pub record: Option<InputTap>,
 }
 
 /// Start the ingest thread. Returns once the stream is resolved and connected (or with a
@@ -130,19 +133,43 @@ struct Connected {
     period: f64,
     rates: bool,
     channels: usize,
+    /// This connection's recording ring.
+    record: Option<InputWriter>,
 }
 
 struct Ingest {
     input: Input,
-    units: UnitMap,
     producer: SpikeProducer,
     stats: Arc<IngestStats>,
     stop: Arc<AtomicBool>,
     notices: crossbeam_channel::Sender<IngestNotice>,
+    record: Option<InputTap>,
+    decoder: SampleDecoder,
+}
+
+/// Validates input samples and turns them into spikes of model units: the live ingest and
+/// `neuroloop replay` of a raw spike stream share it, so both bin the same spikes. Every
+/// rejected sample is counted in [`IngestStats`]; the first of each kind is reported.
+pub struct SampleDecoder {
+    kind: InputKind,
+    units: UnitMap,
+    stats: Arc<IngestStats>,
+    notices: crossbeam_channel::Sender<IngestNotice>,
     /// Kinds of rejection already reported (report the first of each kind).
     reported: [bool; 6],
+    /// Queue ingest-lag samples for telemetry (live only).
+    track_lag: bool,
     last_t: f64,
     last_t_unit: Vec<f64>,
+}
+
+/// How a counts stream's samples are laid out in time.
+#[derive(Debug, Clone, Copy)]
+pub struct CountsLayout {
+    /// Sample period (s): a sample covers (t − period, t].
+    pub period: f64,
+    /// Values are rates (Hz), not counts.
+    pub rates: bool,
 }
 
 const REJ_NONFINITE: usize = 0;
@@ -154,25 +181,8 @@ const REJ_INVALID: usize = 5;
 
 impl Ingest {
     fn new(s: IngestSetup) -> Ingest {
-        let n = s.units.n_units();
-        Ingest {
-            input: s.input,
-            units: s.units,
-            producer: s.producer,
-            stats: s.stats,
-            stop: s.stop,
-            notices: s.notices,
-            reported: [false; 6],
-            last_t: f64::NEG_INFINITY,
-            last_t_unit: vec![f64::NEG_INFINITY; n],
-        }
-    }
-
-    fn reject(&mut self, kind: usize, what: impl FnOnce() -> String) {
-        if !self.reported[kind] {
-            self.reported[kind] = true;
-            let _ = self.notices.try_send(IngestNotice::Rejected { what: what() });
-        }
+        let decoder = SampleDecoder::new(s.input.kind, s.units, s.stats.clone(), s.notices.clone(), true);
+        Ingest { input: s.input, producer: s.producer, stats: s.stats, stop: s.stop, notices: s.notices, record: s.record, decoder }
     }
 
     /// Resolve the stream and open an inlet; Err with an operator-facing message.
@@ -207,11 +217,11 @@ impl Ingest {
             InputKind::Events if channels < 1 => {
                 return Err(format!("{description}: a spike-event stream needs ≥ 1 channel (channel[, unit])"))
             }
-            InputKind::Counts if channels != self.units.channels() => {
+            InputKind::Counts if channels != self.decoder.units.channels() => {
                 return Err(format!(
                     "{description}: wrong channel count: the rig's [units] maps {} channels, the stream has {}; \
                      fix [units] or select another stream",
-                    self.units.channels(),
+                    self.decoder.units.channels(),
                     channels
                 ))
             }
@@ -227,18 +237,38 @@ impl Ingest {
         let inlet = lsl::StreamInlet::new(&info, 360, 0, false).map_err(|e| format!("{description}: cannot open inlet: {e:?}"))?;
         inlet.open_stream(timeout_s.max(1.0)).map_err(|e| format!("{description}: cannot open the stream: {e:?}"))?;
         let offset = inlet.time_correction(timeout_s.max(1.0)).unwrap_or(0.0);
+        let record = self.record.as_ref().and_then(|tap| {
+            // The full info (with desc), as LabRecorder writes it into the stream header.
+            let full = inlet.info(timeout_s.max(1.0)).ok()?;
+            let mut w = tap.connect(full.to_xml().ok()?, full.uid(), full.channel_format(), channels, info.nominal_srate());
+            if w.is_none() {
+                let _ = self.notices.try_send(IngestNotice::Rejected {
+                    what: format!("{description}: its channel format cannot be recorded; the recording has no input stream"),
+                });
+            }
+            if let Some(w) = &mut w {
+                w.clock_offset(crate::clock::now(), offset);
+            }
+            w
+        });
         self.stats.connected.store(true, Ordering::Release);
         let _ = self.notices.try_send(IngestNotice::Connected { description });
-        Ok(Connected { inlet, offset, period, rates, channels })
+        Ok(Connected { inlet, offset, period, rates, channels, record })
     }
 
     fn run(&mut self, mut conn: Connected) {
-        let mut buf: Vec<f32> = vec![0.0; conn.channels];
+        // f64 holds every numeric channel format exactly (liblsl converts on pull).
+        let mut buf: Vec<f64> = vec![0.0; conn.channels];
         let mut next_correction = crate::clock::now() + 5.0;
         while !self.stop.load(Ordering::Relaxed) {
             match conn.inlet.pull_sample_buf(&mut buf, 0.02) {
                 Ok(ts) if ts != 0.0 => {
-                    self.handle_sample(&conn, ts + conn.offset, &buf);
+                    if let Some(w) = &mut conn.record {
+                        w.sample(ts, &buf);
+                    }
+                    let layout = CountsLayout { period: conn.period, rates: conn.rates };
+                    let producer = &mut self.producer;
+                    self.decoder.decode(ts + conn.offset, &buf, layout, &mut |item| producer.try_push(item).is_ok());
                 }
                 Ok(_) => {}
                 Err(_) => {
@@ -273,15 +303,47 @@ impl Ingest {
             if now > next_correction {
                 if let Ok(o) = conn.inlet.time_correction(0.5) {
                     conn.offset = o;
+                    if let Some(w) = &mut conn.record {
+                        w.clock_offset(crate::clock::now(), o);
+                    }
                 }
                 next_correction = now + 5.0;
             }
         }
     }
 
-    /// Hands a spike to the loop's ring; false (and counted) when the ring is full.
-    fn push(&mut self, item: SpikeItem) -> bool {
-        if self.producer.try_push(item).is_err() {
+}
+
+impl SampleDecoder {
+    pub fn new(kind: InputKind, units: UnitMap, stats: Arc<IngestStats>, notices: crossbeam_channel::Sender<IngestNotice>, track_lag: bool) -> SampleDecoder {
+        let n = units.n_units();
+        SampleDecoder {
+            kind,
+            units,
+            stats,
+            notices,
+            reported: [false; 6],
+            track_lag,
+            last_t: f64::NEG_INFINITY,
+            last_t_unit: vec![f64::NEG_INFINITY; n],
+        }
+    }
+
+    pub fn units(&self) -> &UnitMap {
+        &self.units
+    }
+
+    fn reject(&mut self, kind: usize, what: impl FnOnce() -> String) {
+        if !self.reported[kind] {
+            self.reported[kind] = true;
+            let _ = self.notices.try_send(IngestNotice::Rejected { what: what() });
+        }
+    }
+
+    /// Hands a spike to `sink` (the loop's ring, or replay's binner); false (and counted)
+    /// when the sink is full.
+    fn push(&mut self, item: SpikeItem, sink: &mut impl FnMut(SpikeItem) -> bool) -> bool {
+        if !sink(item) {
             self.stats.ring_overflows.fetch_add(1, Ordering::Relaxed);
             self.reject(REJ_OVERFLOW, || {
                 "the ingest → loop ring is full: spikes are being dropped (counted as ring_overflows); \
@@ -295,7 +357,8 @@ impl Ingest {
         }
     }
 
-    fn handle_sample(&mut self, conn: &Connected, t: f64, buf: &[f32]) {
+    /// One sample at local time `t` (the stream's timestamp mapped onto the local clock).
+    pub fn decode(&mut self, t: f64, buf: &[f64], layout: CountsLayout, sink: &mut impl FnMut(SpikeItem) -> bool) {
         self.stats.samples.fetch_add(1, Ordering::Relaxed);
         self.stats.last_arrival.store(crate::clock::now().to_bits(), Ordering::Release);
         if !t.is_finite() {
@@ -303,13 +366,13 @@ impl Ingest {
             self.reject(REJ_NONFINITE, || "a sample with a non-finite timestamp was rejected".into());
             return;
         }
-        match self.input.kind {
-            InputKind::Events => self.handle_event(t, buf),
-            InputKind::Counts => self.handle_counts(conn, t, buf),
+        match self.kind {
+            InputKind::Events => self.handle_event(t, buf, sink),
+            InputKind::Counts => self.handle_counts(layout, t, buf, sink),
         }
     }
 
-    fn handle_event(&mut self, t: f64, buf: &[f32]) {
+    fn handle_event(&mut self, t: f64, buf: &[f64], sink: &mut impl FnMut(SpikeItem) -> bool) {
         let channel = buf[0];
         let unit = if buf.len() > 1 { buf[1] } else { 0.0 };
         if !channel.is_finite() || !unit.is_finite() {
@@ -344,20 +407,23 @@ impl Ingest {
             self.last_t = t;
         }
         self.last_t_unit[model_unit] = t;
-        if self.push(SpikeItem { t, unit: model_unit as u32, count: 1.0 }) {
+        if self.push(SpikeItem { t, unit: model_unit as u32, count: 1.0 }, sink) {
             self.note_lag(t);
         }
     }
 
     /// Queues this sample's ingest lag (arrival − timestamp) for telemetry.
     fn note_lag(&self, t: f64) {
+        if !self.track_lag {
+            return;
+        }
         let arrived = self.stats.last_arrival();
         if self.stats.lag.0.push([t, arrived - t]).is_err() {
             self.stats.lag_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn handle_counts(&mut self, conn: &Connected, t: f64, buf: &[f32]) {
+    fn handle_counts(&mut self, conn: CountsLayout, t: f64, buf: &[f64], sink: &mut impl FnMut(SpikeItem) -> bool) {
         if let Some(c) = buf.iter().position(|v| !v.is_finite()) {
             self.stats.nonfinite.fetch_add(1, Ordering::Relaxed);
             self.reject(REJ_NONFINITE, || format!("a counts sample with NaN/inf in channel {c} (at t={t:.6}) was rejected whole"));
@@ -382,11 +448,11 @@ impl Ingest {
         }
         // A counts sample covers (t − period, t]: bin it at its midpoint.
         let t_mid = t - 0.5 * conn.period;
-        let scale = if conn.rates { conn.period as f32 } else { 1.0 };
+        let scale = if conn.rates { conn.period } else { 1.0 };
         for (c, v) in buf.iter().enumerate() {
             if *v > 0.0 {
                 if let Some(u) = self.units.lookup(c as i64, 0) {
-                    self.push(SpikeItem { t: t_mid, unit: u as u32, count: v * scale });
+                    self.push(SpikeItem { t: t_mid, unit: u as u32, count: (v * scale) as f32 }, sink);
                 }
             }
         }

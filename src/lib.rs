@@ -6,7 +6,8 @@
 //! time). [`runloop`] is the per-bin loop thread, [`session`] wires a run together,
 //! [`telemetry`] is the side channel (status line, Status stream, report) with [`latency`]
 //! its per-stage histograms, [`sim`] is the built-in simulated rig, [`rig`] reads rig
-//! files, and [`bench`] is the latency benchmarking harness (`neuroloop bench`).
+//! files, [`record`] writes a session to XDF, [`replay`] runs one
+//! back through the loop, and [`bench`] is the latency benchmarking harness (`neuroloop bench`).
 
 pub mod backend;
 pub mod bench;
@@ -20,6 +21,8 @@ pub mod latency;
 pub mod linalg;
 pub mod lslutil;
 pub mod model;
+pub mod record;
+pub mod replay;
 pub mod rig;
 pub mod runloop;
 pub mod safety;

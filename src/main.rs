@@ -33,6 +33,11 @@ enum Command {
         /// No live status line.
         #[arg(long)]
         quiet: bool,
+        /// Record the session to this XDF file: the input stream as received, the bins as
+        /// formed, Control, Status and per-bin timing (read it with pyxdf, MNE, EEGLAB, or
+        /// `neuroloop replay`).
+        #[arg(long, value_name = "FILE.xdf")]
+        record: Option<PathBuf>,
     },
     /// Run only the simulated rig of a rig file: publish spikes, take its Control stream.
     Sim {
@@ -107,6 +112,33 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Push a recording back through the loop offline. A `run --record` file replays its
+    /// recorded bins and must reproduce its Control stream bit for bit on the CPU backend
+    /// (exit status 1 and the first differing bin otherwise); a LabRecorder file of the
+    /// rig's raw spike stream is binned as the live loop would.
+    Replay {
+        /// The XDF file.
+        file: PathBuf,
+        /// The rig file the session ran with (its model, controller and safety layer).
+        #[arg(long)]
+        rig: PathBuf,
+        /// What drives the replay: auto (recorded bins when the file has them), bins, or
+        /// spikes (the raw input stream, re-binned).
+        #[arg(long, default_value = "auto")]
+        from: String,
+        /// Pace bins at the bin width instead of running as fast as possible.
+        #[arg(long)]
+        realtime: bool,
+        /// Use this backend instead of the rig's (cpu, wgpu, cuda).
+        #[arg(long)]
+        backend: Option<String>,
+        /// Write the JSON report here too.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Validate a rig file and its model file without starting anything.
     Check {
         #[arg(long)]
@@ -116,7 +148,7 @@ enum Command {
 
 fn main() -> ExitCode {
     match real_main() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("neuroloop: error: {e:#}");
             ExitCode::from(2)
@@ -124,15 +156,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main() -> anyhow::Result<()> {
+fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { rig, bins, report, no_sim, quiet } => {
+        Command::Run { rig, bins, report, no_sim, quiet, record } => {
             let rig = Rig::load(&rig)?;
-            let opts = RunOptions { bins, report, with_sim: !no_sim, status_line: !quiet, ..Default::default() };
+            let opts = RunOptions { bins, report, with_sim: !no_sim, status_line: !quiet, record, ..Default::default() };
             let r = session::run(&rig, &opts)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Sim { rig, bins, write_model } => {
             let rig = Rig::load(&rig)?;
@@ -144,9 +176,9 @@ fn real_main() -> anyhow::Result<()> {
             if let Some(path) = write_model {
                 truth.save(&path)?;
                 eprintln!("[neuroloop] wrote the simulator's true model to {}", path.display());
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
             }
-            session::run_sim_only(&rig, truth, bins)
+            session::run_sim_only(&rig, truth, bins).map(|()| ExitCode::SUCCESS)
         }
         Command::Bench { rig, bins, warmup, out, quiet, baselines, python } => {
             use neuroloop::bench::baseline;
@@ -166,7 +198,7 @@ fn real_main() -> anyhow::Result<()> {
                 "[neuroloop] bench results in {}: report.json, latency.md, latency.hlog, latency-distribution.svg, latency-over-time.svg, baselines.json",
                 out.display()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Sweep { rig, bins, warmup, backends, units, latent, particles, samples, axes, out, quiet } => {
             use neuroloop::bench::sweep::{self, Axis};
@@ -189,7 +221,43 @@ fn real_main() -> anyhow::Result<()> {
             let (_, table) = sweep::run(&rig, &opts)?;
             println!("{table}");
             eprintln!("[neuroloop] sweep results in {}: sweep.md, sweep.json, sweep-<axis>.svg", out.display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { file, rig, from, realtime, backend, report, quiet } => {
+            use neuroloop::replay::{self, ReplayOptions, ReplaySource};
+            let rig = Rig::load(&rig)?;
+            let source = match from.as_str() {
+                "auto" => ReplaySource::Auto,
+                "bins" => ReplaySource::Bins,
+                "spikes" => ReplaySource::Spikes,
+                other => anyhow::bail!("--from: unknown source '{other}' (expected auto, bins or spikes)"),
+            };
+            let backend = match backend.as_deref() {
+                None => None,
+                Some(b) => Some(
+                    neuroloop::rig::BackendKind::parse(b)
+                        .with_context(|| format!("--backend: unknown backend '{b}' (expected cpu, wgpu or cuda)"))?,
+                ),
+            };
+            let opts = ReplayOptions { source, realtime, backend, status_line: !quiet };
+            let r = replay::replay(&file, &rig, &opts)?;
+            let json = serde_json::to_string_pretty(&r)?;
+            println!("{json}");
+            if let Some(path) = report {
+                std::fs::write(&path, &json).with_context(|| format!("cannot write the report to {}", path.display()))?;
+            }
+            if let Some(d) = &r.first_difference {
+                eprintln!(
+                    "[neuroloop] replay DIVERGED at bin {} (channel {}): recorded {:?}, replayed {:?}; {} of {} bins differ",
+                    d.bin, d.channel, d.recorded, d.replayed, r.differing_bins, r.compared
+                );
+                return Ok(ExitCode::from(1));
+            }
+            match r.identical {
+                Some(true) => eprintln!("[neuroloop] replay reproduced all {} recorded Control samples bit for bit", r.compared),
+                _ => eprintln!("[neuroloop] replayed {} bins ({} fallbacks)", r.bins, r.fallbacks),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Check { rig } => {
             let rig = Rig::load(&rig)?;
@@ -208,7 +276,7 @@ fn real_main() -> anyhow::Result<()> {
                 params.task_library.len(),
                 params.policy.is_some()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

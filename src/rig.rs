@@ -176,6 +176,11 @@ impl BackendKind {
             BackendKind::Cuda => "cuda",
         }
     }
+
+    /// The backend a rig file or command line names.
+    pub fn parse(name: &str) -> Option<BackendKind> {
+        [BackendKind::Cpu, BackendKind::Wgpu, BackendKind::Cuda].into_iter().find(|b| b.name() == name)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

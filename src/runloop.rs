@@ -8,6 +8,7 @@ use crate::binning::Binner;
 use crate::clock::{self, BinClock};
 use crate::emit::{ControlResult, EmitChannels};
 use crate::ingest::{IngestStats, SpikeConsumer};
+use crate::record::BinTap;
 use crate::rig::FaultConfig;
 use crate::{MAX_CONTROL, MAX_EMBED, MAX_LATENT};
 use crossbeam_queue::ArrayQueue;
@@ -26,8 +27,14 @@ pub struct BinRecord {
     pub late_spikes: u64,
     pub future_spikes: u64,
     pub has_data: bool,
+    /// The loop started the bin before its deadline (so the controller ran).
+    pub want_control: bool,
+    /// The controller produced a usable command.
+    pub control_valid: bool,
     /// The result reached the emitter before the deadline.
     pub on_time: bool,
+    /// The bin whose emitted command was u_prev (−1: none yet); replay repeats it.
+    pub u_prev_from: i64,
     pub loglik: f64,
     pub task_jump: i32,
     pub embed_step: f64,
@@ -53,6 +60,8 @@ pub struct LoopSetup {
     pub fault: FaultConfig,
     /// Lookahead of the binner, in bins.
     pub lookahead_bins: usize,
+    /// The recorder's tap (`run --record`).
+    pub record: Option<BinTap>,
 }
 
 /// The loop's progress, for the control plane and the report.
@@ -60,6 +69,13 @@ pub struct LoopSetup {
 pub struct LoopStatus {
     /// Bins processed so far.
     pub bins_done: AtomicU64,
+}
+
+/// The loop asks the emitter for the fallback when the input is gone or the controller
+/// gave no usable command (`neuroloop replay` decides the same way).
+#[inline]
+pub fn wants_fallback(has_data: bool, out: &BinOutput) -> bool {
+    !has_data || !out.control_valid
 }
 
 pub fn start(setup: LoopSetup, status: Arc<LoopStatus>) -> std::io::Result<std::thread::JoinHandle<Box<dyn Backend>>> {
@@ -72,6 +88,7 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> Box<dyn Backend> {
     let mut binner = Binner::new(s.clock, n, s.lookahead_bins);
     let mut counts = vec![0.0f64; n];
     let mut u_prev = vec![0.0f64; m];
+    let mut u_prev_from: i64 = -1;
     let mut out = BinOutput::new(&dims);
     crate::hot::enter();
     let mut k: u64 = 0;
@@ -84,18 +101,20 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> Box<dyn Backend> {
         while let Some(e) = s.emit.feedback.pop() {
             if e.bin + 1 == k {
                 u_prev.copy_from_slice(&e.u[..m]);
+                u_prev_from = e.bin as i64;
             }
         }
         let has_data = s.ingest.is_live(started_at, s.stall_s);
         let deadline = s.clock.deadline(k);
-        let input = BinInput { bin: k, counts: &counts, u_prev: &u_prev, has_data, want_control: started_at < deadline };
+        let want_control = started_at < deadline;
+        let input = BinInput { bin: k, counts: &counts, u_prev: &u_prev, has_data, want_control };
         s.backend.step(&input, &mut out);
         if s.fault.slow_every > 0 && k % s.fault.slow_every == s.fault.slow_every - 1 {
             clock::sleep_until(clock::now() + s.fault.slow_ms * 1e-3);
         }
         let done_at = clock::now();
         let on_time = done_at < deadline;
-        let mut result = ControlResult { bin: k, u: [0.0; MAX_CONTROL], use_fallback: !has_data || !out.control_valid };
+        let mut result = ControlResult { bin: k, u: [0.0; MAX_CONTROL], use_fallback: wants_fallback(has_data, &out) };
         result.u[..m].copy_from_slice(&out.u);
         if on_time {
             // Never blocks: capacity covers many bins and the emitter drains every bin.
@@ -110,7 +129,10 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> Box<dyn Backend> {
             late_spikes: tally.late_spikes,
             future_spikes: tally.future_spikes,
             has_data,
+            want_control,
+            control_valid: out.control_valid,
             on_time,
+            u_prev_from,
             loglik: out.loglik,
             task_jump: out.task_jump.map_or(-1, |j| j as i32),
             embed_step: out.embed_step,
@@ -122,6 +144,9 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> Box<dyn Backend> {
         rec.z[..dims.embed].copy_from_slice(&out.z);
         if s.telemetry.push(rec).is_err() {
             s.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(tap) = &mut s.record {
+            tap.offer(&rec, &counts);
         }
         k += 1;
         status.bins_done.store(k, Ordering::Release);

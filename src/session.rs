@@ -10,6 +10,7 @@ use crate::control::Objective;
 use crate::emit::{self, EmitChannels, EmitterSetup};
 use crate::ingest::{self, IngestSetup, IngestStats};
 use crate::model::ModelParams;
+use crate::record::{Provenance, Recorder, RecorderSetup};
 use crate::rig::{BackendKind, ObjectiveKind, Rig};
 use crate::runloop::{self, LoopSetup, LoopStatus};
 use crate::safety::Safety;
@@ -37,6 +38,8 @@ pub struct RunOptions {
     pub keep_series: bool,
     /// Write an HdrHistogram interval log of every stage here.
     pub interval_log: Option<PathBuf>,
+    /// Record the session to this XDF file (src/record).
+    pub record: Option<PathBuf>,
 }
 
 /// Load the model a rig names, or the simulator's truth when it names none.
@@ -185,6 +188,37 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         })?);
     }
 
+    // The recorder starts before the stages so it sees their first records. The file is
+    // created now: a path that cannot be written stops the run before it starts.
+    let mut recorder = None;
+    let mut taps = None;
+    if let Some(path) = &opts.record {
+        let labels = rig.output.control_labels.clone().unwrap_or_else(|| (0..dims.control).map(|j| format!("u{j}")).collect());
+        let source_id = format!("neuroloop-{}", rig.name);
+        let setup = RecorderSetup {
+            path: path.clone(),
+            provenance: Provenance::of(rig, &backend_name)?,
+            clock: bin_clock,
+            n_units: dims.n_units,
+            latent: dims.latent,
+            embed: dims.embed,
+            control: dims.control,
+            unit_labels: units.unit_labels(),
+            control_spec: emit::control_stream_spec(&rig.output.control_name, &source_id, bin_s, &labels),
+            status_spec: crate::telemetry::status_stream_spec(&rig.output.status_name, &format!("{source_id}-status"), bin_s, dims.latent, dims.embed),
+            rig_name: rig.name.clone(),
+            flush_s: 0.25,
+        };
+        let (r, t) = Recorder::start(setup, queue_bins)?;
+        eprintln!("[neuroloop] recording to {}", path.display());
+        recorder = Some(r);
+        taps = Some(t);
+    }
+    let (input_tap, bin_tap, emitted_tap) = match taps {
+        Some(t) => (Some(t.input), Some(t.bins), Some(t.emitted)),
+        None => (None, None, None),
+    };
+
     let (producer, consumer) = ingest::spike_ring(rig.input.ring_capacity);
     let ingest_handle = ingest::start(IngestSetup {
         input: rig.input.clone(),
@@ -193,6 +227,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         stats: ingest_stats.clone(),
         stop: stop.clone(),
         notices: notice_tx,
+        record: input_tap,
     })
     .with_context(|| format!("rig file {}: [input]", rig.path.display()))?;
 
@@ -208,6 +243,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         enabled: enabled.clone(),
         channels: emit_ch.clone(),
         end_bin: end_bin.clone(),
+        record: emitted_tap,
     })?;
 
     let bins_q = queues.bins.clone();
@@ -251,6 +287,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             end_bin: end_bin.clone(),
             fault: rig.fault.clone(),
             lookahead_bins: 64.max((rig.timing.grace_ms / rig.timing.bin_ms).ceil() as usize + 8),
+            record: bin_tap,
         },
         loop_status.clone(),
     )?;
@@ -281,7 +318,25 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         let _ = h.receiver.join();
     }
     telemetry_stop.store(true, Ordering::Release);
-    let report = telemetry_handle.join().map_err(|_| anyhow::anyhow!("the telemetry thread panicked"))?;
+    let mut report = telemetry_handle.join().map_err(|_| anyhow::anyhow!("the telemetry thread panicked"))?;
+    if let Some(r) = recorder {
+        let summary = r.finish();
+        let samples: Vec<String> = summary.streams.iter().map(|s| format!("{} {}", s.name, s.samples)).collect();
+        eprintln!("[neuroloop] recorded {} ({} bytes): {}", summary.path, summary.bytes, samples.join(", "));
+        let lost = summary.dropped_input_samples + summary.dropped_bins + summary.dropped_control;
+        if lost > 0 {
+            let msg = format!(
+                "the recording lost records (its queues were full): {} input samples, {} bins, {} control samples",
+                summary.dropped_input_samples, summary.dropped_bins, summary.dropped_control
+            );
+            eprintln!("[neuroloop] warning: {msg}");
+            report.notices.push(msg);
+        }
+        if let Some(e) = &summary.error {
+            report.notices.push(format!("recording: {e}"));
+        }
+        report.recording = Some(summary);
+    }
     if let Some(path) = &opts.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write the report to {}", path.display()))?;

@@ -41,6 +41,62 @@ pub fn r_squared<'a>(pairs: impl Iterator<Item = (&'a [f64], &'a [f64])> + Clone
     (sst > 0.0).then(|| 1.0 - sse / sst)
 }
 
+/// Status flag bits (the Status stream's `flags` channel; DESIGN.md §4).
+pub const FLAG_FALLBACK: u32 = 1;
+pub const FLAG_DEADLINE_MISS: u32 = 1 << 1;
+/// No live input (stream gap).
+pub const FLAG_GAP: u32 = 1 << 2;
+pub const FLAG_LATE_SPIKES: u32 = 1 << 3;
+pub const FLAG_TASK_JUMP: u32 = 1 << 4;
+
+/// A bin's Status flags from what the loop and the emitter reported (either may be missing
+/// when its queue was full).
+pub fn status_flags(rec: Option<&BinRecord>, emitted: Option<&Emitted>) -> u32 {
+    let mut flags = 0;
+    if let Some(e) = emitted {
+        flags |= if e.fallback { FLAG_FALLBACK } else { 0 } | if e.deadline_miss { FLAG_DEADLINE_MISS } else { 0 };
+    }
+    if let Some(r) = rec {
+        flags |= if r.has_data { 0 } else { FLAG_GAP }
+            | if r.late_spikes > 0 { FLAG_LATE_SPIKES } else { 0 }
+            | if r.task_jump >= 0 { FLAG_TASK_JUMP } else { 0 };
+    }
+    flags
+}
+
+/// Channels of the Status stream: bin, x (d), z (e), loglik, compute_us, flags.
+pub fn status_channels(latent: usize, embed: usize) -> usize {
+    4 + latent + embed
+}
+
+/// The Status stream's description (the outlet and the recording share it).
+pub fn status_stream_spec(name: &str, source_id: &str, bin_s: f64, latent: usize, embed: usize) -> crate::lslutil::StreamSpec {
+    let mut labels = vec!["bin".to_string()];
+    labels.extend((0..latent).map(|i| format!("x{i}")));
+    labels.extend((0..embed).map(|i| format!("z{i}")));
+    labels.extend(["loglik", "compute_us", "flags"].map(String::from));
+    crate::lslutil::StreamSpec {
+        name: name.into(),
+        stream_type: "NeuroloopStatus".into(),
+        srate: 1.0 / bin_s,
+        format: lsl::ChannelFormat::Double64,
+        source_id: source_id.into(),
+        labels,
+        channel_type: "status".into(),
+    }
+}
+
+/// One Status sample (`status_channels` long) for bin `r.bin`.
+pub fn fill_status_sample(s: &mut [f64], r: &BinRecord, flags: u32, latent: usize, embed: usize) {
+    let (d, e) = (latent, embed);
+    s[0] = r.bin as f64;
+    s[1..1 + d].copy_from_slice(&r.x[..d]);
+    s[1 + d..1 + d + e].copy_from_slice(&r.z[..e]);
+    s[1 + d + e] = r.loglik;
+    s[2 + d + e] = (r.done_at - r.started_at) * 1e6;
+    s[3 + d + e] = flags as f64;
+}
+
 /// The simulator's ground truth for one bin (same bin grid as the loop).
 #[derive(Debug, Clone, Copy)]
 pub struct TruthRecord {
@@ -195,6 +251,9 @@ pub struct Report {
     pub reidentification: Vec<Reidentification>,
     pub tracking: Option<Tracking>,
     pub notices: Vec<String>,
+    /// The session's XDF recording (`run --record`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<crate::record::RecordingSummary>,
     /// Per-bin latencies after warm-up (`keep_series`; for plots, not in the JSON).
     #[serde(skip)]
     pub series: Vec<BinLatency>,
@@ -248,7 +307,7 @@ impl Telemetry {
         Telemetry {
             lat: StageLatencies::new(cfg.warmup_bins, cfg.keep_series),
             ingest_early: 0,
-            status_sample: vec![0.0; 4 + cfg.latent + cfg.embed],
+            status_sample: vec![0.0; status_channels(cfg.latent, cfg.embed)],
             cfg,
             q,
             pending: BTreeMap::new(),
@@ -271,16 +330,8 @@ impl Telemetry {
 
     fn open_status_outlet(&mut self) {
         let Some((name, source_id)) = &self.cfg.status_stream else { return };
-        let ch = self.status_sample.len();
-        let Ok(mut info) = lsl::StreamInfo::new(name, "NeuroloopStatus", ch as u32, 1.0 / self.cfg.clock.bin_s, lsl::ChannelFormat::Double64, source_id)
-        else {
-            return;
-        };
-        let mut labels = vec!["bin".to_string()];
-        labels.extend((0..self.cfg.latent).map(|i| format!("x{i}")));
-        labels.extend((0..self.cfg.embed).map(|i| format!("z{i}")));
-        labels.extend(["loglik", "compute_us", "flags"].map(String::from));
-        crate::lslutil::add_channel_labels(&mut info, &labels, "status");
+        let spec = status_stream_spec(name, source_id, self.cfg.clock.bin_s, self.cfg.latent, self.cfg.embed);
+        let Ok(info) = spec.info() else { return };
         self.status_outlet = lsl::StreamOutlet::new(&info, 0, 360).ok();
     }
 
@@ -407,14 +458,12 @@ impl Telemetry {
             return; // the simulator's truth for a bin the loop never ran
         }
         self.bins += 1;
-        let mut flags = 0u32;
+        let flags = status_flags(j.rec.as_ref(), j.emitted.as_ref());
         // Without the emitted record (dropped on a full queue) the gate state is unknown:
         // such a bin stays out of the open/closed-loop comparison.
         let mut enabled = None;
         if let Some(e) = &j.emitted {
             self.account_push(k, e, j.rec.as_ref());
-            flags |= e.fallback as u32;
-            flags |= (e.deadline_miss as u32) << 1;
             enabled = Some(e.enabled);
         }
         if let Some(r) = &j.rec {
@@ -427,10 +476,7 @@ impl Telemetry {
                     Some(g) if g[1] + 1 == k => g[1] = k,
                     _ => self.gaps.push([k, k]),
                 }
-                flags |= 1 << 2;
             }
-            flags |= ((r.late_spikes > 0) as u32) << 3;
-            flags |= ((r.task_jump >= 0) as u32) << 4;
             if let (true, Some(enabled)) = (r.has_data, enabled) {
                 self.rows.push(EvalRow {
                     enabled,
@@ -441,15 +487,8 @@ impl Telemetry {
                 });
             }
             if let Some(out) = &self.status_outlet {
-                let s = &mut self.status_sample;
-                s[0] = k as f64;
-                let (d, ee) = (self.cfg.latent, self.cfg.embed);
-                s[1..1 + d].copy_from_slice(&r.x[..d]);
-                s[1 + d..1 + d + ee].copy_from_slice(&r.z[..ee]);
-                s[1 + d + ee] = r.loglik;
-                s[2 + d + ee] = (r.done_at - r.started_at) * 1e6;
-                s[3 + d + ee] = flags as f64;
-                let _ = out.push_sample_ex(s, self.cfg.clock.bin_end(k), true);
+                fill_status_sample(&mut self.status_sample, r, flags, self.cfg.latent, self.cfg.embed);
+                let _ = out.push_sample_ex(&self.status_sample, self.cfg.clock.bin_end(k), true);
             }
         }
     }
@@ -627,6 +666,7 @@ impl Telemetry {
             reidentification: if has_truth { self.reidentification() } else { Vec::new() },
             tracking: has_truth.then(|| self.tracking()),
             notices: self.notices.clone(),
+            recording: None,
             series: self.lat.take_series(),
             quantile_curves: crate::latency::STAGES.iter().map(|&st| (st, self.lat.quantile_curve(st))).collect(),
         }
@@ -647,7 +687,10 @@ mod tests {
             late_spikes: 0,
             future_spikes: 0,
             has_data: true,
+            want_control: true,
+            control_valid: true,
             on_time: true,
+            u_prev_from: k as i64 - 1,
             loglik: 0.0,
             task_jump: -1,
             embed_step: 0.0,

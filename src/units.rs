@@ -44,6 +44,18 @@ impl UnitMap {
         self.channels
     }
 
+    /// A label per model unit: `ch<c>` (one unit per channel) or `ch<c>.u<u>` (sorted units).
+    pub fn unit_labels(&self) -> Vec<String> {
+        let mut labels = vec![String::new(); self.n_units];
+        for (i, &v) in self.table.iter().enumerate() {
+            if v >= 0 {
+                let (c, u) = (i / self.stride, i % self.stride);
+                labels[v as usize] = if self.stride == 1 { format!("ch{c}") } else { format!("ch{c}.u{u}") };
+            }
+        }
+        labels
+    }
+
     /// The model unit for (channel, unit), or None when the pair is not mapped.
     #[inline]
     pub fn lookup(&self, channel: i64, unit: i64) -> Option<usize> {

@@ -78,8 +78,12 @@ fn hot_path_does_not_allocate() {
         }
         let path = common::write(dir.path(), "rig.toml", &text);
         let rig = Rig::load(&path).unwrap();
-        let report = session::run(&rig, &RunOptions { bins: Some(300), with_sim: true, ..Default::default() }).unwrap();
+        // Recording on: the recorder's taps sit on the hot path too.
+        let xdf = dir.path().join("run.xdf");
+        let report = session::run(&rig, &RunOptions { bins: Some(300), with_sim: true, record: Some(xdf), ..Default::default() }).unwrap();
         assert_eq!(report.bins, 300);
+        let recording = report.recording.as_ref().expect("recorded");
+        assert!(recording.streams.iter().any(|s| s.samples == 300), "the recording has every bin");
         assert!(report.ingest.spikes > 0);
         assert_eq!(HOT_ALLOCS.load(Ordering::Relaxed) - start, 0, "{controller}, d = {latent}: the loop or emitter allocated on the hot path");
     }

@@ -383,11 +383,8 @@ pub fn parse_backends(text: &str) -> anyhow::Result<Vec<BackendKind>> {
     let compiled = compiled_backends();
     text.split(',')
         .map(|t| {
-            let b = match t.trim() {
-                "cpu" => BackendKind::Cpu,
-                "wgpu" => BackendKind::Wgpu,
-                "cuda" => BackendKind::Cuda,
-                other => bail!("--backends: unknown backend '{other}' (expected cpu, wgpu or cuda)"),
+            let Some(b) = BackendKind::parse(t.trim()) else {
+                bail!("--backends: unknown backend '{}' (expected cpu, wgpu or cuda)", t.trim());
             };
             if !compiled.contains(&b) {
                 bail!(

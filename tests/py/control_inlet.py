@@ -1,6 +1,6 @@
 """A pylsl inlet on neuroloop's Control stream: resolves it by name, records every sample
 until the stream goes away (or --seconds pass), and prints what it saw as JSON."""
-import argparse, json, time
+import argparse, json, struct, time
 import pylsl
 try:
     from pylsl import LostError
@@ -37,4 +37,7 @@ except LostError:
 print(json.dumps({
     "type": info.type(), "channel_count": info.channel_count(), "nominal_srate": info.nominal_srate(),
     "labels": labels, "timestamps": stamps, "values": values,
+    # Exact: IEEE-754 bits of each timestamp (f64) and value (f32).
+    "timestamp_bits": [struct.unpack("<Q", struct.pack("<d", t))[0] for t in stamps],
+    "value_bits": [[struct.unpack("<I", struct.pack("<f", v))[0] for v in s] for s in values],
 }))

@@ -1,0 +1,726 @@
+//! Session recording (`neuroloop run --record FILE.xdf`): everything a closed-loop session
+//! saw and did, in XDF, the format the LSL world reads.
+//!
+//! Streams in a recording (ids fixed so replay and analysis scripts can rely on them):
+//! - 1 **input**: the rig's spike stream exactly as the inlet received it: its own header
+//!   XML, channel format, remote timestamps and the clock offsets ingest measured (as
+//!   LabRecorder records it). A reconnect to a different stream opens ids 10, 11, ….
+//! - 2 **bins**: the counts each bin was closed with, live, then its late and future spikes.
+//! - 3 **Control**: what the emitter pushed (float32, timestamp = bin end).
+//! - 4 **Status**: the Status stream's samples.
+//! - 5 **timing**: per bin, when it closed, started, finished and was pushed, and the
+//!   decisions that replay needs to repeat the bin (data present, on time, gate, …).
+//!
+//! The stages hand records to the recorder thread through preallocated lock-free queues
+//! and rings ([`InputTap`], [`BinTap`], [`Tap`]); a full queue drops the record and counts
+//! it (reported at the end), it never makes a stage wait. The recorder thread encodes and
+//! writes chunks every `flush_s`; a killed process leaves everything up to the last flush.
+
+pub mod xdf;
+
+use crate::clock::BinClock;
+use crate::emit::Emitted;
+use crate::lslutil::StreamSpec;
+use crate::runloop::BinRecord;
+use crossbeam_queue::ArrayQueue;
+use ringbuf::traits::{Consumer, Observer, Producer, Split};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use xdf::{Format, XdfWriter};
+
+pub const STREAM_INPUT: u32 = 1;
+pub const STREAM_BINS: u32 = 2;
+pub const STREAM_CONTROL: u32 = 3;
+pub const STREAM_STATUS: u32 = 4;
+pub const STREAM_TIMING: u32 = 5;
+/// Input streams after a reconnect to a different source get ids from here on.
+pub const STREAM_INPUT_NEXT: u32 = 10;
+
+/// The timing stream's channels, in order (times on the local clock, s; flags 0/1).
+pub const TIMING_LABELS: [&str; 14] = [
+    "bin",
+    "close_at",
+    "started_at",
+    "done_at",
+    "deadline_at",
+    "pushed_at",
+    "has_data",
+    "want_control",
+    "control_valid",
+    "on_time",
+    "deadline_miss",
+    "fallback",
+    "enabled",
+    "u_prev_from",
+];
+
+/// A bounded, lock-free hand-off to the recorder: a full queue drops and counts.
+pub struct Tap<T> {
+    pub queue: Arc<ArrayQueue<T>>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl<T> Clone for Tap<T> {
+    fn clone(&self) -> Self {
+        Tap { queue: self.queue.clone(), dropped: self.dropped.clone() }
+    }
+}
+
+impl<T> Tap<T> {
+    pub fn new(capacity: usize) -> Tap<T> {
+        Tap { queue: Arc::new(ArrayQueue::new(capacity.max(1))), dropped: Arc::new(AtomicU64::new(0)) }
+    }
+    /// Never waits, never allocates.
+    #[inline]
+    pub fn offer(&self, item: T) {
+        if self.queue.push(item).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The loop's tap: each bin's record and the counts it was closed with (kept in lockstep).
+pub struct BinTap {
+    records: Tap<BinRecord>,
+    counts: ringbuf::HeapProd<f64>,
+    n_units: usize,
+}
+
+impl BinTap {
+    /// Never waits, never allocates. The loop is the only producer of both, so room seen
+    /// here is still there when it pushes.
+    #[inline]
+    pub fn offer(&mut self, rec: &BinRecord, counts: &[f64]) {
+        debug_assert_eq!(counts.len(), self.n_units);
+        let q = &self.records.queue;
+        if q.len() < q.capacity() && self.counts.vacant_len() >= counts.len() {
+            self.counts.push_slice(counts);
+            let _ = q.push(*rec);
+        } else {
+            self.records.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Ingest's tap: one [`InputWriter`] per connection to the input stream.
+#[derive(Clone)]
+pub struct InputTap {
+    connections: crossbeam_channel::Sender<InputConnection>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// A connection to the input stream, as the recorder gets it.
+pub struct InputConnection {
+    /// The stream's full info XML as the inlet reported it.
+    xml: String,
+    uid: String,
+    format: Format,
+    channels: usize,
+    ring: ringbuf::HeapCons<f64>,
+}
+
+/// Writes one connection's samples and clock offsets into its ring.
+/// Ring layout: a sample is `[0, t, v_0 … v_{c−1}]`, a clock offset `[1, t, offset]`. Each
+/// token goes in with one `push_slice`, which publishes it whole: the recorder never sees
+/// half a token.
+pub struct InputWriter {
+    ring: ringbuf::HeapProd<f64>,
+    dropped: Arc<AtomicU64>,
+    /// One sample token, preallocated.
+    token: Vec<f64>,
+}
+
+const TOKEN_SAMPLE: f64 = 0.0;
+const TOKEN_OFFSET: f64 = 1.0;
+
+impl InputTap {
+    /// A new connection: `xml` is the inlet's full stream info. Returns None (and the stream
+    /// is not recorded) for a format XDF numeric samples cannot hold (strings).
+    pub fn connect(&self, xml: String, uid: String, format: lsl::ChannelFormat, channels: usize, srate: f64) -> Option<InputWriter> {
+        let format = Format::from_lsl(format)?;
+        // About 8 s of the stream (irregular streams: 4 M values), so a briefly starved
+        // recorder loses nothing.
+        let per_s = if srate > 0.0 { srate } else { 2000.0 };
+        let capacity = ((8.0 * per_s * (channels + 2) as f64) as usize).clamp(1 << 16, 1 << 25);
+        let (prod, cons) = ringbuf::HeapRb::<f64>::new(capacity).split();
+        self.connections.send(InputConnection { xml, uid, format, channels, ring: cons }).ok()?;
+        Some(InputWriter { ring: prod, dropped: self.dropped.clone(), token: vec![0.0; 2 + channels] })
+    }
+}
+
+impl InputWriter {
+    /// A sample as received: remote timestamp, every channel.
+    #[inline]
+    pub fn sample(&mut self, t_remote: f64, values: &[f64]) {
+        debug_assert_eq!(values.len() + 2, self.token.len());
+        if self.ring.vacant_len() < self.token.len() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.token[0] = TOKEN_SAMPLE;
+        self.token[1] = t_remote;
+        self.token[2..].copy_from_slice(values);
+        self.ring.push_slice(&self.token);
+    }
+
+    /// A clock offset measured at local time `t` (local = remote + offset).
+    pub fn clock_offset(&mut self, t: f64, offset: f64) {
+        if self.ring.vacant_len() < 3 {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.ring.push_slice(&[TOKEN_OFFSET, t, offset]);
+    }
+}
+
+/// Where a recording comes from (written into the file header and every stream's desc).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Provenance {
+    pub neuroloop_version: String,
+    pub rig_name: String,
+    pub rig_path: String,
+    pub rig_sha256: String,
+    /// The rig file's text (so a recording says exactly what ran).
+    #[serde(skip)]
+    pub rig_toml: String,
+    pub model: String,
+    /// Empty for the simulator's built-in truth.
+    pub model_sha256: String,
+    pub backend: String,
+}
+
+impl Provenance {
+    /// Hashes the rig file and the model file (when it is one).
+    pub fn of(rig: &crate::rig::Rig, backend: &str) -> anyhow::Result<Provenance> {
+        use anyhow::Context;
+        let rig_bytes = std::fs::read(&rig.path).with_context(|| format!("cannot read the rig file {}", rig.path.display()))?;
+        let (model, model_sha256) = match rig.model_path() {
+            Some(p) => {
+                let bytes = std::fs::read(&p).with_context(|| format!("cannot read the model file {}", p.display()))?;
+                (p.display().to_string(), sha256_hex(&bytes))
+            }
+            None => ("the simulator's true model".to_string(), String::new()),
+        };
+        Ok(Provenance {
+            neuroloop_version: env!("CARGO_PKG_VERSION").into(),
+            rig_name: rig.name.clone(),
+            rig_path: rig.path.display().to_string(),
+            rig_sha256: sha256_hex(&rig_bytes),
+            rig_toml: String::from_utf8_lossy(&rig_bytes).into_owned(),
+            model,
+            model_sha256,
+            backend: backend.into(),
+        })
+    }
+
+    fn add_to(&self, info: &mut lsl::StreamInfo) {
+        let mut n = info.desc().append_child("neuroloop");
+        n.append_child_value("version", &self.neuroloop_version);
+        n.append_child_value("rig", &self.rig_path);
+        n.append_child_value("rig_sha256", &self.rig_sha256);
+        n.append_child_value("model", &self.model);
+        n.append_child_value("model_sha256", &self.model_sha256);
+        n.append_child_value("backend", &self.backend);
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the recorder thread needs.
+pub struct RecorderSetup {
+    pub path: PathBuf,
+    pub provenance: Provenance,
+    pub clock: BinClock,
+    pub n_units: usize,
+    pub latent: usize,
+    pub embed: usize,
+    pub control: usize,
+    /// Model unit labels (bins stream channels).
+    pub unit_labels: Vec<String>,
+    pub control_spec: StreamSpec,
+    pub status_spec: StreamSpec,
+    pub rig_name: String,
+    /// Write what has arrived this often (s): the most a killed process can lose.
+    pub flush_s: f64,
+}
+
+/// The stages' ends of the recorder's queues (hand each to its stage).
+pub struct RecorderTaps {
+    pub input: InputTap,
+    pub bins: BinTap,
+    pub emitted: Tap<Emitted>,
+}
+
+/// The recorder's ends.
+struct Sources {
+    connections: crossbeam_channel::Receiver<InputConnection>,
+    input_dropped: Arc<AtomicU64>,
+    records: Tap<BinRecord>,
+    counts: ringbuf::HeapCons<f64>,
+    emitted: Tap<Emitted>,
+}
+
+/// The end-of-run summary of a recording (in the run's report).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordingSummary {
+    pub path: String,
+    pub bytes: u64,
+    pub streams: Vec<RecordedStream>,
+    /// Records the recorder's queues could not take (0 on a machine that keeps up).
+    pub dropped_input_samples: u64,
+    pub dropped_bins: u64,
+    pub dropped_control: u64,
+    /// A write error that stopped the recording early (the file holds what came before).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedStream {
+    pub id: u32,
+    pub name: String,
+    pub samples: u64,
+}
+
+pub struct Recorder {
+    handle: Option<std::thread::JoinHandle<RecordingSummary>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Recorder {
+    /// A session that ends early on an error still closes its recording.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Recorder {
+    /// Create the file (an error here stops the run before it starts) and start the thread.
+    /// `bins_capacity` bins of records can queue up before any is dropped.
+    pub fn start(setup: RecorderSetup, bins_capacity: usize) -> anyhow::Result<(Recorder, RecorderTaps)> {
+        use anyhow::Context;
+        let writer = XdfWriter::create(&setup.path, &file_header_body(&setup))
+            .with_context(|| format!("cannot create the recording {}", setup.path.display()))?;
+        // The counts ring holds `bins_capacity` bins, capped at 256 MiB for huge arrays.
+        let bins_capacity = bins_capacity.min(((32usize << 20) / setup.n_units.max(1)).max(64));
+        let (counts_prod, counts_cons) = ringbuf::HeapRb::<f64>::new(bins_capacity * setup.n_units.max(1)).split();
+        let records = Tap::new(bins_capacity);
+        let emitted = Tap::new(bins_capacity);
+        let (conn_tx, conn_rx) = crossbeam_channel::unbounded();
+        let input_dropped = Arc::new(AtomicU64::new(0));
+        let taps = RecorderTaps {
+            input: InputTap { connections: conn_tx, dropped: input_dropped.clone() },
+            bins: BinTap { records: records.clone(), counts: counts_prod, n_units: setup.n_units },
+            emitted: emitted.clone(),
+        };
+        let sources = Sources { connections: conn_rx, input_dropped, records, counts: counts_cons, emitted };
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("neuroloop-record".into())
+            .spawn(move || RecorderThread::new(setup, sources, writer).run(&s))?;
+        Ok((Recorder { handle: Some(handle), stop }, taps))
+    }
+
+    /// Drain everything queued, write the footers and close the file. Call after the
+    /// stages have stopped.
+    pub fn finish(mut self) -> RecordingSummary {
+        self.stop.store(true, Ordering::Release);
+        self.handle.take().expect("finished once").join().unwrap_or_else(|p| RecordingSummary {
+            path: String::new(),
+            bytes: 0,
+            streams: Vec::new(),
+            dropped_input_samples: 0,
+            dropped_bins: 0,
+            dropped_control: 0,
+            error: Some(format!("the recorder thread panicked: {}", crate::panic_message(&*p))),
+        })
+    }
+}
+
+fn file_header_body(s: &RecorderSetup) -> String {
+    use xdf::xml_escape as x;
+    let p = &s.provenance;
+    let c = &s.clock;
+    format!(
+        "<datetime>{}</datetime><recorder>neuroloop {}</recorder><neuroloop><version>{}</version>\
+         <rig><name>{}</name><path>{}</path><sha256>{}</sha256><toml>{}</toml></rig>\
+         <model><path>{}</path><sha256>{}</sha256></model><backend>{}</backend>\
+         <dims><units>{}</units><latent>{}</latent><embed>{}</embed><control>{}</control></dims>\
+         <bin_grid><t0>{:?}</t0><bin_s>{:?}</bin_s><grace_s>{:?}</grace_s><deadline_s>{:?}</deadline_s></bin_grid>\
+         <streams><input>{STREAM_INPUT}</input><bins>{STREAM_BINS}</bins><control>{STREAM_CONTROL}</control>\
+         <status>{STREAM_STATUS}</status><timing>{STREAM_TIMING}</timing></streams></neuroloop>",
+        utc_now_iso8601(),
+        x(&p.neuroloop_version),
+        x(&p.neuroloop_version),
+        x(&p.rig_name),
+        x(&p.rig_path),
+        x(&p.rig_sha256),
+        x(&p.rig_toml),
+        x(&p.model),
+        x(&p.model_sha256),
+        x(&p.backend),
+        s.n_units,
+        s.latent,
+        s.embed,
+        s.control,
+        c.t0,
+        c.bin_s,
+        c.grace_s,
+        c.deadline_s,
+    )
+}
+
+/// Now as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+fn utc_now_iso8601() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Samples of one stream waiting for the next flush.
+struct Pending {
+    id: u32,
+    timestamps: Vec<f64>,
+    values: Vec<f64>,
+}
+
+impl Pending {
+    fn new(id: u32) -> Pending {
+        Pending { id, timestamps: Vec::new(), values: Vec::new() }
+    }
+    fn write(&mut self, w: &mut XdfWriter) {
+        w.samples(self.id, &self.timestamps, &self.values);
+        self.timestamps.clear();
+        self.values.clear();
+    }
+}
+
+struct CurrentInput {
+    id: u32,
+    uid: String,
+    channels: usize,
+    ring: ringbuf::HeapCons<f64>,
+}
+
+struct RecorderThread {
+    s: RecorderSetup,
+    src: Sources,
+    w: XdfWriter,
+    error: Option<String>,
+    names: Vec<(u32, String)>,
+    input: Option<CurrentInput>,
+    input_pending: Option<Pending>,
+    next_input_id: u32,
+    bins: Pending,
+    control: Pending,
+    status: Pending,
+    timing: Pending,
+    /// Loop and emitter records not yet joined (Status and timing need both).
+    loop_recs: VecDeque<BinRecord>,
+    emitted: VecDeque<Emitted>,
+    counts: Vec<f64>,
+    status_sample: Vec<f64>,
+}
+
+impl RecorderThread {
+    fn new(s: RecorderSetup, src: Sources, w: XdfWriter) -> RecorderThread {
+        let n = s.n_units;
+        let status_sample = vec![0.0; crate::telemetry::status_channels(s.latent, s.embed)];
+        let mut t = RecorderThread {
+            bins: Pending::new(STREAM_BINS),
+            control: Pending::new(STREAM_CONTROL),
+            status: Pending::new(STREAM_STATUS),
+            timing: Pending::new(STREAM_TIMING),
+            counts: vec![0.0; n],
+            status_sample,
+            s,
+            src,
+            w,
+            error: None,
+            names: Vec::new(),
+            input: None,
+            input_pending: None,
+            next_input_id: STREAM_INPUT,
+            loop_recs: VecDeque::new(),
+            emitted: VecDeque::new(),
+        };
+        t.declare_local_streams();
+        t
+    }
+
+    /// Headers of the streams neuroloop itself produces (local clock: offset 0).
+    fn declare_local_streams(&mut self) {
+        let s = &self.s;
+        let bin_s = s.clock.bin_s;
+        let source = format!("neuroloop-{}", s.rig_name);
+        let mut bin_labels: Vec<String> = s.unit_labels.iter().map(|l| format!("count {l}")).collect();
+        bin_labels.extend(["late_spikes", "future_spikes"].map(String::from));
+        let specs = [
+            (
+                STREAM_BINS,
+                StreamSpec {
+                    name: format!("{}-bins", s.rig_name),
+                    stream_type: "NeuroloopBins".into(),
+                    srate: 1.0 / bin_s,
+                    format: lsl::ChannelFormat::Double64,
+                    source_id: format!("{source}-bins"),
+                    labels: bin_labels,
+                    channel_type: "count".into(),
+                },
+                Format::Double64,
+            ),
+            (STREAM_CONTROL, s.control_spec.clone(), Format::Float32),
+            (STREAM_STATUS, s.status_spec.clone(), Format::Double64),
+            (
+                STREAM_TIMING,
+                StreamSpec {
+                    name: format!("{}-timing", s.rig_name),
+                    stream_type: "NeuroloopTiming".into(),
+                    srate: 1.0 / bin_s,
+                    format: lsl::ChannelFormat::Double64,
+                    source_id: format!("{source}-timing"),
+                    labels: TIMING_LABELS.iter().map(|l| l.to_string()).collect(),
+                    channel_type: "timing".into(),
+                },
+                Format::Double64,
+            ),
+        ];
+        for (id, spec, format) in specs {
+            let xml = match spec.info() {
+                Ok(mut info) => {
+                    self.s.provenance.add_to(&mut info);
+                    info.to_xml().unwrap_or_default()
+                }
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                    String::new()
+                }
+            };
+            self.w.add_stream(id, &xml, format, spec.labels.len());
+            self.names.push((id, spec.name.clone()));
+        }
+        self.local_offsets();
+        self.flush();
+    }
+
+    /// LabRecorder records clock offsets for every stream; neuroloop's own streams are on
+    /// the local clock, so theirs are 0.
+    fn local_offsets(&mut self) {
+        let now = crate::clock::now();
+        for id in [STREAM_BINS, STREAM_CONTROL, STREAM_STATUS, STREAM_TIMING] {
+            self.w.clock_offset(id, now, 0.0);
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.error.is_none() {
+            if let Err(e) = self.w.flush() {
+                self.error = Some(format!("writing {} failed: {e}; the recording stops here", self.s.path.display()));
+                eprintln!("[neuroloop] {}", self.error.as_ref().unwrap());
+            }
+        }
+    }
+
+    fn run(mut self, stop: &AtomicBool) -> RecordingSummary {
+        let mut next_flush = crate::clock::now() + self.s.flush_s;
+        let mut next_boundary = crate::clock::now() + 10.0;
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            self.drain();
+            let now = crate::clock::now();
+            if now >= next_flush || stopping {
+                self.write_pending();
+                if now >= next_boundary {
+                    self.local_offsets();
+                    self.w.boundary();
+                    next_boundary = now + 10.0;
+                }
+                self.flush();
+                next_flush = now + self.s.flush_s;
+            }
+            if stopping {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Records whose partner never came (dropped on a full queue): written as they are.
+        self.join_records(true);
+        self.write_pending();
+        self.flush();
+        let streams: Vec<RecordedStream> =
+            self.names.iter().map(|(id, name)| RecordedStream { id: *id, name: name.clone(), samples: self.w.sample_count(*id) }).collect();
+        let mut error = self.error.take();
+        let bytes = if error.is_none() {
+            match self.w.finish() {
+                Ok(b) => b,
+                Err(e) => {
+                    error = Some(format!("closing {} failed: {e}", self.s.path.display()));
+                    0
+                }
+            }
+        } else {
+            self.w.bytes_written()
+        };
+        RecordingSummary {
+            path: self.s.path.display().to_string(),
+            bytes,
+            streams,
+            dropped_input_samples: self.src.input_dropped.load(Ordering::Relaxed),
+            dropped_bins: self.src.records.dropped.load(Ordering::Relaxed),
+            dropped_control: self.src.emitted.dropped.load(Ordering::Relaxed),
+            error,
+        }
+    }
+
+    fn write_pending(&mut self) {
+        if let Some(p) = &mut self.input_pending {
+            p.write(&mut self.w);
+        }
+        for p in [&mut self.bins, &mut self.control, &mut self.status, &mut self.timing] {
+            p.write(&mut self.w);
+        }
+    }
+
+    fn drain(&mut self) {
+        // A new connection: finish the old one's ring first (its ingest end is gone).
+        while let Ok(conn) = self.src.connections.try_recv() {
+            self.drain_input();
+            self.open_input(conn);
+        }
+        self.drain_input();
+        let n = self.s.n_units;
+        while let Some(rec) = self.src.records.queue.pop() {
+            let got = self.src.counts.pop_slice(&mut self.counts);
+            debug_assert_eq!(got, n);
+            let p = &mut self.bins;
+            p.timestamps.push(self.s.clock.bin_end(rec.bin));
+            p.values.extend_from_slice(&self.counts);
+            p.values.push(rec.late_spikes as f64);
+            p.values.push(rec.future_spikes as f64);
+            self.loop_recs.push_back(rec);
+        }
+        while let Some(e) = self.src.emitted.queue.pop() {
+            let p = &mut self.control;
+            p.timestamps.push(self.s.clock.bin_end(e.bin));
+            // The outlet pushed these f32 values; the writer rounds f64 → f32 the same way.
+            p.values.extend_from_slice(&e.u[..self.s.control]);
+            self.emitted.push_back(e);
+        }
+        self.join_records(false);
+    }
+
+    fn open_input(&mut self, conn: InputConnection) {
+        if let Some(p) = &mut self.input_pending {
+            p.write(&mut self.w);
+        }
+        let same = self.input.as_ref().is_some_and(|c| c.uid == conn.uid && c.channels == conn.channels);
+        let id = if same {
+            self.input.as_ref().unwrap().id
+        } else {
+            let id = self.next_input_id;
+            self.next_input_id = if id == STREAM_INPUT { STREAM_INPUT_NEXT } else { id + 1 };
+            self.w.add_stream(id, &conn.xml, conn.format, conn.channels);
+            let name = crate::record::xml_child(&conn.xml, "name").unwrap_or_else(|| "input".into());
+            self.names.push((id, name));
+            id
+        };
+        self.input_pending = Some(Pending::new(id));
+        self.input = Some(CurrentInput { id, uid: conn.uid, channels: conn.channels, ring: conn.ring });
+    }
+
+    fn drain_input(&mut self) {
+        let (Some(c), Some(p)) = (&mut self.input, &mut self.input_pending) else { return };
+        let mut head = [0.0f64; 3];
+        loop {
+            // Tokens are published whole, so a token's rest is there once its head is.
+            if c.ring.occupied_len() < 2 || c.ring.pop_slice(&mut head[..2]) < 2 {
+                break;
+            }
+            if head[0] == TOKEN_SAMPLE {
+                p.timestamps.push(head[1]);
+                let start = p.values.len();
+                p.values.resize(start + c.channels, 0.0);
+                c.ring.pop_slice(&mut p.values[start..]);
+            } else {
+                let mut off = [0.0];
+                c.ring.pop_slice(&mut off);
+                // Samples before this offset go out first, then the offset (chunk order
+                // keeps their relation).
+                p.write(&mut self.w);
+                self.w.clock_offset(c.id, head[1], off[0]);
+            }
+        }
+    }
+
+    /// Pair loop and emitter records by bin (both arrive in bin order) into Status and
+    /// timing samples. `all`: also write records left without a partner.
+    fn join_records(&mut self, all: bool) {
+        loop {
+            let (r, e) = match (self.loop_recs.front(), self.emitted.front()) {
+                (Some(r), Some(e)) if r.bin == e.bin => (self.loop_recs.pop_front(), self.emitted.pop_front()),
+                (Some(r), Some(e)) if r.bin < e.bin => (self.loop_recs.pop_front(), None),
+                (Some(_), Some(_)) => (None, self.emitted.pop_front()),
+                (Some(_), None) if all => (self.loop_recs.pop_front(), None),
+                (None, Some(_)) if all => (None, self.emitted.pop_front()),
+                _ => break,
+            };
+            self.timing_sample(r.as_ref(), e.as_ref());
+            if let Some(r) = &r {
+                let flags = crate::telemetry::status_flags(Some(r), e.as_ref());
+                crate::telemetry::fill_status_sample(&mut self.status_sample, r, flags, self.s.latent, self.s.embed);
+                self.status.timestamps.push(self.s.clock.bin_end(r.bin));
+                self.status.values.extend_from_slice(&self.status_sample);
+            }
+        }
+    }
+
+    fn timing_sample(&mut self, r: Option<&BinRecord>, e: Option<&Emitted>) {
+        let k = r.map(|r| r.bin).or(e.map(|e| e.bin)).unwrap();
+        let c = &self.s.clock;
+        let b = |v: bool| v as u8 as f64;
+        let nan = f64::NAN;
+        let (started, done, has_data, want, valid, on_time, from) = match r {
+            Some(r) => (r.started_at, r.done_at, b(r.has_data), b(r.want_control), b(r.control_valid), b(r.on_time), r.u_prev_from as f64),
+            None => (nan, nan, nan, nan, nan, nan, nan),
+        };
+        let (pushed, miss, fallback, enabled) = match e {
+            Some(e) => (e.pushed_at, b(e.deadline_miss), b(e.fallback), b(e.enabled)),
+            None => (nan, nan, nan, nan),
+        };
+        let row = [k as f64, c.close(k), started, done, c.deadline(k), pushed, has_data, want, valid, on_time, miss, fallback, enabled, from];
+        self.timing.timestamps.push(c.bin_end(k));
+        self.timing.values.extend_from_slice(&row);
+    }
+}
+
+/// The text of the first `<tag>` element in an XML string (enough for stream-info XML,
+/// whose top-level fields are plain text).
+pub fn xml_child(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&format!("</{tag}>"))?;
+    Some(unescape(&xml[start..end]))
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+}

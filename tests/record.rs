@@ -1,0 +1,292 @@
+//! Session recording (`run --record`) and replay, through the real CLI, checked with
+//! readers and peers no one here wrote: pyxdf loads every stream with exact counts, values
+//! and timestamps; a killed run leaves a readable file; `replay` reproduces the Control
+//! stream bit for bit; a LabRecorder (PyPI `labrecorder`) file of a raw spike stream replays.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn dump(xdf: &Path) -> Value {
+    let out = Command::new(python()).arg(repo().join("tests/py/xdf_dump.py")).arg(xdf).output().unwrap();
+    assert!(out.status.success(), "pyxdf could not load {}: {}", xdf.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn stream<'a>(d: &'a Value, ty: &str) -> &'a Value {
+    d["streams"].as_array().unwrap().iter().find(|s| s["type"] == ty).unwrap_or_else(|| panic!("no {ty} stream in the recording"))
+}
+
+fn bits_col(s: &Value, row: usize, col: usize) -> f64 {
+    f64::from_bits(s["value_bits"][row][col].as_u64().unwrap())
+}
+
+fn timestamps(s: &Value) -> Vec<f64> {
+    s["timestamp_bits"].as_array().unwrap().iter().map(|b| f64::from_bits(b.as_u64().unwrap())).collect()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+#[test]
+fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("rec");
+    let model = rig.write_model(dir.path());
+    // Controller only (no [sim]): the spikes come from a pylsl outlet that logs what it pushed.
+    let text = rig.controller_toml("events", &model).replace("start_delay_ms = 1500.0", "start_delay_ms = 4000.0");
+    let rig_path = write(dir.path(), "rig.toml", &text);
+    let xdf = dir.path().join("session.xdf");
+    let log = dir.path().join("pushed.json");
+    let py = python();
+    let outlet = Command::new(&py)
+        .arg(repo().join("tests/py/spike_outlet.py"))
+        .args(["--name", &rig.spikes, "--channels", "96", "--duration", "5", "--linger", "1", "--log", log.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let inlet = Command::new(&py)
+        .arg(repo().join("tests/py/control_inlet.py"))
+        .args(["--name", &rig.control, "--seconds", "25"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let report_path = dir.path().join("report.json");
+    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet", "--record", xdf.to_str().unwrap()]);
+    assert!(outlet.wait_with_output().unwrap().status.success());
+    let out = interrupt(child);
+    assert!(out.status.success());
+    let r = report(&report_path);
+    let seen: Value = serde_json::from_slice(&inlet.wait_with_output().unwrap().stdout).unwrap();
+    let pushed: Vec<Vec<u64>> = serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
+    let d = dump(&xdf);
+
+    // Provenance: the rig file's hash in the file header and in every stream neuroloop wrote.
+    let sha = neuroloop::record::sha256_hex(&std::fs::read(&rig_path).unwrap());
+    assert_eq!(d["header"]["version"], "1.0");
+    assert_eq!(d["header"]["rig_sha256"], sha.as_str());
+    assert_eq!(d["header"]["neuroloop_version"], env!("CARGO_PKG_VERSION"));
+    let rec = &r["recording"];
+    assert_eq!(u(&rec["dropped_input_samples"]) + u(&rec["dropped_bins"]) + u(&rec["dropped_control"]), 0);
+    for s in d["streams"].as_array().unwrap() {
+        assert_eq!(u(&s["footer_sample_count"]), u(&s["n"]), "{}: the footer counts every sample", s["name"]);
+        if s["type"] != "SpikeEvents" {
+            assert_eq!(s["provenance_rig_sha256"], sha.as_str(), "{}: provenance in desc", s["name"]);
+        }
+    }
+
+    // The input stream exactly as pylsl pushed it: format, count, timestamps, values.
+    let input = stream(&d, "SpikeEvents");
+    assert_eq!(input["id"], 1);
+    assert_eq!(input["name"], rig.spikes.as_str());
+    assert_eq!(input["channel_format"], "int16");
+    assert_eq!(u(&input["n"]), pushed.len() as u64, "every pushed sample recorded");
+    assert_eq!(u(&r["ingest"]["samples"]), pushed.len() as u64);
+    for (i, p) in pushed.iter().enumerate() {
+        assert_eq!(u(&input["timestamp_bits"][i]), p[0], "sample {i}: timestamp as pushed");
+        assert_eq!(bits_col(input, i, 0), p[1] as f64, "sample {i}: channel");
+        assert_eq!(bits_col(input, i, 1), p[2] as f64, "sample {i}: unit");
+    }
+    assert!(!input["clock_times"].as_array().unwrap().is_empty(), "ingest's clock offsets are recorded");
+
+    // Control: what the emitter pushed is what pylsl received, bit for bit.
+    let bins = u(&r["bins"]);
+    assert!(bins > 200);
+    let control = stream(&d, "Control");
+    assert_eq!(control["channel_format"], "float32");
+    assert_eq!(u(&control["n"]), bins);
+    assert_eq!(u(&r["control_samples"]), bins);
+    assert_eq!(control["timestamp_bits"], seen["timestamp_bits"], "Control timestamps = what the pylsl inlet saw");
+    for (i, row) in seen["value_bits"].as_array().unwrap().iter().enumerate() {
+        for (j, b) in row.as_array().unwrap().iter().enumerate() {
+            assert_eq!((bits_col(control, i, j) as f32).to_bits() as u64, u(b), "Control sample {i} channel {j}");
+        }
+    }
+
+    // Bins: one per bin at the bin's end; counts = the pushed spikes re-binned on the recorded
+    // grid with the recorded clock offsets, except spikes that arrived late (counted).
+    let t0: f64 = d["header"]["t0"].as_str().unwrap().parse().unwrap();
+    let bin_s: f64 = d["header"]["bin_s"].as_str().unwrap().parse().unwrap();
+    let bstream = stream(&d, "NeuroloopBins");
+    assert_eq!(u(&bstream["n"]), bins);
+    assert_eq!(bstream["timestamp_bits"], control["timestamp_bits"], "bins and Control share the bin-end timestamps");
+    let (ct, cv): (Vec<f64>, Vec<f64>) = (
+        input["clock_times"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect(),
+        input["clock_values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect(),
+    );
+    let n = 96;
+    let mut expected = vec![vec![0u64; n]; bins as usize];
+    for p in &pushed {
+        let t = f64::from_bits(p[0]);
+        // The offset ingest had when the spike arrived (about its own time).
+        let i = ct.iter().rposition(|&c| c <= t + cv[0]).unwrap_or(0);
+        let k = ((t + cv[i] - t0) / bin_s).floor();
+        if k >= 0.0 && (k as u64) < bins {
+            expected[k as usize][p[1] as usize] += 1;
+        }
+    }
+    let (mut missing, mut late, mut exact_bins) = (0u64, 0u64, 0u64);
+    for k in 0..bins as usize {
+        let mut exact = true;
+        for c in 0..n {
+            let got = bits_col(bstream, k, c);
+            assert!(got <= expected[k][c] as f64, "bin {k} unit {c}: {got} recorded, {} pushed", expected[k][c]);
+            missing += expected[k][c] - got as u64;
+            exact &= got == expected[k][c] as f64;
+        }
+        late += bits_col(bstream, k, n) as u64 + bits_col(bstream, k, n + 1) as u64;
+        exact_bins += exact as u64;
+    }
+    assert!(missing <= late, "{missing} pushed spikes are missing from the bins but only {late} were counted late");
+    assert!(exact_bins * 10 >= bins * 9, "only {exact_bins} of {bins} bins match the pushed spikes exactly");
+
+    // Status and timing: one sample per bin, in order; the timing's decisions add up to the report.
+    let status = stream(&d, "NeuroloopStatus");
+    let timing = stream(&d, "NeuroloopTiming");
+    assert_eq!(u(&status["n"]), bins);
+    assert_eq!(u(&timing["n"]), bins);
+    let col = |name: &str| neuroloop::record::TIMING_LABELS.iter().position(|l| *l == name).unwrap();
+    let (mut misses, mut fallbacks) = (0u64, 0u64);
+    for k in 0..bins as usize {
+        assert_eq!(bits_col(status, k, 0), k as f64);
+        assert_eq!(bits_col(timing, k, col("bin")), k as f64);
+        misses += bits_col(timing, k, col("deadline_miss")) as u64;
+        fallbacks += bits_col(timing, k, col("fallback")) as u64;
+    }
+    assert_eq!(misses, u(&r["deadline_misses"]));
+    assert_eq!(fallbacks, u(&r["fallbacks"]));
+}
+
+fn replay(args: &[&str]) -> (std::process::Output, Value) {
+    let out = run(args);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, v)
+}
+
+#[test]
+fn replay_reproduces_the_control_stream_bit_for_bit_and_reports_the_first_divergence() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("replay");
+    // MPPI (counter-based noise) with online embedding updates: the whole model replays.
+    let rig_path = write(dir.path(), "rig.toml", &rig.toml("mppi", "events", "events", "", ""));
+    let xdf = dir.path().join("run.xdf");
+    let report_path = dir.path().join("report.json");
+    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "300", "--quiet", "--record", xdf.to_str().unwrap(), "--report", report_path.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(u(&report(&report_path)["recording"]["dropped_bins"]), 0);
+
+    let (out, v) = replay(&["replay", xdf.to_str().unwrap(), "--rig", rig_path.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "replay of an untouched recording must match");
+    assert_eq!(v["identical"], true);
+    assert_eq!(u(&v["compared"]), 300);
+    assert_eq!(u(&v["bins"]), 300);
+    assert_eq!(v["latent_max_abs_difference"], 0.0);
+    assert_eq!(v["rig_matches_recording"], true);
+    assert!(v["spikes"].as_f64().unwrap() > 1000.0);
+
+    // Real-time pacing repeats the same decisions.
+    let (out, v) = replay(&["replay", xdf.to_str().unwrap(), "--rig", rig_path.to_str().unwrap(), "--quiet", "--realtime"]);
+    assert!(out.status.success());
+    assert_eq!(v["identical"], true);
+    assert!(v["elapsed_s"].as_f64().unwrap() >= 2.9, "300 bins of 10 ms paced in real time");
+
+    // A different safety layer: replay says where the Control stream first differs.
+    let text = std::fs::read_to_string(&rig_path).unwrap();
+    assert!(text.contains("max_step = 0.25"));
+    let other = write(dir.path(), "other.toml", &text.replace("max_step = 0.25", "max_step = 0.2"));
+    let (out, v) = replay(&["replay", xdf.to_str().unwrap(), "--rig", other.to_str().unwrap(), "--quiet"]);
+    assert_eq!(out.status.code(), Some(1), "a divergence exits with status 1");
+    assert_eq!(v["identical"], false);
+    assert_eq!(v["rig_matches_recording"], false);
+    let first = u(&v["first_difference"]["bin"]);
+    assert!(u(&v["differing_bins"]) >= 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("DIVERGED at bin {first}")));
+
+    // Bad input: not an XDF file; a rig with another model.
+    let bogus = write(dir.path(), "bogus.xdf", "not xdf");
+    let (out, _) = replay(&["replay", bogus.to_str().unwrap(), "--rig", rig_path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a readable XDF file"));
+    let wide = write(dir.path(), "wide.toml", &text.replace("channels = 96", "channels = 95").replace("n_units = 96", "n_units = 95"));
+    let (out, _) = replay(&["replay", xdf.to_str().unwrap(), "--rig", wide.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replay needs the rig the session ran with"), "a clear error for the wrong rig");
+}
+
+#[test]
+fn a_killed_run_leaves_a_readable_recording_that_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("kill");
+    let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "", ""));
+    let xdf = dir.path().join("killed.xdf");
+    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--quiet", "--record", xdf.to_str().unwrap()]);
+    // Wait until well into the bins (the grid starts ~2.5 s after launch), then SIGKILL:
+    // no handler runs, no footer is written.
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&xdf).map_or(0, |m| m.len()) < 200_000 {
+        assert!(started.elapsed().as_secs() < 60, "the recording never grew");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let ok = Command::new("kill").args(["-KILL", &child.id().to_string()]).status().unwrap().success();
+    assert!(ok);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "killed");
+
+    let d = dump(&xdf);
+    let control = stream(&d, "Control");
+    let bins = u(&control["n"]);
+    assert!(bins > 50, "the flushed bins are there ({bins})");
+    for ty in ["SpikeEvents", "NeuroloopBins", "NeuroloopStatus", "NeuroloopTiming"] {
+        let s = stream(&d, ty);
+        assert!(u(&s["n"]) > 0, "{ty} has samples");
+        assert!(s["footer_sample_count"].is_null(), "{ty}: no footer after a kill");
+    }
+    // Everything flushed together: the per-bin streams end within a flush of each other.
+    let nb = u(&stream(&d, "NeuroloopBins")["n"]);
+    assert!(nb.abs_diff(bins) <= 60, "bins {nb} vs Control {bins}");
+    let ts = timestamps(control);
+    for w in ts.windows(2) {
+        assert!((w[1] - w[0] - 0.010).abs() < 1e-9, "Control timestamps are consecutive bin ends");
+    }
+    // The truncated recording still replays bit for bit, up to its last flushed bin.
+    let (out, v) = replay(&["replay", xdf.to_str().unwrap(), "--rig", rig_path.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success());
+    assert_eq!(v["identical"], true);
+    assert!(u(&v["compared"]) > 50);
+}
+
+#[test]
+fn replay_bins_a_labrecorder_file_of_the_raw_spike_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("lab");
+    let model = rig.write_model(dir.path());
+    let rig_path = write(dir.path(), "rig.toml", &rig.controller_toml("events", &model));
+    let xdf = dir.path().join("labrecorder.xdf");
+    let out = Command::new(python())
+        .arg(repo().join("tests/py/labrecorder_spikes.py"))
+        .args(["--out", xdf.to_str().unwrap(), "--name", &rig.spikes, "--channels", "96", "--duration", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "LabRecorder: {}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout);
+    // LabRecorder prints its own progress lines to stdout as well.
+    let json = line.lines().find(|l| l.starts_with("{\"pushed\"")).unwrap_or_else(|| panic!("no result line in {line}"));
+    let pushed: Value = serde_json::from_str(json).unwrap();
+    let pushed = u(&pushed["pushed"]);
+    assert!(pushed > 3000);
+
+    let (out, v) = replay(&["replay", xdf.to_str().unwrap(), "--rig", rig_path.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success());
+    assert_eq!(v["source"], rig.spikes.as_str());
+    assert!(v["identical"].is_null(), "a LabRecorder file has no Control stream to compare");
+    assert_eq!(v["spikes"].as_f64().unwrap(), pushed as f64, "every recorded spike lands in a bin");
+    assert_eq!(u(&v["late_spikes"]), 0);
+    assert_eq!(u(&v["rejected_samples"]), 0);
+    let bins = u(&v["bins"]);
+    assert!((290..=310).contains(&bins), "3 s of 10 ms bins: {bins}");
+    assert!(u(&v["gap_bins"]) <= 1, "the stream is live throughout");
+}
