@@ -2,12 +2,15 @@
 # One-time (idempotent) set-up for neuroloop on Debian with Rust and Python 3:
 #   - system packages the build and the tests need (Mesa's Vulkan drivers for the wgpu backend),
 #   - a Python virtual environment (.venv) with pylsl (liblsl 1.18) and numpy, used by the
-#     interop tests and the Python baselines,
+#     interop tests and the Python baselines, and pyxdf and labrecorder, the XDF reader and
+#     recorder the recording tests check neuroloop's XDF files against,
 #   - liblsl 1.18 copied from the pylsl wheel into .liblsl/, which .cargo/config.toml links.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYLSL_VERSION=1.18.6
+PYXDF_VERSION=1.17.5
+LABRECORDER_VERSION=1.0.0rc0
 
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
@@ -32,6 +35,10 @@ fi
 if ! .venv/bin/python -c "import pylsl, numpy; assert pylsl.__version__ == '$PYLSL_VERSION'" >/dev/null 2>&1; then
     echo "setup: installing pylsl==$PYLSL_VERSION and numpy into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check "pylsl==$PYLSL_VERSION" numpy
+fi
+if ! .venv/bin/python -c "import pyxdf, labrecorder, importlib.metadata as m; assert m.version('pyxdf') == '$PYXDF_VERSION' and m.version('labrecorder') == '$LABRECORDER_VERSION'" >/dev/null 2>&1; then
+    echo "setup: installing pyxdf==$PYXDF_VERSION and labrecorder==$LABRECORDER_VERSION into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check "pyxdf==$PYXDF_VERSION" "labrecorder==$LABRECORDER_VERSION"
 fi
 
 pylsl_lib=$(.venv/bin/python -c 'import pylsl, os; print(os.path.join(os.path.dirname(pylsl.__file__), "lib"))')
