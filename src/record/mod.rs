@@ -474,35 +474,21 @@ impl RecorderThread {
         let source = format!("neuroloop-{}", s.rig_name);
         let mut bin_labels: Vec<String> = s.unit_labels.iter().map(|l| format!("count {l}")).collect();
         bin_labels.extend(["late_spikes", "future_spikes"].map(String::from));
+        // neuroloop's own per-bin double64 streams, named after the rig.
+        let per_bin = |suffix: &str, stream_type: &str, labels: Vec<String>, channel_type: &str| StreamSpec {
+            name: format!("{}-{suffix}", s.rig_name),
+            stream_type: stream_type.into(),
+            srate: 1.0 / bin_s,
+            format: lsl::ChannelFormat::Double64,
+            source_id: format!("{source}-{suffix}"),
+            labels,
+            channel_type: channel_type.into(),
+        };
         let specs = [
-            (
-                STREAM_BINS,
-                StreamSpec {
-                    name: format!("{}-bins", s.rig_name),
-                    stream_type: "NeuroloopBins".into(),
-                    srate: 1.0 / bin_s,
-                    format: lsl::ChannelFormat::Double64,
-                    source_id: format!("{source}-bins"),
-                    labels: bin_labels,
-                    channel_type: "count".into(),
-                },
-                Format::Double64,
-            ),
+            (STREAM_BINS, per_bin("bins", "NeuroloopBins", bin_labels, "count"), Format::Double64),
             (STREAM_CONTROL, s.control_spec.clone(), Format::Float32),
             (STREAM_STATUS, s.status_spec.clone(), Format::Double64),
-            (
-                STREAM_TIMING,
-                StreamSpec {
-                    name: format!("{}-timing", s.rig_name),
-                    stream_type: "NeuroloopTiming".into(),
-                    srate: 1.0 / bin_s,
-                    format: lsl::ChannelFormat::Double64,
-                    source_id: format!("{source}-timing"),
-                    labels: TIMING_LABELS.iter().map(|l| l.to_string()).collect(),
-                    channel_type: "timing".into(),
-                },
-                Format::Double64,
-            ),
+            (STREAM_TIMING, per_bin("timing", "NeuroloopTiming", TIMING_LABELS.map(String::from).to_vec(), "timing"), Format::Double64),
         ];
         for (id, spec, format) in specs {
             let xml = match spec.info() {
