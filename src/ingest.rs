@@ -240,7 +240,7 @@ impl Ingest {
         let record = self.record.as_ref().and_then(|tap| {
             // The full info (with desc), as LabRecorder writes it into the stream header.
             let full = inlet.info(timeout_s.max(1.0)).ok()?;
-            let mut w = tap.connect(full.to_xml().ok()?, full.uid(), full.channel_format(), channels, info.nominal_srate());
+            let mut w = tap.connect(&full, channels);
             if w.is_none() {
                 let _ = self.notices.try_send(IngestNotice::Rejected {
                     what: format!("{description}: its channel format cannot be recorded; the recording has no input stream"),

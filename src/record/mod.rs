@@ -116,6 +116,7 @@ pub struct InputTap {
 pub struct InputConnection {
     /// The stream's full info XML as the inlet reported it.
     xml: String,
+    name: String,
     uid: String,
     format: Format,
     channels: usize,
@@ -137,16 +138,19 @@ const TOKEN_SAMPLE: f64 = 0.0;
 const TOKEN_OFFSET: f64 = 1.0;
 
 impl InputTap {
-    /// A new connection: `xml` is the inlet's full stream info. Returns None (and the stream
+    /// A new connection: `info` is the inlet's full stream info (with desc). Returns None (and the stream
     /// is not recorded) for a format XDF numeric samples cannot hold (strings).
-    pub fn connect(&self, xml: String, uid: String, format: lsl::ChannelFormat, channels: usize, srate: f64) -> Option<InputWriter> {
+    pub fn connect(&self, info: &lsl::StreamInfo, channels: usize) -> Option<InputWriter> {
+        let (xml, srate) = (info.to_xml().ok()?, info.nominal_srate());
+        let format = info.channel_format();
         let format = Format::from_lsl(format)?;
         // About 8 s of the stream (irregular streams: 4 M values), so a briefly starved
         // recorder loses nothing.
         let per_s = if srate > 0.0 { srate } else { 2000.0 };
         let capacity = ((8.0 * per_s * (channels + 2) as f64) as usize).clamp(1 << 16, 1 << 25);
         let (prod, cons) = ringbuf::HeapRb::<f64>::new(capacity).split();
-        self.connections.send(InputConnection { xml, uid, format, channels, ring: cons }).ok()?;
+        let (name, uid) = (info.stream_name(), info.uid());
+        self.connections.send(InputConnection { xml, name, uid, format, channels, ring: cons }).ok()?;
         Some(InputWriter { ring: prod, dropped: self.dropped.clone(), token: vec![0.0; 2 + channels] })
     }
 }
@@ -625,8 +629,7 @@ impl RecorderThread {
             let id = self.next_input_id;
             self.next_input_id = if id == STREAM_INPUT { STREAM_INPUT_NEXT } else { id + 1 };
             self.w.add_stream(id, &conn.xml, conn.format, conn.channels);
-            let name = crate::record::xml_child(&conn.xml, "name").unwrap_or_else(|| "input".into());
-            self.names.push((id, name));
+            self.names.push((id, conn.name));
             id
         };
         self.input_pending = Some(Pending::new(id));
@@ -696,17 +699,4 @@ impl RecorderThread {
         self.timing.timestamps.push(c.bin_end(k));
         self.timing.values.extend_from_slice(&row);
     }
-}
-
-/// The text of the first `<tag>` element in an XML string (enough for stream-info XML,
-/// whose top-level fields are plain text).
-pub fn xml_child(xml: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let end = start + xml[start..].find(&format!("</{tag}>"))?;
-    Some(unescape(&xml[start..end]))
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
 }
