@@ -15,6 +15,7 @@ pub mod binning;
 pub mod clock;
 pub mod control;
 pub mod emit;
+pub mod fit;
 pub mod hot;
 pub mod ingest;
 pub mod latency;

@@ -139,6 +139,50 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Fit the model to recordings of an identification session (README "Fitting a model"):
+    /// Laplace-EM on neuroloop's own model, held-out bits/spike, a model file `run` loads.
+    Fit {
+        /// Recordings: `neuroloop run --record` files or LabRecorder files.
+        #[arg(required = true, value_name = "REC.xdf")]
+        files: Vec<PathBuf>,
+        /// The rig the sessions were recorded with (unit map, Δ, m).
+        #[arg(long)]
+        rig: PathBuf,
+        /// The fitted model (safetensors).
+        #[arg(long, value_name = "MODEL.safetensors")]
+        out: PathBuf,
+        /// The fit report (JSON); the training curve goes beside it as .svg.
+        #[arg(long, value_name = "FIT.json")]
+        report: Option<PathBuf>,
+        /// Latent dimension d.
+        #[arg(long, default_value_t = 4)]
+        latent: usize,
+        /// Embedding dimension e.
+        #[arg(long, default_value_t = 3)]
+        embed: usize,
+        /// Hidden width h of each hypernetwork generator.
+        #[arg(long, default_value_t = 16)]
+        hidden: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// EM iterations.
+        #[arg(long, default_value_t = 25)]
+        iterations: usize,
+        /// Fraction held out for evaluation: the last part of each file (or of each task
+        /// block with --tasks markers).
+        #[arg(long, default_value_t = 0.2)]
+        heldout: f64,
+        /// Task labels: file (each file one task) or markers (`task=<label>` markers in the
+        /// file's Markers stream).
+        #[arg(long, default_value = "file")]
+        tasks: String,
+        /// Fix the dynamics' α instead of fitting it.
+        #[arg(long)]
+        alpha: Option<f64>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Validate a rig file and its model file without starting anything.
     Check {
         #[arg(long)]
@@ -259,11 +303,50 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fit { files, rig, out, report, latent, embed, hidden, seed, iterations, heldout, tasks, alpha, quiet } => {
+            use neuroloop::fit::{data::TaskSource, report as fit_report, FitOptions};
+            use std::io::IsTerminal;
+            let rig = Rig::load(&rig)?;
+            let tasks = match tasks.as_str() {
+                "file" => TaskSource::File,
+                "markers" => TaskSource::Markers,
+                other => anyhow::bail!("--tasks: unknown source '{other}' (expected file or markers)"),
+            };
+            let opts = FitOptions {
+                files,
+                out: out.clone(),
+                report,
+                latent,
+                embed,
+                hidden,
+                seed,
+                iterations,
+                heldout,
+                tasks,
+                alpha,
+                progress: !quiet && std::io::stderr().is_terminal(),
+                ..Default::default()
+            };
+            let r = fit_report::run(&opts, &rig)?;
+            print!("{}", fit_report::summary(&r, &out));
+            if r.diverged.is_some() {
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { rig } => {
             let rig = Rig::load(&rig)?;
-            let (params, source) = session::load_model(&rig)?;
-            let units = neuroloop::units::UnitMap::from_config(&rig.units);
-            rig.check_against_model(&params.dims, units.n_units())?;
+            let model = session::SessionModel::resolve(&rig)?;
+            model.check(&rig)?;
+            let Some(params) = model.params() else {
+                let d = model.dims();
+                println!(
+                    "rig '{}' OK: identification session (probe: {:?} signal, N={} m={}); record it with `neuroloop run --record`, then `neuroloop fit`",
+                    rig.name, rig.controller.probe.signal, d.n_units, d.control
+                );
+                return Ok(ExitCode::SUCCESS);
+            };
+            let source = model.source();
             let d = params.dims;
             println!(
                 "rig '{}' OK: model {} (N={} d={} e={} m={}, {} library tasks, policy: {})",

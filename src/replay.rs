@@ -92,15 +92,17 @@ pub struct ReplayReport {
 }
 
 /// The samples of one stream as f64 rows, with timestamps.
-struct Rows {
-    channels: usize,
-    timestamps: Vec<f64>,
-    values: Vec<f64>,
+pub(crate) struct Rows {
+    pub channels: usize,
+    pub timestamps: Vec<f64>,
+    pub values: Vec<f64>,
+    /// String samples (markers), one per sample of a one-channel string stream.
+    pub texts: Vec<String>,
 }
 
 impl Rows {
     fn of(channels: usize, samples: &[xdf::Sample]) -> Rows {
-        let mut r = Rows { channels, timestamps: Vec::with_capacity(samples.len()), values: Vec::with_capacity(samples.len() * channels) };
+        let mut r = Rows { channels, timestamps: Vec::with_capacity(samples.len()), values: Vec::with_capacity(samples.len() * channels), texts: Vec::new() };
         for smp in samples {
             r.timestamps.push(smp.timestamp.unwrap_or(f64::NAN));
             match &smp.values {
@@ -110,21 +112,24 @@ impl Rows {
                 Values::Int64(v) => r.values.extend(v.iter().map(|&x| x as f64)),
                 Values::Float32(v) => r.values.extend(v.iter().map(|&x| x as f64)),
                 Values::Float64(v) => r.values.extend_from_slice(v),
-                Values::String(_) => r.values.extend(std::iter::repeat(f64::NAN).take(channels)),
+                Values::String(t) => {
+                    r.values.extend(std::iter::repeat(f64::NAN).take(channels));
+                    r.texts.push(t.clone());
+                }
             }
         }
         r
     }
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.timestamps.len()
     }
-    fn row(&self, i: usize) -> &[f64] {
+    pub fn row(&self, i: usize) -> &[f64] {
         &self.values[i * self.channels..(i + 1) * self.channels]
     }
 }
 
 /// The text at `path` under the file header's `<info>`.
-fn header_text(file: &XDFFile, path: &[&str]) -> Option<String> {
+pub(crate) fn header_text(file: &XDFFile, path: &[&str]) -> Option<String> {
     let mut cur = &file.header;
     for p in path {
         cur = cur.get_child(*p)?;
@@ -133,16 +138,16 @@ fn header_text(file: &XDFFile, path: &[&str]) -> Option<String> {
 }
 
 /// One stream of the file, its samples as f64 rows.
-struct Recorded {
-    name: String,
-    stream_type: String,
+pub(crate) struct Recorded {
+    pub name: String,
+    pub stream_type: String,
     /// Nominal rate (Hz; 0 = irregular).
-    srate: f64,
-    rows: Rows,
+    pub srate: f64,
+    pub rows: Rows,
 }
 
 /// The file's streams (timestamps mapped onto the recorder's clock by its clock offsets).
-fn streams_of(file: &XDFFile) -> Vec<Recorded> {
+pub(crate) fn streams_of(file: &XDFFile) -> Vec<Recorded> {
     file.streams
         .iter()
         .map(|s| Recorded {
@@ -213,12 +218,11 @@ struct Machine {
 
 impl Machine {
     fn new(rig: &Rig) -> anyhow::Result<Machine> {
-        let (params, _) = crate::session::load_model(rig)?;
-        let units = UnitMap::from_config(&rig.units);
-        rig.check_against_model(&params.dims, units.n_units())?;
-        let dims = params.dims;
+        let model = crate::session::SessionModel::resolve(rig)?;
+        model.check(rig)?;
+        let dims = model.dims();
         let safety = Safety::from_rig(rig, dims.control)?;
-        let backend = crate::session::backend(rig, params)?;
+        let backend = model.backend(rig)?;
         Ok(Machine {
             backend,
             safety,
@@ -258,7 +262,7 @@ impl Progress {
     }
 }
 
-fn bin_of_end(ts: f64, t0: f64, bin_s: f64) -> i64 {
+pub(crate) fn bin_of_end(ts: f64, t0: f64, bin_s: f64) -> i64 {
     ((ts - t0) / bin_s).round() as i64 - 1
 }
 
@@ -423,7 +427,7 @@ fn empty_report(path: &Path, source: &str, backend: &str, realtime: bool) -> Rep
 }
 
 /// The file's spike stream: the rig's [input] name if present, else its type.
-fn pick_input(path: &Path, mut streams: Vec<Recorded>, rig: &Rig) -> anyhow::Result<Recorded> {
+pub(crate) fn pick_input(path: &Path, mut streams: Vec<Recorded>, rig: &Rig) -> anyhow::Result<Recorded> {
     let want_type = rig.input.stream_type.clone().unwrap_or_else(|| match rig.input.kind {
         InputKind::Events => "SpikeEvents".into(),
         InputKind::Counts => "SpikeCounts".into(),
@@ -445,14 +449,38 @@ fn pick_input(path: &Path, mut streams: Vec<Recorded>, rig: &Rig) -> anyhow::Res
     })
 }
 
-fn replay_spikes(path: &Path, streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<ReplayReport> {
-    let stream = pick_input(path, streams, rig)?;
+/// A raw spike stream binned as the live loop bins it (the live ingest's validation and
+/// unit map, the live binner), on a grid starting where the first sample's span starts.
+pub(crate) struct Rebinned {
+    pub clock: BinClock,
+    pub n_units: usize,
+    /// Counts per bin, bins × N row-major.
+    pub counts: Vec<f64>,
+    /// Whether the bin had live input (false: a stream gap of more than `stall_ms`).
+    pub has_data: Vec<bool>,
+    pub spikes: f64,
+    pub late_spikes: u64,
+    /// Samples the ingest checks rejected or could not map.
+    pub rejected_samples: u64,
+    pub notices: Vec<String>,
+}
+
+impl Rebinned {
+    pub fn bins(&self) -> usize {
+        self.has_data.len()
+    }
+}
+
+/// Bin the stream's samples: each "arrives" at its timestamp, so every sample stamped before
+/// bin k closes is in by then, exactly as live.
+pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebinned> {
     let rows = &stream.rows;
     let name = stream.name.as_str();
     if rows.len() == 0 {
-        bail!("{}: the stream '{name}' has no samples", path.display());
+        bail!("the stream '{name}' has no samples");
     }
     let units = UnitMap::from_config(&rig.units);
+    let n = units.n_units();
     let srate = stream.srate;
     match rig.input.kind {
         InputKind::Events if rows.channels < 1 => bail!("stream '{}': a spike-event stream needs ≥ 1 channel", name),
@@ -471,12 +499,11 @@ fn replay_spikes(path: &Path, streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOp
     let stats = Arc::new(IngestStats::default());
     let (notice_tx, notice_rx) = crossbeam_channel::unbounded();
     let mut decoder = SampleDecoder::new(rig.input.kind, units, stats.clone(), notice_tx, false);
-    let mut mach = Machine::new(rig)?;
-    let (n, m) = (mach.n, mach.m);
-
-    // The bin grid starts where the first sample's span starts.
     let first = rows.timestamps.iter().copied().filter(|t| t.is_finite()).fold(f64::INFINITY, f64::min);
     let last_t = rows.timestamps.iter().copied().filter(|t| t.is_finite()).fold(f64::NEG_INFINITY, f64::max);
+    if !first.is_finite() {
+        bail!("the stream '{name}' has no finite timestamps");
+    }
     let t0 = first - if rig.input.kind == InputKind::Counts { period } else { 0.0 };
     let clock = BinClock {
         t0,
@@ -485,22 +512,27 @@ fn replay_spikes(path: &Path, streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOp
         deadline_s: rig.timing.deadline_ms * 1e-3,
     };
     let n_bins = ((last_t - t0) / clock.bin_s).floor() as u64 + 1;
+    // A wrong rig (Δ) or garbage timestamps must not ask for an absurd allocation.
+    const MAX_BINS: u64 = 50_000_000;
+    if n_bins.saturating_mul(n as u64) > 2_000_000_000 || n_bins > MAX_BINS {
+        bail!("the stream '{name}' spans {:.0} s = {n_bins} bins of {} ms: too long to bin (wrong timestamps, or the wrong rig?)", last_t - t0, rig.timing.bin_ms);
+    }
     let lookahead = 64.max((rig.timing.grace_ms / rig.timing.bin_ms).ceil() as usize + 8);
     let mut binner = Binner::new(clock, n, lookahead);
-    let mut counts = vec![0.0f64; n];
-    let mut last = vec![0.0f64; m];
-    let mut proposal = vec![0.0f64; m];
-    let mut cmd = vec![0.0f64; m];
-    let mut report = empty_report(path, name, mach.backend.name(), opts.realtime);
-    let mut progress = Progress { on: opts.status_line, last: clock::now(), total: n_bins };
+    let mut out = Rebinned {
+        clock,
+        n_units: n,
+        counts: vec![0.0; n_bins as usize * n],
+        has_data: vec![false; n_bins as usize],
+        spikes: 0.0,
+        late_spikes: 0,
+        rejected_samples: 0,
+        notices: Vec::new(),
+    };
     let stall_s = rig.input.stall_ms * 1e-3;
     let mut next = 0usize;
     let mut last_arrival = f64::NEG_INFINITY;
-    let start = clock::now();
-    let pace_t0 = clock::now() + 0.05 - t0;
     for k in 0..n_bins {
-        progress.tick(k);
-        // Samples "arrive" at their timestamps: all those stamped before bin k closes.
         let close = clock.close(k);
         while next < rows.len() && !(rows.timestamps[next] > close) {
             let t = rows.timestamps[next];
@@ -513,16 +545,48 @@ fn replay_spikes(path: &Path, streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOp
             }
             next += 1;
         }
+        let ku = k as usize;
+        let tally = binner.close(k, &mut out.counts[ku * n..(ku + 1) * n]);
+        out.late_spikes += tally.late_spikes;
+        out.spikes += tally.spikes;
+        out.has_data[ku] = close - last_arrival <= stall_s;
+    }
+    let ld = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    out.rejected_samples = ld(&stats.nonfinite) + ld(&stats.invalid) + ld(&stats.unknown_units) + ld(&stats.duplicates);
+    while let Ok(crate::ingest::IngestNotice::Rejected { what }) = notice_rx.try_recv() {
+        out.notices.push(format!("input: {what}"));
+    }
+    Ok(out)
+}
+
+fn replay_spikes(path: &Path, streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<ReplayReport> {
+    let stream = pick_input(path, streams, rig)?;
+    let binned = rebin_spikes(&stream, rig).with_context(|| path.display().to_string())?;
+    let mut mach = Machine::new(rig)?;
+    let (n, m) = (mach.n, mach.m);
+    if n != binned.n_units {
+        bail!("the rig's [units] maps {} units, its model has {n}", binned.n_units);
+    }
+    let clock = binned.clock;
+    let n_bins = binned.bins() as u64;
+    let mut last = vec![0.0f64; m];
+    let mut proposal = vec![0.0f64; m];
+    let mut cmd = vec![0.0f64; m];
+    let mut report = empty_report(path, &stream.name, mach.backend.name(), opts.realtime);
+    let mut progress = Progress { on: opts.status_line, last: clock::now(), total: n_bins };
+    let start = clock::now();
+    let pace_t0 = clock::now() + 0.05 - clock.t0;
+    for k in 0..n_bins {
+        progress.tick(k);
         if opts.realtime {
-            clock::sleep_until(pace_t0 + close);
+            clock::sleep_until(pace_t0 + clock.close(k));
         }
         let started = clock::now();
-        let tally = binner.close(k, &mut counts);
-        report.late_spikes += tally.late_spikes;
-        report.spikes += tally.spikes;
-        let has_data = close - last_arrival <= stall_s;
+        let ku = k as usize;
+        let counts = &binned.counts[ku * n..(ku + 1) * n];
+        let has_data = binned.has_data[ku];
         let deadline = started + clock.deadline_s;
-        let use_fallback = mach.step(k, &counts, &last, has_data, true);
+        let use_fallback = mach.step(k, counts, &last, has_data, true);
         let miss = opts.realtime && clock::now() > deadline;
         let fallback = miss || use_fallback;
         if !miss {
@@ -534,12 +598,10 @@ fn replay_spikes(path: &Path, streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOp
         report.gap_bins += !has_data as u64;
         report.bins += 1;
     }
-    let ld = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    report.rejected_samples =
-        ld(&stats.nonfinite) + ld(&stats.invalid) + ld(&stats.unknown_units) + ld(&stats.duplicates);
-    while let Ok(crate::ingest::IngestNotice::Rejected { what }) = notice_rx.try_recv() {
-        report.notices.push(format!("input: {what}"));
-    }
+    report.spikes = binned.spikes;
+    report.late_spikes = binned.late_spikes;
+    report.rejected_samples = binned.rejected_samples;
+    report.notices.extend(binned.notices);
     report.elapsed_s = clock::now() - start;
     report.compute_us = mach.compute_us();
     Ok(report)

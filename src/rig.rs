@@ -23,10 +23,14 @@ pub struct Rig {
     pub units: UnitsConfig,
     #[serde(default)]
     pub output: Output,
+    /// Optional only for an identification session (`[controller] kind = "probe"`).
+    #[serde(default)]
     pub model: ModelConfig,
     #[serde(default)]
     pub controller: ControllerConfig,
-    pub objective: ObjectiveConfig,
+    /// Required, except for an identification session (the probe pursues no objective).
+    #[serde(default)]
+    pub objective: Option<ObjectiveConfig>,
     pub safety: SafetyConfig,
     /// The built-in simulated rig; when present, `neuroloop run` starts it in-process.
     #[serde(default)]
@@ -146,6 +150,10 @@ pub struct Output {
     /// Control channel labels (length m); default u0, u1, ...
     #[serde(default)]
     pub control_labels: Option<Vec<String>>,
+    /// m, the number of control channels, for a session without a model (the probe);
+    /// with a model, m comes from the model (and must match if given).
+    #[serde(default)]
+    pub control_dim: Option<usize>,
 }
 fn default_control_name() -> String {
     "neuroloop-control".into()
@@ -155,7 +163,7 @@ fn default_status_name() -> String {
 }
 impl Default for Output {
     fn default() -> Self {
-        Output { control_name: default_control_name(), status_name: default_status_name(), control_labels: None }
+        Output { control_name: default_control_name(), status_name: default_status_name(), control_labels: None, control_dim: None }
     }
 }
 
@@ -201,6 +209,19 @@ pub struct ModelConfig {
     pub filter: FilterKind,
     #[serde(default)]
     pub particles: ParticleConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            path: None,
+            backend: default_backend(),
+            embedding: EmbeddingConfig::default(),
+            task_id: TaskIdConfig::default(),
+            filter: FilterKind::default(),
+            particles: ParticleConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -398,11 +419,40 @@ impl Rig {
         if s.fallback == FallbackKind::Vector && s.fallback_vector.is_none() {
             return Err(self.invalid("safety.fallback_vector", "is required when safety.fallback = \"vector\""));
         }
-        if self.objective.target.is_empty() || self.objective.target.iter().any(|v| !v.is_finite()) {
-            return Err(self.invalid("objective.target", "must be a non-empty list of finite numbers"));
+        match &self.objective {
+            None if !self.is_probe() => {
+                return Err(self.invalid("objective", "is required (a [objective] table with kind and target); only kind = \"probe\" runs without one"))
+            }
+            None => {}
+            Some(o) => {
+                if o.target.is_empty() || o.target.iter().any(|v| !v.is_finite()) {
+                    return Err(self.invalid("objective.target", "must be a non-empty list of finite numbers"));
+                }
+                if o.kind == ObjectiveKind::Rates && o.target.iter().any(|v| *v < 0.0) {
+                    return Err(self.invalid("objective.target", "rates must be ≥ 0 Hz"));
+                }
+            }
         }
-        if self.objective.kind == ObjectiveKind::Rates && self.objective.target.iter().any(|v| *v < 0.0) {
-            return Err(self.invalid("objective.target", "rates must be ≥ 0 Hz"));
+        if let (Some(labels), Some(m)) = (&self.output.control_labels, self.output.control_dim) {
+            if labels.len() != m {
+                return Err(self.invalid("output.control_dim", format!("is {m} but output.control_labels has {} labels", labels.len())));
+            }
+        }
+        if let Some(m) = self.output.control_dim {
+            if m == 0 || m > crate::MAX_CONTROL {
+                return Err(self.invalid("output.control_dim", format!("must be in 1..={}, got {m}", crate::MAX_CONTROL)));
+            }
+        }
+        if self.is_probe() {
+            if self.control_dim().is_none() {
+                return Err(self.invalid(
+                    "output.control_dim",
+                    "is needed by an identification session (kind = \"probe\" has no model to take m from): give output.control_dim or output.control_labels",
+                ));
+            }
+            if self.model.path.is_some() {
+                return Err(self.invalid("model.path", "an identification session (kind = \"probe\") runs without a model; remove model.path or choose another controller kind"));
+            }
         }
         self.controller.validate().map_err(|m| self.invalid("controller", m))?;
         self.model.particles.validate().map_err(|m| self.invalid("model.particles", m))?;
@@ -427,6 +477,22 @@ impl Rig {
             return Err(self.invalid("fault.slow_ms", "must be ≥ 0"));
         }
         Ok(())
+    }
+
+    /// An identification session: the probe drives the rig, no model runs.
+    pub fn is_probe(&self) -> bool {
+        self.controller.kind == crate::control::ControllerKind::Probe
+    }
+
+    /// m as the rig file gives it (`output.control_dim`, else the number of
+    /// `output.control_labels`), if it does.
+    pub fn control_dim(&self) -> Option<usize> {
+        self.output.control_dim.or(self.output.control_labels.as_ref().map(|l| l.len()))
+    }
+
+    /// The objective; an error naming the key when the rig file has none.
+    pub fn objective(&self) -> Result<&ObjectiveConfig, RigError> {
+        self.objective.as_ref().ok_or_else(|| self.invalid("objective", "is required for a model-based controller"))
     }
 
     /// The model path resolved against the rig file's folder.
@@ -473,17 +539,23 @@ impl Rig {
                 return Err(self.invalid("safety.fallback_vector", format!("has {} values; the model has m = {}", v.len(), dims.control)));
             }
         }
-        match self.objective.kind {
-            ObjectiveKind::Latent if self.objective.target.len() != dims.latent => {
+        let objective = self.objective()?;
+        match objective.kind {
+            ObjectiveKind::Latent if objective.target.len() != dims.latent => {
                 return Err(self.invalid(
                     "objective.target",
-                    format!("has {} values; a latent objective needs d = {}", self.objective.target.len(), dims.latent),
+                    format!("has {} values; a latent objective needs d = {}", objective.target.len(), dims.latent),
                 ))
             }
             ObjectiveKind::Rates => {
-                self.broadcast("objective.target", &self.objective.target, dims.n_units)?;
+                self.broadcast("objective.target", &objective.target, dims.n_units)?;
             }
             _ => {}
+        }
+        if let Some(m) = self.output.control_dim {
+            if m != dims.control {
+                return Err(self.invalid("output.control_dim", format!("is {m}; the model has m = {}", dims.control)));
+            }
         }
         if let Some(labels) = &self.output.control_labels {
             if labels.len() != dims.control {

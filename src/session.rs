@@ -2,14 +2,14 @@
 //! (binning, backend) → emitter, with telemetry on the side and the control plane on
 //! the calling thread.
 
-use crate::backend::{cpu::CpuBackend, Backend};
+use crate::backend::{cpu::CpuBackend, probe::ProbeBackend, Backend};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use crate::backend::gpu::GpuBackend;
 use crate::clock::{self, BinClock};
 use crate::control::Objective;
 use crate::emit::{self, EmitChannels, EmitterSetup};
 use crate::ingest::{self, IngestSetup, IngestStats};
-use crate::model::ModelParams;
+use crate::model::{Dims, ModelParams};
 use crate::record::{Provenance, Recorder, RecorderSetup};
 use crate::rig::{BackendKind, ObjectiveKind, Rig};
 use crate::runloop::{self, LoopSetup, LoopStatus};
@@ -42,6 +42,73 @@ pub struct RunOptions {
     pub record: Option<PathBuf>,
 }
 
+/// What a session runs per bin: a model, or (an identification session) the probe.
+pub enum SessionModel {
+    Model { params: ModelParams, source: String },
+    /// `[controller] kind = "probe"`: N from the unit map, m from the rig file, no model.
+    Probe { dims: Dims },
+}
+
+impl SessionModel {
+    /// The model a rig runs: its model file, the simulator's truth, or none for the probe.
+    pub fn resolve(rig: &Rig) -> anyhow::Result<SessionModel> {
+        if rig.is_probe() {
+            let n = UnitMap::from_config(&rig.units).n_units();
+            let m = rig.control_dim().context("an identification session needs output.control_dim")?;
+            return Ok(SessionModel::Probe { dims: Dims { n_units: n, latent: 0, embed: 0, control: m, hidden: 0 } });
+        }
+        let (params, source) = load_model(rig)?;
+        Ok(SessionModel::Model { params, source })
+    }
+
+    pub fn dims(&self) -> Dims {
+        match self {
+            SessionModel::Model { params, .. } => params.dims,
+            SessionModel::Probe { dims } => *dims,
+        }
+    }
+
+    pub fn params(&self) -> Option<&ModelParams> {
+        match self {
+            SessionModel::Model { params, .. } => Some(params),
+            SessionModel::Probe { .. } => None,
+        }
+    }
+
+    /// Where the model came from, for the start-up line and reports.
+    pub fn source(&self) -> String {
+        match self {
+            SessionModel::Model { source, .. } => source.clone(),
+            SessionModel::Probe { .. } => "none (identification session: the probe drives the rig)".into(),
+        }
+    }
+
+    /// The rig's checks against the dimensions (a probe session's come from the rig itself).
+    pub fn check(&self, rig: &Rig) -> anyhow::Result<()> {
+        let units = UnitMap::from_config(&rig.units);
+        match self {
+            SessionModel::Model { params, .. } => rig.check_against_model(&params.dims, units.n_units())?,
+            SessionModel::Probe { dims } => {
+                Safety::from_rig(rig, dims.control)?;
+                if let Some(v) = &rig.safety.fallback_vector {
+                    if v.len() != dims.control {
+                        bail!("rig file {}: `safety.fallback_vector` has {} values; m = {}", rig.path.display(), v.len(), dims.control);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend for this model (the rig's backend kind), or the probe.
+    pub fn backend(self, rig: &Rig) -> anyhow::Result<Box<dyn Backend>> {
+        match self {
+            SessionModel::Model { params, .. } => backend(rig, params),
+            SessionModel::Probe { dims } => Ok(Box::new(ProbeBackend::new(dims, rig.controller.probe.clone()))),
+        }
+    }
+}
+
 /// Load the model a rig names, or the simulator's truth when it names none.
 pub fn load_model(rig: &Rig) -> anyhow::Result<(ModelParams, String)> {
     match (rig.model_path(), &rig.sim) {
@@ -55,11 +122,10 @@ pub fn load_model(rig: &Rig) -> anyhow::Result<(ModelParams, String)> {
 }
 
 pub fn objective(rig: &Rig, params: &ModelParams) -> anyhow::Result<Objective> {
-    Ok(match rig.objective.kind {
-        ObjectiveKind::Latent => Objective::Latent(DVector::from_vec(rig.objective.target.clone())),
-        ObjectiveKind::Rates => {
-            Objective::Rates(DVector::from_vec(rig.broadcast("objective.target", &rig.objective.target, params.dims.n_units)?))
-        }
+    let o = rig.objective()?;
+    Ok(match o.kind {
+        ObjectiveKind::Latent => Objective::Latent(DVector::from_vec(o.target.clone())),
+        ObjectiveKind::Rates => Objective::Rates(DVector::from_vec(rig.broadcast("objective.target", &o.target, params.dims.n_units)?)),
     })
 }
 
@@ -109,30 +175,36 @@ impl Drop for StopOnDrop {
 
 /// Run a closed-loop session; returns the report (also written to `opts.report`).
 pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
-    let (params, model_source) = load_model(rig)?;
-    let dims = params.dims;
+    let model = SessionModel::resolve(rig)?;
+    let model_source = model.source();
+    let dims = model.dims();
     let units = UnitMap::from_config(&rig.units);
-    rig.check_against_model(&dims, units.n_units())?;
-    if (params.bin_s - rig.timing.bin_ms * 1e-3).abs() > 1e-9 {
-        eprintln!(
-            "[neuroloop] warning: the model was fitted at Δ = {} ms but the rig bins at {} ms",
-            params.bin_s * 1e3,
-            rig.timing.bin_ms
-        );
-    }
+    model.check(rig)?;
     let bin_s = rig.timing.bin_ms * 1e-3;
-    let library: Vec<Vec<f64>> = params.task_library.iter().map(|z| z.as_slice().to_vec()).collect();
-    let target = match rig.objective.kind {
-        ObjectiveKind::Latent => TrackingTarget::Latent(rig.objective.target.clone()),
-        ObjectiveKind::Rates => TrackingTarget::Rates {
-            target_hz: rig.broadcast("objective.target", &rig.objective.target, dims.n_units)?,
-            c: params.obs_c.clone(),
-            d: params.obs_d.clone(),
-            log_rate_max: params.log_rate_max,
-        },
-    };
+    let mut library: Vec<Vec<f64>> = Vec::new();
+    let mut target = None;
+    if let Some(params) = model.params() {
+        if (params.bin_s - bin_s).abs() > 1e-9 {
+            eprintln!(
+                "[neuroloop] warning: the model was fitted at Δ = {} ms but the rig bins at {} ms",
+                params.bin_s * 1e3,
+                rig.timing.bin_ms
+            );
+        }
+        library = params.task_library.iter().map(|z| z.as_slice().to_vec()).collect();
+        let o = rig.objective()?;
+        target = Some(match o.kind {
+            ObjectiveKind::Latent => TrackingTarget::Latent(o.target.clone()),
+            ObjectiveKind::Rates => TrackingTarget::Rates {
+                target_hz: rig.broadcast("objective.target", &o.target, dims.n_units)?,
+                c: params.obs_c.clone(),
+                d: params.obs_d.clone(),
+                log_rate_max: params.log_rate_max,
+            },
+        });
+    }
     let safety = Safety::from_rig(rig, dims.control)?;
-    let backend = backend(rig, params)?;
+    let backend = model.backend(rig)?;
     let backend_name = backend.name().to_string();
     eprintln!(
         "[neuroloop] liblsl {}; rig '{}': N={} d={} e={} m={}, Δ={} ms, grace {} ms, deadline {} ms, backend {}, model: {}",
@@ -169,25 +241,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     let t0 = clock::now() + rig.timing.start_delay_ms * 1e-3 + 1.0;
     let bin_clock = BinClock { t0, bin_s, grace_s: rig.timing.grace_ms * 1e-3, deadline_s: rig.timing.deadline_ms * 1e-3 };
 
-    let mut sim_handles = None;
     let sim_cfg = rig.sim.clone().filter(|_| opts.with_sim);
-    if let Some(sc) = &sim_cfg {
-        let truth = sim::truth_model(sc, bin_s);
-        sim_handles = Some(sim::start(SimSetup {
-            params: truth,
-            cfg: sc.clone(),
-            clock: bin_clock,
-            control_stream: rig.output.control_name.clone(),
-            // The simulated rig outlives the loop (stopped by `stop`), so the loop's last
-            // bins still see a live stream.
-            end_bin: Arc::new(AtomicU64::new(u64::MAX)),
-            stop: sim_stop.clone(),
-            truth: Some(queues.truth.clone()),
-            end_to_end: Some(queues.end_to_end.clone()),
-            outage: sc.dropout_bins.map(|[a, b]| (a, b)),
-        })?);
-    }
-
     // The recorder starts before the stages so it sees their first records. The file is
     // created now: a path that cannot be written stops the run before it starts.
     let mut recorder = None;
@@ -208,12 +262,32 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             status_spec: crate::telemetry::status_stream_spec(&rig.output.status_name, &format!("{source_id}-status"), bin_s, dims.latent, dims.embed),
             rig_name: rig.name.clone(),
             flush_s: 0.25,
+            sim_truth_latent: rig.sim.as_ref().filter(|_| opts.with_sim).map(|s| s.latent_dim),
         };
         let (r, t) = Recorder::start(setup, queue_bins)?;
         eprintln!("[neuroloop] recording to {}", path.display());
         recorder = Some(r);
         taps = Some(t);
     }
+    let mut sim_handles = None;
+    if let Some(sc) = &sim_cfg {
+        let truth = sim::truth_model(sc, bin_s);
+        sim_handles = Some(sim::start(SimSetup {
+            params: truth,
+            cfg: sc.clone(),
+            clock: bin_clock,
+            control_stream: rig.output.control_name.clone(),
+            // The simulated rig outlives the loop (stopped by `stop`), so the loop's last
+            // bins still see a live stream.
+            end_bin: Arc::new(AtomicU64::new(u64::MAX)),
+            stop: sim_stop.clone(),
+            truth: Some(queues.truth.clone()),
+            end_to_end: Some(queues.end_to_end.clone()),
+            outage: sc.dropout_bins.map(|[a, b]| (a, b)),
+            record: taps.as_mut().and_then(|t: &mut crate::record::RecorderTaps| t.truth.take()),
+        })?);
+    }
+
     let (input_tap, bin_tap, emitted_tap) = match taps {
         Some(t) => (Some(t.input), Some(t.bins), Some(t.emitted)),
         None => (None, None, None),
@@ -372,6 +446,7 @@ pub fn run_sim_only(rig: &Rig, truth: ModelParams, bins: Option<u64>) -> anyhow:
         truth: None,
         end_to_end: None,
         outage: sc.dropout_bins.map(|[a, b]| (a, b)),
+        record: None,
     })?;
     eprintln!("[neuroloop] simulator publishing '{}' ({:?}); Ctrl-C to stop", sc.stream_name, sc.output);
     let _ = h.sim.join();

@@ -51,6 +51,9 @@ pub struct SimSetup {
     pub end_to_end: Option<Arc<ArrayQueue<[f64; 2]>>>,
     /// Pause publishing (but keep simulating) for bins in [from, to): a vanished stream.
     pub outage: Option<(u64, u64)>,
+    /// The session's recording: the true state and task of every bin (its task switches
+    /// become the recording's Markers stream).
+    pub record: Option<crate::record::Tap<TruthRecord>>,
 }
 
 pub struct SimHandles {
@@ -279,11 +282,16 @@ fn run(s: SimSetup, latest_u: Arc<Mutex<Vec<f64>>>, ready: crossbeam_channel::Se
                 }
             }
         }
-        if let Some(q) = &s.truth {
+        if s.truth.is_some() || s.record.is_some() {
             let mut rec = TruthRecord { bin: j, x: [0.0; MAX_LATENT], z: [0.0; MAX_EMBED], task };
             rec.x[..dims.latent].copy_from_slice(pop.x.as_slice());
             rec.z[..dims.embed].copy_from_slice(pop.params.task_library[task].as_slice());
-            let _ = q.push(rec);
+            if let Some(q) = &s.truth {
+                let _ = q.push(rec);
+            }
+            if let Some(tap) = &s.record {
+                tap.offer(rec);
+            }
         }
         j += 1;
     }

@@ -156,7 +156,8 @@ pub struct TelemetryConfig {
     pub status_line: bool,
     pub expect_truth: bool,
     pub library: Vec<Vec<f64>>,
-    pub target: TrackingTarget,
+    /// None: no objective (an identification session), no tracking error.
+    pub target: Option<TrackingTarget>,
     /// Bins after an enable-gate change excluded from tracking error (transient).
     pub settle_bins: u64,
     pub rig_name: String,
@@ -498,7 +499,7 @@ impl Telemetry {
         let us = |stage, q| self.lat.quantile_us(stage, q);
         let r2 = self.latent_r2(Some(500)).map_or("-".into(), |v| format!("{v:.3}"));
         let tr = self.tracking();
-        let track = match (&tr.closed_loop_mse, &tr.open_loop_mse) {
+        let track = match tr.as_ref().map(|t| (&t.closed_loop_mse, &t.open_loop_mse)).unwrap_or((&None, &None)) {
             (Some(c), Some(o)) => format!(" | track closed {c:.3} open {o:.3}"),
             (Some(c), None) => format!(" | track {c:.3}"),
             _ => String::new(),
@@ -534,8 +535,8 @@ impl Telemetry {
         r_squared(rows.iter().map(|r| (&r.x[..], &r.x_true.as_ref().unwrap()[..])))
     }
 
-    fn tracking_error(&self, x_true: &[f64]) -> f64 {
-        match &self.cfg.target {
+    fn tracking_error(&self, target: &TrackingTarget, x_true: &[f64]) -> f64 {
+        match target {
             TrackingTarget::Latent(t) => x_true.iter().zip(t).map(|(a, b)| (a - b).powi(2)).sum(),
             TrackingTarget::Rates { target_hz, c, d, log_rate_max } => {
                 let x = nalgebra::DVector::from_column_slice(x_true);
@@ -546,7 +547,8 @@ impl Telemetry {
         }
     }
 
-    fn tracking(&self) -> Tracking {
+    fn tracking(&self) -> Option<Tracking> {
+        let target = self.cfg.target.as_ref()?;
         let (mut closed, mut open) = ((0.0, 0u64), (0.0, 0u64));
         let mut since_change = 0u64;
         let mut prev_enabled = None;
@@ -560,14 +562,14 @@ impl Telemetry {
             if since_change <= self.cfg.settle_bins {
                 continue;
             }
-            let err = self.tracking_error(t);
+            let err = self.tracking_error(target, t);
             let acc = if r.enabled { &mut closed } else { &mut open };
             acc.0 += err;
             acc.1 += 1;
         }
         let c = (closed.1 > 0).then(|| closed.0 / closed.1 as f64);
         let o = (open.1 > 0).then(|| open.0 / open.1 as f64);
-        Tracking {
+        Some(Tracking {
             closed_loop_mse: c,
             open_loop_mse: o,
             closed_loop_bins: closed.1,
@@ -576,7 +578,7 @@ impl Telemetry {
                 (Some(c), Some(o)) if o > 0.0 => Some(c / o),
                 _ => None,
             },
-        }
+        })
     }
 
     fn reidentification(&self) -> Vec<Reidentification> {
@@ -664,7 +666,7 @@ impl Telemetry {
             end_to_end_us: self.lat.percentiles(Stage::EndToEnd),
             latent_r2: if has_truth { self.latent_r2(None) } else { None },
             reidentification: if has_truth { self.reidentification() } else { Vec::new() },
-            tracking: has_truth.then(|| self.tracking()),
+            tracking: if has_truth { self.tracking() } else { None },
             notices: self.notices.clone(),
             recording: None,
             series: self.lat.take_series(),
@@ -728,7 +730,7 @@ mod tests {
             status_line: false,
             expect_truth: false,
             library: Vec::new(),
-            target: TrackingTarget::Latent(vec![0.0, 0.0]),
+            target: Some(TrackingTarget::Latent(vec![0.0, 0.0])),
             settle_bins: 0,
             rig_name: "test".into(),
             backend: "cpu".into(),

@@ -32,7 +32,7 @@ fn run_offline_with(rig_file: &str, controller: &str, bins: u64, model_keys: &st
     let bin_s = rig.timing.bin_ms * 1e-3;
     let truth = neuroloop::sim::truth_model(&sim, bin_s);
     let dims = truth.dims;
-    let target = rig.objective.target.clone();
+    let target = rig.objective.as_ref().unwrap().target.clone();
     let library = truth.task_library.clone();
     let mut pop = Population::new(truth.clone(), sim.seed);
     let (params, _) = session::load_model(&rig).unwrap();

@@ -5,6 +5,7 @@
 pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod gpu;
+pub mod probe;
 
 use crate::control::Objective;
 use crate::model::Dims;

@@ -174,3 +174,33 @@ fn trim(p: f64) -> String {
     let s = format!("{p:.4}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
+
+/// A fit's training curve: the M-step objective per bin (and its two terms) against the EM
+/// iteration. `series`: (name, [(iteration, value)]); values may be negative (linear y).
+pub fn training_curve(path: &Path, title: &str, series: &[(String, Vec<(f64, f64)>)]) -> anyhow::Result<()> {
+    let pts = || series.iter().flat_map(|(_, p)| p.iter()).filter(|p| p.1.is_finite());
+    let x_hi = pts().map(|p| p.0).fold(1.0f64, f64::max);
+    let (lo, hi) = pts().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.05).max(1e-6);
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let mut chart = frame(&root, title).build_cartesian_2d(0.0..x_hi + 0.5, (lo - pad)..(hi + pad)).map_err(err(path))?;
+    chart
+        .configure_mesh()
+        .x_desc("EM iteration")
+        .y_desc("objective per bin (nats, lower is better)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.3}"))
+        .draw()
+        .map_err(err(path))?;
+    for (i, (name, p)) in series.iter().enumerate() {
+        let col = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(p.iter().copied().filter(|q| q.1.is_finite()), col.stroke_width(2)))
+            .map_err(err(path))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+    }
+    finish(chart, &root, path)
+}

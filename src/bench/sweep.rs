@@ -140,9 +140,11 @@ fn rig_at(base: &Rig, axis: Axis, value: usize) -> anyhow::Result<Rig> {
     // The objective follows the model's size: a latent target keeps its first d values
     // (zero-padded), a rate target its first value for every unit.
     let d = rig.sim.as_ref().map(|s| s.latent_dim).unwrap_or(0);
-    match rig.objective.kind {
-        ObjectiveKind::Latent => rig.objective.target.resize(d, 0.0),
-        ObjectiveKind::Rates => rig.objective.target.truncate(1),
+    if let Some(o) = &mut rig.objective {
+        match o.kind {
+            ObjectiveKind::Latent => o.target.resize(d, 0.0),
+            ObjectiveKind::Rates => o.target.truncate(1),
+        }
     }
     rig.model.path = None;
     Ok(rig)

@@ -28,6 +28,7 @@
 pub mod lqr;
 pub mod mppi;
 pub mod policy;
+pub mod probe;
 
 pub use lqr::Lqr;
 pub use mppi::Mppi;
@@ -117,6 +118,8 @@ pub enum ControllerKind {
     Mppi,
     Lqr,
     Policy,
+    /// Excitation for an identification session: no model, no objective (probe.rs).
+    Probe,
 }
 
 /// The rig file's `[controller]` table. Every key but `kind` is optional; keys that the
@@ -145,6 +148,8 @@ pub struct ControllerConfig {
     pub rate_weight: f64,
     /// LQR: maximum fixed-point iterations of the Riccati equation per bin (warm-started).
     pub riccati_iterations: usize,
+    /// `[controller.probe]`: the excitation of an identification session (kind = "probe").
+    pub probe: probe::ProbeConfig,
 }
 
 impl Default for ControllerConfig {
@@ -160,6 +165,7 @@ impl Default for ControllerConfig {
             r_control: 0.01,
             rate_weight: 1.0,
             riccati_iterations: 200,
+            probe: probe::ProbeConfig::default(),
         }
     }
 }
@@ -203,6 +209,7 @@ impl ControllerConfig {
         if self.riccati_iterations < 1 {
             return Err(format!("controller.riccati_iterations must be ≥ 1, got {}", self.riccati_iterations));
         }
+        self.probe.validate()?;
         Ok(())
     }
 }
@@ -246,6 +253,9 @@ impl Controller {
             ControllerKind::Mppi => Controller::Mppi(Mppi::new(cfg, dims)),
             ControllerKind::Lqr => Controller::Lqr(Lqr::new(cfg, dims)),
             ControllerKind::Policy => Controller::Policy(PolicyController::new(dims, params)?),
+            ControllerKind::Probe => {
+                return Err("kind = \"probe\" runs without a model (an identification session), not as a model-based controller".into())
+            }
         })
     }
 

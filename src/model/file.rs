@@ -190,6 +190,37 @@ fn row_major(m: &DMatrix<f64>) -> Vec<f64> {
     out
 }
 
+/// The same safetensors bytes with the JSON header's keys (and the metadata's) in sorted
+/// order, re-padded to 8 bytes. Data offsets are relative to the data section, so they
+/// stay valid.
+fn canonical_header(raw: &[u8]) -> Result<Vec<u8>, String> {
+    use std::collections::BTreeMap;
+    if raw.len() < 8 {
+        return Err("serialized file shorter than its header length".into());
+    }
+    let n = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
+    let header = raw.get(8..8 + n).ok_or("header length beyond the end")?;
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let obj = value.as_object().ok_or("header is not a JSON object")?;
+    let mut sorted: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
+    for (k, v) in obj {
+        let v = match v.as_object() {
+            Some(inner) => serde_json::to_value(inner.iter().collect::<BTreeMap<_, _>>()).map_err(|e| e.to_string())?,
+            None => v.clone(),
+        };
+        sorted.insert(k, v);
+    }
+    let mut json = serde_json::to_vec(&sorted).map_err(|e| e.to_string())?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + raw.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&raw[8 + n..]);
+    Ok(out)
+}
+
 /// One tensor to write: name, shape, row-major values.
 pub(crate) type NamedTensor = (String, Vec<usize>, Vec<f64>);
 
@@ -297,7 +328,16 @@ impl ModelParams {
 
     /// Write the model file (F64 tensors, all metadata keys).
     pub fn save(&self, path: &Path) -> Result<(), ModelFileError> {
+        self.save_with_metadata(path, &[])
+    }
+
+    /// Write the model file with extra metadata entries (e.g. a fit's provenance). The
+    /// bytes depend only on the model and the entries: the JSON header's keys are sorted
+    /// (safetensors writes its metadata map in hash order), so the same model gives the same
+    /// file.
+    pub fn save_with_metadata(&self, path: &Path, extra: &[(String, String)]) -> Result<(), ModelFileError> {
         self.validate_at(path)?;
+        let fmt_err = |message: String| ModelFileError::Format { path: path.to_path_buf(), message };
         let tensors = self.named_tensors();
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
             .into_iter()
@@ -307,11 +347,14 @@ impl ModelParams {
             .iter()
             .map(|(name, shape, b)| TensorView::new(Dtype::F64, shape.clone(), b).map(|v| (name.clone(), v)))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ModelFileError::Format { path: path.to_path_buf(), message: format!("{e:?}") })?;
-        safetensors::serialize_to_file(views, &Some(self.metadata()), path).map_err(|e| match e {
-            SafeTensorError::IoError(source) => ModelFileError::Io { path: path.to_path_buf(), source },
-            other => ModelFileError::Format { path: path.to_path_buf(), message: format!("{other:?}") },
-        })
+            .map_err(|e| fmt_err(format!("{e:?}")))?;
+        let mut meta = self.metadata();
+        for (k, v) in extra {
+            meta.insert(k.clone(), v.clone());
+        }
+        let raw = safetensors::serialize(views, &Some(meta)).map_err(|e| fmt_err(format!("{e:?}")))?;
+        let out = canonical_header(&raw).map_err(fmt_err)?;
+        std::fs::write(path, out).map_err(|source| ModelFileError::Io { path: path.to_path_buf(), source })
     }
 
     /// Check dimensions, shapes, finiteness and the ranges of the constants.
@@ -487,6 +530,22 @@ mod tests {
         let path = dir.path().join("m.safetensors");
         p.save(&path).unwrap();
         assert_eq!(ModelParams::load(&path).unwrap(), p);
+    }
+
+    #[test]
+    fn the_same_model_gives_the_same_bytes() {
+        let p = ModelParams::synthetic(dims(), 3, 0.01, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<(String, String)> = (0..20).map(|i| (format!("fit.key{i}"), format!("v{i}"))).collect();
+        let mut files = Vec::new();
+        for i in 0..3 {
+            let path = dir.path().join(format!("m{i}.safetensors"));
+            p.save_with_metadata(&path, &extra).unwrap();
+            files.push(std::fs::read(&path).unwrap());
+        }
+        assert!(files.windows(2).all(|w| w[0] == w[1]), "the same model wrote different bytes");
+        let q = ModelParams::load(&dir.path().join("m0.safetensors")).unwrap();
+        assert_eq!(q, p);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::clock::BinClock;
 use crate::emit::Emitted;
 use crate::lslutil::StreamSpec;
 use crate::runloop::BinRecord;
+use crate::telemetry::TruthRecord;
 use crossbeam_queue::ArrayQueue;
 use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use serde::Serialize;
@@ -36,6 +37,12 @@ pub const STREAM_BINS: u32 = 2;
 pub const STREAM_CONTROL: u32 = 3;
 pub const STREAM_STATUS: u32 = 4;
 pub const STREAM_TIMING: u32 = 5;
+/// The simulated rig's task switches (a Markers stream, `task=<index>`), simulated rigs only.
+pub const STREAM_MARKERS: u32 = 6;
+/// The simulated rig's true state per bin (bin, task, x…), simulated rigs only.
+pub const STREAM_SIM_TRUTH: u32 = 7;
+/// What a task-switch marker says: `task=<label>` from its timestamp on.
+pub const TASK_MARKER_PREFIX: &str = "task=";
 /// Input streams after a reconnect to a different source get ids from here on.
 pub const STREAM_INPUT_NEXT: u32 = 10;
 
@@ -143,7 +150,7 @@ impl InputTap {
     pub fn connect(&self, info: &lsl::StreamInfo, channels: usize) -> Option<InputWriter> {
         let (xml, srate) = (info.to_xml().ok()?, info.nominal_srate());
         let format = info.channel_format();
-        let format = Format::from_lsl(format)?;
+        let format = Format::from_lsl(format).filter(|f| *f != Format::String)?;
         // About 8 s of the stream (irregular streams: 4 M values), so a briefly starved
         // recorder loses nothing.
         let per_s = if srate > 0.0 { srate } else { 2000.0 };
@@ -252,6 +259,9 @@ pub struct RecorderSetup {
     pub rig_name: String,
     /// Write what has arrived this often (s): the most a killed process can lose.
     pub flush_s: f64,
+    /// The simulated rig's latent dimension, when the session runs the built-in simulator:
+    /// its task switches (Markers) and true state are recorded too.
+    pub sim_truth_latent: Option<usize>,
 }
 
 /// The stages' ends of the recorder's queues (hand each to its stage).
@@ -259,6 +269,8 @@ pub struct RecorderTaps {
     pub input: InputTap,
     pub bins: BinTap,
     pub emitted: Tap<Emitted>,
+    /// For the simulator (when `sim_truth_latent` is set).
+    pub truth: Option<Tap<TruthRecord>>,
 }
 
 /// The recorder's ends.
@@ -268,6 +280,7 @@ struct Sources {
     records: Tap<BinRecord>,
     counts: ringbuf::HeapCons<f64>,
     emitted: Tap<Emitted>,
+    truth: Option<Tap<TruthRecord>>,
 }
 
 /// The end-of-run summary of a recording (in the run's report).
@@ -280,6 +293,8 @@ pub struct RecordingSummary {
     pub dropped_input_samples: u64,
     pub dropped_bins: u64,
     pub dropped_control: u64,
+    /// Simulator truth records lost the same way (simulated rigs).
+    pub dropped_truth: u64,
     /// A write error that stopped the recording early (the file holds what came before).
     pub error: Option<String>,
 }
@@ -318,14 +333,16 @@ impl Recorder {
         let (counts_prod, counts_cons) = ringbuf::HeapRb::<f64>::new(bins_capacity * setup.n_units.max(1)).split();
         let records = Tap::new(bins_capacity);
         let emitted = Tap::new(bins_capacity);
+        let truth = setup.sim_truth_latent.map(|_| Tap::new(bins_capacity));
         let (conn_tx, conn_rx) = crossbeam_channel::unbounded();
         let input_dropped = Arc::new(AtomicU64::new(0));
         let taps = RecorderTaps {
             input: InputTap { connections: conn_tx, dropped: input_dropped.clone() },
             bins: BinTap { records: records.clone(), counts: counts_prod, n_units: setup.n_units },
             emitted: emitted.clone(),
+            truth: truth.clone(),
         };
-        let sources = Sources { connections: conn_rx, input_dropped, records, counts: counts_cons, emitted };
+        let sources = Sources { connections: conn_rx, input_dropped, records, counts: counts_cons, emitted, truth };
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::Builder::new()
@@ -345,6 +362,7 @@ impl Recorder {
             dropped_input_samples: 0,
             dropped_bins: 0,
             dropped_control: 0,
+            dropped_truth: 0,
             error: Some(format!("the recorder thread panicked: {}", crate::panic_message(&*p))),
         })
     }
@@ -361,7 +379,7 @@ fn file_header_body(s: &RecorderSetup) -> String {
          <dims><units>{}</units><latent>{}</latent><embed>{}</embed><control>{}</control></dims>\
          <bin_grid><t0>{:?}</t0><bin_s>{:?}</bin_s><grace_s>{:?}</grace_s><deadline_s>{:?}</deadline_s></bin_grid>\
          <streams><input>{STREAM_INPUT}</input><bins>{STREAM_BINS}</bins><control>{STREAM_CONTROL}</control>\
-         <status>{STREAM_STATUS}</status><timing>{STREAM_TIMING}</timing></streams></neuroloop>",
+         <status>{STREAM_STATUS}</status><timing>{STREAM_TIMING}</timing>{}</streams></neuroloop>",
         utc_now_iso8601(),
         x(&p.neuroloop_version),
         x(&p.neuroloop_version),
@@ -380,6 +398,11 @@ fn file_header_body(s: &RecorderSetup) -> String {
         c.bin_s,
         c.grace_s,
         c.deadline_s,
+        if s.sim_truth_latent.is_some() {
+            format!("<markers>{STREAM_MARKERS}</markers><sim_truth>{STREAM_SIM_TRUTH}</sim_truth>")
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -438,6 +461,10 @@ struct RecorderThread {
     control: Pending,
     status: Pending,
     timing: Pending,
+    /// The simulator's true state (bin, task, x…) and its task-switch markers.
+    truth: Pending,
+    markers: (Vec<f64>, Vec<String>),
+    last_task: Option<usize>,
     /// Loop and emitter records not yet joined (Status and timing need both).
     loop_recs: VecDeque<BinRecord>,
     emitted: VecDeque<Emitted>,
@@ -454,6 +481,9 @@ impl RecorderThread {
             control: Pending::new(STREAM_CONTROL),
             status: Pending::new(STREAM_STATUS),
             timing: Pending::new(STREAM_TIMING),
+            truth: Pending::new(STREAM_SIM_TRUTH),
+            markers: (Vec::new(), Vec::new()),
+            last_task: None,
             counts: vec![0.0; n],
             status_sample,
             s,
@@ -488,12 +518,27 @@ impl RecorderThread {
             labels,
             channel_type: channel_type.into(),
         };
-        let specs = [
+        let mut specs = vec![
             (STREAM_BINS, per_bin("bins", "NeuroloopBins", bin_labels, "count"), Format::Double64),
             (STREAM_CONTROL, s.control_spec.clone(), Format::Float32),
             (STREAM_STATUS, s.status_spec.clone(), Format::Double64),
             (STREAM_TIMING, per_bin("timing", "NeuroloopTiming", TIMING_LABELS.map(String::from).to_vec(), "timing"), Format::Double64),
         ];
+        if let Some(d) = s.sim_truth_latent {
+            let markers = StreamSpec {
+                name: format!("{}-tasks", s.rig_name),
+                stream_type: "Markers".into(),
+                srate: lsl::IRREGULAR_RATE,
+                format: lsl::ChannelFormat::String,
+                source_id: format!("{source}-tasks"),
+                labels: vec!["task".into()],
+                channel_type: "marker".into(),
+            };
+            let mut labels = vec!["bin".to_string(), "task".to_string()];
+            labels.extend((0..d).map(|i| format!("x{i}")));
+            specs.push((STREAM_MARKERS, markers, Format::String));
+            specs.push((STREAM_SIM_TRUTH, per_bin("sim-truth", "NeuroloopSimTruth", labels, "truth"), Format::Double64));
+        }
         for (id, spec, format) in specs {
             let xml = match spec.info() {
                 Ok(mut info) => {
@@ -516,7 +561,8 @@ impl RecorderThread {
     /// the local clock, so theirs are 0.
     fn local_offsets(&mut self) {
         let now = crate::clock::now();
-        for id in [STREAM_BINS, STREAM_CONTROL, STREAM_STATUS, STREAM_TIMING] {
+        let ids: Vec<u32> = self.names.iter().map(|(id, _)| *id).filter(|id| (STREAM_BINS..=STREAM_SIM_TRUTH).contains(id)).collect();
+        for id in ids {
             self.w.clock_offset(id, now, 0.0);
         }
     }
@@ -577,6 +623,7 @@ impl RecorderThread {
             dropped_input_samples: self.src.input_dropped.load(Ordering::Relaxed),
             dropped_bins: self.src.records.dropped.load(Ordering::Relaxed),
             dropped_control: self.src.emitted.dropped.load(Ordering::Relaxed),
+            dropped_truth: self.src.truth.as_ref().map_or(0, |t| t.dropped.load(Ordering::Relaxed)),
             error,
         }
     }
@@ -587,6 +634,12 @@ impl RecorderThread {
         }
         for p in [&mut self.bins, &mut self.control, &mut self.status, &mut self.timing] {
             p.write(&mut self.w);
+        }
+        if self.s.sim_truth_latent.is_some() {
+            self.truth.write(&mut self.w);
+            self.w.text_samples(STREAM_MARKERS, &self.markers.0, &self.markers.1);
+            self.markers.0.clear();
+            self.markers.1.clear();
         }
     }
 
@@ -614,6 +667,19 @@ impl RecorderThread {
             // The outlet pushed these f32 values; the writer rounds f64 → f32 the same way.
             p.values.extend_from_slice(&e.u[..self.s.control]);
             self.emitted.push_back(e);
+        }
+        if let (Some(tap), Some(d)) = (&self.src.truth, self.s.sim_truth_latent) {
+            while let Some(t) = tap.queue.pop() {
+                if self.last_task != Some(t.task) {
+                    self.last_task = Some(t.task);
+                    self.markers.0.push(self.s.clock.bin_start(t.bin));
+                    self.markers.1.push(format!("{TASK_MARKER_PREFIX}{}", t.task));
+                }
+                self.truth.timestamps.push(self.s.clock.bin_end(t.bin));
+                self.truth.values.push(t.bin as f64);
+                self.truth.values.push(t.task as f64);
+                self.truth.values.extend_from_slice(&t.x[..d]);
+            }
         }
         self.join_records(false);
     }

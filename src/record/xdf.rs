@@ -11,7 +11,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-/// A channel format of the XDF/LSL spec (string streams are not written here).
+/// A channel format of the XDF/LSL spec. Numeric streams are written with
+/// [`XdfWriter::samples`], string streams (markers) with [`XdfWriter::text_samples`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Int8,
@@ -20,6 +21,7 @@ pub enum Format {
     Int64,
     Float32,
     Double64,
+    String,
 }
 
 impl Format {
@@ -32,6 +34,7 @@ impl Format {
             Format::Int64 => "int64",
             Format::Float32 => "float32",
             Format::Double64 => "double64",
+            Format::String => "string",
         }
     }
 
@@ -43,6 +46,7 @@ impl Format {
             "int64" => Format::Int64,
             "float32" => Format::Float32,
             "double64" => Format::Double64,
+            "string" => Format::String,
             _ => return None,
         })
     }
@@ -56,6 +60,7 @@ impl Format {
             C::Int64 => Format::Int64,
             C::Float32 => Format::Float32,
             C::Double64 => Format::Double64,
+            C::String => Format::String,
             _ => return None,
         })
     }
@@ -71,6 +76,8 @@ impl Format {
             Format::Int64 => out.extend_from_slice(&(v as i64).to_le_bytes()),
             Format::Float32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
             Format::Double64 => out.extend_from_slice(&v.to_le_bytes()),
+            // String streams go through `text_samples`; `samples` refuses them.
+            Format::String => {}
         }
     }
 }
@@ -182,6 +189,7 @@ impl XdfWriter {
             (s.format, s.channels)
         };
         assert_eq!(values.len(), timestamps.len() * channels, "stream {id}: {channels} values per sample");
+        assert!(format != Format::String, "stream {id} is a string stream: write it with text_samples");
         let mut content = Vec::with_capacity(16 + timestamps.len() * (9 + channels * 8));
         content.extend_from_slice(&id.to_le_bytes());
         put_varlen(&mut content, timestamps.len() as u64);
@@ -191,6 +199,34 @@ impl XdfWriter {
             for v in &values[i * channels..(i + 1) * channels] {
                 format.put(&mut content, *v);
             }
+        }
+        put_chunk(&mut self.buf, TAG_SAMPLES, &content);
+        let s = self.stream(id);
+        s.first_timestamp.get_or_insert(timestamps[0]);
+        s.last_timestamp = Some(*timestamps.last().unwrap());
+        s.samples += timestamps.len() as u64;
+    }
+
+    /// One samples chunk of a single-channel string stream (markers): each text with its
+    /// own timestamp. Nothing is written for zero samples.
+    pub fn text_samples(&mut self, id: u32, timestamps: &[f64], texts: &[String]) {
+        if timestamps.is_empty() {
+            return;
+        }
+        let (format, channels) = {
+            let s = self.stream(id);
+            (s.format, s.channels)
+        };
+        assert!(format == Format::String && channels == 1, "stream {id}: text_samples needs a one-channel string stream");
+        assert_eq!(texts.len(), timestamps.len(), "stream {id}: one text per sample");
+        let mut content = Vec::new();
+        content.extend_from_slice(&id.to_le_bytes());
+        put_varlen(&mut content, timestamps.len() as u64);
+        for (t, text) in timestamps.iter().zip(texts) {
+            content.push(8);
+            content.extend_from_slice(&t.to_le_bytes());
+            put_varlen(&mut content, text.len() as u64);
+            content.extend_from_slice(text.as_bytes());
         }
         put_chunk(&mut self.buf, TAG_SAMPLES, &content);
         let s = self.stream(id);

@@ -1,0 +1,477 @@
+//! What `neuroloop fit` learns from: recordings read into bins of counts, the inputs that
+//! were applied, task labels and (for the simulator) the true state.
+//!
+//! Two kinds of file:
+//! - **neuroloop recordings** (`neuroloop run --record`): the bins as the live loop formed
+//!   them (`NeuroloopBins`), the stream-gap flags (`NeuroloopTiming`), the Control stream
+//!   that was emitted, and for the simulated rig its task markers and true state.
+//! - **LabRecorder files**: the rig's raw spike stream, binned by the same code as
+//!   `neuroloop replay` ([`crate::replay`]), plus a Control stream.
+//!
+//! u_k is the command emitted for bin k: it drives x_{k+1} (README, "The model").
+
+use crate::record::{sha256_hex, TASK_MARKER_PREFIX};
+use crate::replay::{bin_of_end, header_text, pick_input, rebin_spikes, streams_of, Recorded};
+use crate::rig::Rig;
+use crate::units::UnitMap;
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+
+/// Where the task labels come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskSource {
+    /// Each file is one task (labelled by its file name).
+    File,
+    /// `task=<label>` markers in a Markers stream of the file, each from its timestamp on.
+    Markers,
+}
+
+/// The simulator's truth for each bin of a file.
+#[derive(Debug, Clone)]
+pub struct Truth {
+    pub latent: usize,
+    /// bins × latent; NaN where the simulator's record is missing.
+    pub x: Vec<f64>,
+    pub task: Vec<Option<usize>>,
+}
+
+/// One recording, binned.
+#[derive(Debug, Clone)]
+pub struct FileData {
+    pub path: PathBuf,
+    pub sha256: String,
+    /// "neuroloop recording" or "LabRecorder file (stream '…')".
+    pub kind: String,
+    pub bins: usize,
+    /// bins × N.
+    pub counts: Vec<f64>,
+    /// bins × m: the command emitted for each bin.
+    pub inputs: Vec<f64>,
+    pub has_data: Vec<bool>,
+    /// Library index of each bin's task (None: no label, left out of the fit).
+    pub task: Vec<Option<usize>>,
+    /// Held out of the fit, kept for the report's evaluation.
+    pub heldout: Vec<bool>,
+    pub truth: Option<Truth>,
+    /// Bytes of the file that were read (less than its size when it was truncated).
+    pub bytes_used: u64,
+    pub bytes_total: u64,
+}
+
+/// Everything a fit reads, with the task library's labels.
+#[derive(Debug, Clone)]
+pub struct FitData {
+    pub files: Vec<FileData>,
+    /// Task labels in library order.
+    pub labels: Vec<String>,
+    pub n_units: usize,
+    pub control: usize,
+    pub bin_s: f64,
+    pub notices: Vec<String>,
+}
+
+/// A file's bins before the labels are resolved.
+struct Raw {
+    file: FileData,
+    /// Marker label per bin (markers mode).
+    labels: Vec<Option<String>>,
+}
+
+/// The byte length of the file's whole chunks (XDF: "XDF:" then chunks of
+/// [length-bytes count][length][tag + content]); less than the file's size when it was
+/// cut off mid-chunk (a killed recorder, a partial copy).
+pub fn whole_chunks_len(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < 4 || &bytes[..4] != b"XDF:" {
+        return None;
+    }
+    let mut at = 4usize;
+    loop {
+        let Some(&nb) = bytes.get(at) else { return Some(at) };
+        let nb = nb as usize;
+        if !matches!(nb, 1 | 4 | 8) || at + 1 + nb > bytes.len() {
+            return Some(at);
+        }
+        let mut len = 0u64;
+        for (i, b) in bytes[at + 1..at + 1 + nb].iter().enumerate() {
+            len |= (*b as u64) << (8 * i);
+        }
+        let end = (at + 1 + nb) as u64 + len;
+        if len < 2 || end > bytes.len() as u64 {
+            return Some(at);
+        }
+        at = end as usize;
+    }
+}
+
+fn take(streams: &mut Vec<Recorded>, ty: &str) -> Option<Recorded> {
+    streams.iter().position(|s| s.stream_type == ty).map(|i| streams.swap_remove(i))
+}
+
+fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String>) -> anyhow::Result<Raw> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let total = bytes.len();
+    let whole = whole_chunks_len(&bytes).with_context(|| format!("{} is not an XDF file (no \"XDF:\" magic)", path.display()))?;
+    if whole < total {
+        notices.push(format!(
+            "{}: truncated: read {whole} of {total} bytes (up to the last whole chunk); the {} bytes after it were ignored",
+            path.display(),
+            total - whole
+        ));
+    }
+    let file = xdf::XDFFile::from_bytes(&bytes[..whole]).map_err(|e| anyhow::anyhow!("{} is not a readable XDF file: {e:?}", path.display()))?;
+    let sha256 = sha256_hex(&bytes);
+    if let Some(sha) = header_text(&file, &["neuroloop", "rig", "sha256"]) {
+        let ours = sha256_hex(&std::fs::read(&rig.path).unwrap_or_default());
+        if ours != sha {
+            notices.push(format!(
+                "{}: recorded with a different rig file (sha256 {}) than {} (sha256 {}); the fit uses {}'s unit map and Δ",
+                path.display(),
+                sha,
+                rig.path.display(),
+                ours,
+                rig.path.display()
+            ));
+        }
+    }
+    let mut streams = streams_of(&file);
+    let n = UnitMap::from_config(&rig.units).n_units();
+    let bin_s = rig.timing.bin_ms * 1e-3;
+    let markers = take_markers(&mut streams);
+    let truth_rows = take(&mut streams, "NeuroloopSimTruth");
+    let control_pick = |streams: &mut Vec<Recorded>| -> anyhow::Result<Recorded> {
+        let by_name = streams.iter().position(|s| s.stream_type == "Control" && s.name == rig.output.control_name);
+        let any = || streams.iter().position(|s| s.stream_type == "Control");
+        match by_name.or_else(any) {
+            Some(i) => Ok(streams.swap_remove(i)),
+            None => bail!(
+                "{}: no Control stream (type Control): without the stimulation that was applied the fit cannot identify W_xu, how the input moves the latent. Record the identification session with `neuroloop run --record`, or select the Control stream in LabRecorder",
+                path.display()
+            ),
+        }
+    };
+
+    let (t0, mut fd) = if streams.iter().any(|s| s.stream_type == "NeuroloopBins") {
+        let grid = |k: &str| -> anyhow::Result<f64> {
+            header_text(&file, &["neuroloop", "bin_grid", k])
+                .and_then(|t| t.trim().parse().ok())
+                .with_context(|| format!("{}: the file header has no neuroloop/bin_grid/{k}", path.display()))
+        };
+        let (t0, rec_bin_s) = (grid("t0")?, grid("bin_s")?);
+        if (rec_bin_s - bin_s).abs() > 1e-9 {
+            bail!(
+                "{}: recorded at Δ = {} ms, the rig {} bins at {} ms: fit with the rig the session ran with",
+                path.display(),
+                rec_bin_s * 1e3,
+                rig.path.display(),
+                rig.timing.bin_ms
+            );
+        }
+        let bins_rows = take(&mut streams, "NeuroloopBins").unwrap().rows;
+        if bins_rows.channels != n + 2 {
+            bail!(
+                "{}: the recording has N = {} units, the rig {} maps {n}: fit with the rig the session ran with",
+                path.display(),
+                bins_rows.channels.saturating_sub(2),
+                rig.path.display()
+            );
+        }
+        let k_max = (0..bins_rows.len()).map(|i| bin_of_end(bins_rows.timestamps[i], t0, bin_s)).max().unwrap_or(-1);
+        if k_max < 0 {
+            bail!("{}: the NeuroloopBins stream has no bins", path.display());
+        }
+        let bins = k_max as usize + 1;
+        if bins > 100_000_000 || bins.saturating_mul(n) > 2_000_000_000 {
+            bail!("{}: {bins} bins of {n} units is too large to fit in memory", path.display());
+        }
+        let mut counts = vec![0.0; bins * n];
+        let mut present = vec![false; bins];
+        for i in 0..bins_rows.len() {
+            let k = bin_of_end(bins_rows.timestamps[i], t0, bin_s);
+            if k < 0 {
+                continue;
+            }
+            let k = k as usize;
+            let row = &bins_rows.row(i)[..n];
+            if let Some(j) = row.iter().position(|v| !v.is_finite() || *v < 0.0) {
+                bail!("{}: NeuroloopBins, bin {k}, unit {j}: the count {} is not a finite number ≥ 0", path.display(), row[j]);
+            }
+            counts[k * n..(k + 1) * n].copy_from_slice(row);
+            present[k] = true;
+        }
+        let mut has_data = present.clone();
+        if let Some(timing) = take(&mut streams, "NeuroloopTiming") {
+            let col = crate::record::TIMING_LABELS.iter().position(|l| *l == "has_data").unwrap();
+            for i in 0..timing.rows.len() {
+                let r = timing.rows.row(i);
+                let k = r[0];
+                if k >= 0.0 && (k as usize) < bins && r[col] != 1.0 {
+                    has_data[k as usize] = false;
+                }
+            }
+        }
+        let missing = present.iter().filter(|p| !**p).count();
+        if missing > 0 {
+            notices.push(format!("{}: {missing} bins have no recorded counts (dropped while recording); they are left out", path.display()));
+        }
+        let fd = FileData {
+            path: path.to_path_buf(),
+            sha256,
+            kind: "neuroloop recording".into(),
+            bins,
+            counts,
+            inputs: Vec::new(),
+            has_data,
+            task: vec![None; bins],
+            heldout: vec![false; bins],
+            truth: None,
+            bytes_used: whole as u64,
+            bytes_total: total as u64,
+        };
+        (t0, fd)
+    } else {
+        let input = pick_input(path, streams_with_control(&mut streams), rig)?;
+        let name = input.name.clone();
+        let binned = rebin_spikes(&input, rig).with_context(|| path.display().to_string())?;
+        notices.extend(binned.notices.iter().map(|m| format!("{}: {m}", path.display())));
+        let bins = binned.bins();
+        let fd = FileData {
+            path: path.to_path_buf(),
+            sha256,
+            kind: format!("LabRecorder file (stream '{name}', re-binned)"),
+            bins,
+            counts: binned.counts,
+            inputs: Vec::new(),
+            has_data: binned.has_data,
+            task: vec![None; bins],
+            heldout: vec![false; bins],
+            truth: None,
+            bytes_used: whole as u64,
+            bytes_total: total as u64,
+        };
+        (binned.clock.t0, fd)
+    };
+
+    // The inputs: the Control sample of each bin (stamped at its end). A bin whose sample
+    // is missing keeps the previous command (what the rig went on applying).
+    let control = control_pick(&mut streams)?;
+    let m = control.rows.channels;
+    if let Some(want) = rig.control_dim() {
+        if want != m {
+            bail!("{}: the Control stream has {m} channels, the rig {} has m = {want}", path.display(), rig.path.display());
+        }
+    }
+    let bins = fd.bins;
+    let mut inputs = vec![0.0; bins * m];
+    let mut order: Vec<usize> = (0..control.rows.len()).collect();
+    order.sort_by(|&a, &b| control.rows.timestamps[a].total_cmp(&control.rows.timestamps[b]));
+    let mut next = 0usize;
+    let mut current = vec![0.0; m];
+    let mut seen = 0usize;
+    for k in 0..bins {
+        // The sample stamped at this bin's end (within half a bin: LabRecorder's grid is the
+        // spike stream's, not the controller's).
+        let end = t0 + (k as f64 + 1.0) * bin_s;
+        while next < order.len() && control.rows.timestamps[order[next]] <= end + 0.5 * bin_s {
+            let row = control.rows.row(order[next]);
+            if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+                bail!("{}: Control stream, sample {}, channel {j}: {} is not finite", path.display(), order[next], row[j]);
+            }
+            current.copy_from_slice(row);
+            seen += 1;
+            next += 1;
+        }
+        inputs[k * m..(k + 1) * m].copy_from_slice(&current);
+    }
+    if seen == 0 {
+        bail!("{}: the Control stream has no samples inside the recorded bins: the fit cannot identify W_xu", path.display());
+    }
+    fd.inputs = inputs;
+
+    let mut labels = vec![None; bins];
+    if tasks == TaskSource::Markers {
+        let Some(mk) = markers else {
+            bail!(
+                "{}: --tasks markers, but the file has no Markers stream with `{TASK_MARKER_PREFIX}<label>` markers (use --tasks file: each file one task)",
+                path.display()
+            );
+        };
+        let mut ms: Vec<(f64, String)> = mk;
+        ms.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut j = 0;
+        let mut cur: Option<String> = None;
+        for (k, l) in labels.iter_mut().enumerate() {
+            let start = t0 + k as f64 * bin_s;
+            while j < ms.len() && ms[j].0 <= start + 0.5 * bin_s {
+                cur = Some(ms[j].1.clone());
+                j += 1;
+            }
+            *l = cur.clone();
+        }
+        let unlabelled = labels.iter().filter(|l| l.is_none()).count();
+        if unlabelled > 0 {
+            notices.push(format!("{}: {unlabelled} bins before the first task marker are left out", path.display()));
+        }
+    }
+    if let Some(tr) = truth_rows {
+        let d = tr.rows.channels.saturating_sub(2);
+        let mut x = vec![f64::NAN; bins * d];
+        let mut task = vec![None; bins];
+        for i in 0..tr.rows.len() {
+            let r = tr.rows.row(i);
+            if r[0] >= 0.0 && (r[0] as usize) < bins {
+                let k = r[0] as usize;
+                x[k * d..(k + 1) * d].copy_from_slice(&r[2..]);
+                task[k] = Some(r[1] as usize);
+            }
+        }
+        fd.truth = Some(Truth { latent: d, x, task });
+    }
+    Ok(Raw { file: fd, labels })
+}
+
+/// LabRecorder files: every stream but the Control stream is a candidate for the input.
+fn streams_with_control(streams: &mut Vec<Recorded>) -> Vec<Recorded> {
+    let mut rest = Vec::new();
+    let mut keep = Vec::new();
+    for s in streams.drain(..) {
+        if s.stream_type == "Control" {
+            keep.push(s);
+        } else {
+            rest.push(s);
+        }
+    }
+    *streams = keep;
+    rest
+}
+
+/// The file's task markers: (time, label) of every `task=<label>` string in a Markers stream.
+fn take_markers(streams: &mut Vec<Recorded>) -> Option<Vec<(f64, String)>> {
+    let i = streams.iter().position(|s| s.stream_type == "Markers" && s.rows.texts.iter().any(|t| t.starts_with(TASK_MARKER_PREFIX)))?;
+    let s = streams.swap_remove(i);
+    Some(
+        s.rows
+            .timestamps
+            .iter()
+            .zip(&s.rows.texts)
+            .filter_map(|(t, text)| text.strip_prefix(TASK_MARKER_PREFIX).map(|l| (*t, l.trim().to_string())))
+            .collect(),
+    )
+}
+
+/// Numeric labels in numeric order, others in text order.
+fn sort_labels(labels: &mut [String]) {
+    if labels.iter().all(|l| l.parse::<f64>().is_ok()) {
+        labels.sort_by(|a, b| a.parse::<f64>().unwrap().total_cmp(&b.parse::<f64>().unwrap()));
+    } else {
+        labels.sort();
+    }
+}
+
+/// Read every file, resolve the task labels into a library order, and mark held-out bins:
+/// the last `heldout` fraction of each file (`--tasks file`) or of each task block in a file
+/// (`--tasks markers`, so that every task is both fitted and evaluated).
+pub fn load(paths: &[PathBuf], rig: &Rig, tasks: TaskSource, heldout: f64) -> anyhow::Result<FitData> {
+    if paths.is_empty() {
+        bail!("no recordings given");
+    }
+    let mut notices = Vec::new();
+    let mut raws = Vec::new();
+    for p in paths {
+        raws.push(read_file(p, rig, tasks, &mut notices)?);
+    }
+    let m = raws[0].file.inputs.len() / raws[0].file.bins.max(1);
+    for r in &raws[1..] {
+        let mr = r.file.inputs.len() / r.file.bins.max(1);
+        if mr != m {
+            bail!("{} has m = {mr} control channels, {} has {m}", r.file.path.display(), raws[0].file.path.display());
+        }
+    }
+    let mut labels: Vec<String> = match tasks {
+        TaskSource::File => {
+            let mut out: Vec<String> = Vec::new();
+            for r in &raws {
+                let stem = r.file.path.file_stem().map_or("task".into(), |s| s.to_string_lossy().to_string());
+                let mut l = stem.clone();
+                let mut i = 2;
+                while out.contains(&l) {
+                    l = format!("{stem}-{i}");
+                    i += 1;
+                }
+                out.push(l);
+            }
+            out
+        }
+        TaskSource::Markers => {
+            let mut out: Vec<String> = Vec::new();
+            for r in &raws {
+                for l in r.labels.iter().flatten() {
+                    if !out.contains(l) {
+                        out.push(l.clone());
+                    }
+                }
+            }
+            sort_labels(&mut out);
+            out
+        }
+    };
+    if labels.is_empty() {
+        bail!("no task labels were found");
+    }
+    let mut files = Vec::new();
+    for (fi, mut r) in raws.into_iter().enumerate() {
+        let f = &mut r.file;
+        match tasks {
+            TaskSource::File => f.task = vec![Some(fi); f.bins],
+            TaskSource::Markers => {
+                f.task = r.labels.iter().map(|l| l.as_ref().and_then(|l| labels.iter().position(|x| x == l))).collect()
+            }
+        }
+        // Held-out: the last fraction of each block of one task.
+        let mut k = 0;
+        while k < f.bins {
+            let t = f.task[k];
+            let mut e = k;
+            while e < f.bins && f.task[e] == t {
+                e += 1;
+            }
+            let len = e - k;
+            let held = ((len as f64) * heldout).round() as usize;
+            for b in (e - held)..e {
+                f.heldout[b] = true;
+            }
+            k = e;
+        }
+        files.push(r.file);
+    }
+    labels.shrink_to_fit();
+    Ok(FitData { files, labels, n_units: UnitMap::from_config(&rig.units).n_units(), control: m, bin_s: rig.timing.bin_ms * 1e-3, notices })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_chunks_stop_at_a_cut() {
+        let mut b = b"XDF:".to_vec();
+        for len in [10u8, 20, 7] {
+            b.push(1);
+            b.push(len);
+            b.extend(std::iter::repeat(0u8).take(len as usize));
+        }
+        assert_eq!(whole_chunks_len(&b), Some(b.len()));
+        let full = b.len();
+        assert_eq!(whole_chunks_len(&b[..full - 3]), Some(full - 9));
+        assert_eq!(whole_chunks_len(b"nope"), None);
+    }
+
+    #[test]
+    fn labels_sort_numerically_when_they_are_numbers() {
+        let mut l = vec!["10".to_string(), "2".into(), "0".into()];
+        sort_labels(&mut l);
+        assert_eq!(l, ["0", "2", "10"]);
+        let mut l = vec!["reach".to_string(), "grasp".into()];
+        sort_labels(&mut l);
+        assert_eq!(l, ["grasp", "reach"]);
+    }
+}
