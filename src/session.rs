@@ -193,13 +193,17 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         }
         library = params.task_library.iter().map(|z| z.as_slice().to_vec()).collect();
         let o = rig.objective()?;
+        // Tracking is scored on the simulator's true latent, so rates come from the true
+        // observation model (a fitted model's latent frame is its own).
+        let truth = rig.sim.as_ref().filter(|_| opts.with_sim).map(|sc| sim::truth_model(sc, bin_s));
+        let obs = truth.as_ref().filter(|t| t.dims.n_units == dims.n_units).unwrap_or(params);
         target = Some(match o.kind {
             ObjectiveKind::Latent => TrackingTarget::Latent(o.target.clone()),
             ObjectiveKind::Rates => TrackingTarget::Rates {
                 target_hz: rig.broadcast("objective.target", &o.target, dims.n_units)?,
-                c: params.obs_c.clone(),
-                d: params.obs_d.clone(),
-                log_rate_max: params.log_rate_max,
+                c: obs.obs_c.clone(),
+                d: obs.obs_d.clone(),
+                log_rate_max: obs.log_rate_max,
             },
         });
     }
@@ -327,6 +331,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             clock: bin_clock,
             latent: dims.latent,
             embed: dims.embed,
+            truth_latent: sim_cfg.as_ref().map_or(dims.latent, |s| s.latent_dim),
             status_stream: Some((rig.output.status_name.clone(), format!("{source_id}-status"))),
             status_line: opts.status_line,
             expect_truth: sim_cfg.is_some(),

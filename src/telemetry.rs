@@ -41,6 +41,31 @@ pub fn r_squared<'a>(pairs: impl Iterator<Item = (&'a [f64], &'a [f64])> + Clone
     (sst > 0.0).then(|| 1.0 - sse / sst)
 }
 
+/// R² of the truth against the best affine map of the estimate (least squares), pooled over
+/// the truth's dimensions: 1 − SSE/SST.
+pub fn affine_r2(pairs: &[(Vec<f64>, Vec<f64>)]) -> Option<f64> {
+    if pairs.len() < 20 {
+        return None;
+    }
+    let (d, dt) = (pairs[0].0.len(), pairs[0].1.len());
+    let k = pairs.len();
+    let x = nalgebra::DMatrix::from_fn(k, d + 1, |i, j| if j < d { pairs[i].0[j] } else { 1.0 });
+    let y = nalgebra::DMatrix::from_fn(k, dt, |i, j| pairs[i].1[j]);
+    let xtx = x.transpose() * &x + nalgebra::DMatrix::identity(d + 1, d + 1) * 1e-9;
+    let w = xtx.cholesky()?.solve(&(x.transpose() * &y));
+    let fit = &x * w;
+    let mut sse = 0.0;
+    let mut sst = 0.0;
+    for j in 0..dt {
+        let mean = y.column(j).mean();
+        for i in 0..k {
+            sse += (y[(i, j)] - fit[(i, j)]).powi(2);
+            sst += (y[(i, j)] - mean).powi(2);
+        }
+    }
+    (sst > 0.0).then(|| 1.0 - sse / sst)
+}
+
 /// Status flag bits (the Status stream's `flags` channel; DESIGN.md §4).
 pub const FLAG_FALLBACK: u32 = 1;
 pub const FLAG_DEADLINE_MISS: u32 = 1 << 1;
@@ -152,6 +177,9 @@ pub struct TelemetryConfig {
     pub clock: BinClock,
     pub latent: usize,
     pub embed: usize,
+    /// The simulator's latent dimension (its truth records' length; may differ from a
+    /// fitted model's `latent`).
+    pub truth_latent: usize,
     pub status_stream: Option<(String, String)>,
     pub status_line: bool,
     pub expect_truth: bool,
@@ -249,6 +277,9 @@ pub struct Report {
     /// Bin end → Control sample received by the rig (µs); simulated rig only.
     pub end_to_end_us: Option<Percentiles>,
     pub latent_r2: Option<f64>,
+    /// The same after the best affine map from the estimate to the truth: the number that
+    /// means something for a fitted model, whose latent space is defined only up to one.
+    pub latent_r2_affine: Option<f64>,
     pub reidentification: Vec<Reidentification>,
     pub tracking: Option<Tracking>,
     pub notices: Vec<String>,
@@ -482,7 +513,7 @@ impl Telemetry {
                 self.rows.push(EvalRow {
                     enabled,
                     x: r.x[..self.cfg.latent].to_vec(),
-                    x_true: j.truth.map(|t| t.x[..self.cfg.latent].to_vec()),
+                    x_true: j.truth.map(|t| t.x[..self.cfg.truth_latent].to_vec()),
                     z: r.z[..self.cfg.embed].to_vec(),
                     task_true: j.truth.map(|t| t.task),
                 });
@@ -527,6 +558,9 @@ impl Telemetry {
 
     /// 1 − SSE/SST over all latent dimensions (the last `window` rows, or all).
     fn latent_r2(&self, window: Option<usize>) -> Option<f64> {
+        if self.cfg.truth_latent != self.cfg.latent {
+            return None;
+        }
         let rows: Vec<&EvalRow> = self.rows.iter().filter(|r| r.x_true.is_some()).collect();
         let rows = match window {
             Some(w) if rows.len() > w => &rows[rows.len() - w..],
@@ -665,6 +699,13 @@ impl Telemetry {
             close_to_push_us: Percentiles::of(self.lat.histogram(Stage::CloseToPush)),
             end_to_end_us: self.lat.percentiles(Stage::EndToEnd),
             latent_r2: if has_truth { self.latent_r2(None) } else { None },
+            latent_r2_affine: if has_truth && self.cfg.latent > 0 {
+                let pairs: Vec<(Vec<f64>, Vec<f64>)> =
+                    self.rows.iter().filter_map(|r| r.x_true.as_ref().map(|t| (r.x.clone(), t.clone()))).collect();
+                affine_r2(&pairs)
+            } else {
+                None
+            },
             reidentification: if has_truth { self.reidentification() } else { Vec::new() },
             tracking: if has_truth { self.tracking() } else { None },
             notices: self.notices.clone(),
@@ -725,6 +766,7 @@ mod tests {
         let cfg = TelemetryConfig {
             clock,
             latent: 2,
+            truth_latent: 2,
             embed: 1,
             status_stream: None,
             status_line: false,

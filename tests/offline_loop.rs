@@ -270,3 +270,78 @@ fn gpu_backend_switches_objective_between_latent_and_rates() {
         run(&mut there_and_back, 6..12)
     );
 }
+
+/// A rate objective on both backends in lockstep (the same counts, the CPU's commands
+/// driving the population): the GPU's MPPI stays with the CPU reference bin after bin
+/// (the rate cost's relative temperature keeps f32 and f64 from splitting).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[test]
+fn gpu_mppi_follows_the_cpu_on_a_rate_objective() {
+    use neuroloop::model::{dynamics, observation};
+    let backend = if cfg!(feature = "cuda") { "cuda" } else { "wgpu" };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rigs/sim-utah96.toml");
+    let base = std::fs::read_to_string(&path).unwrap();
+    let rig0 = Rig::load(&path).unwrap();
+    let sim = rig0.sim.clone().unwrap();
+    let truth = neuroloop::sim::truth_model(&sim, 0.01);
+    let dims = truth.dims;
+    // A reachable target: the population's rates in task 0 under a constant input.
+    let theta = truth.theta_at(&truth.task_library[0]);
+    let u_c = nalgebra::DVector::from_vec(vec![0.6, -0.6, 0.6, -0.6]);
+    let (mut x, mut nx, mut t) = (nalgebra::DVector::zeros(4), nalgebra::DVector::zeros(4), nalgebra::DVector::zeros(4));
+    for _ in 0..3000 {
+        dynamics::step(&theta, truth.alpha, &x, &u_c, &mut nx, &mut t);
+        x.copy_from(&nx);
+    }
+    let mut eta = nalgebra::DVector::zeros(dims.n_units);
+    observation::log_rates(&truth.obs_c, &truth.obs_d, truth.log_rate_max, &x, &mut eta);
+    let target: Vec<String> = eta.iter().map(|e| format!("{:.6}", e.exp())).collect();
+    let text = base
+        .replace("kind = \"latent\"\ntarget = [0.3, -0.3, 0.2, -0.1]", &format!("kind = \"rates\"\ntarget = [{}]", target.join(", ")));
+    let dir = tempfile::tempdir().unwrap();
+    let mk = |name: &str, t: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, t).unwrap();
+        Rig::load(&p).unwrap()
+    };
+    let cpu_rig = mk("cpu.toml", &text);
+    let gpu_rig = mk("gpu.toml", &text.replace("backend = \"cpu\"", &format!("backend = \"{backend}\"")));
+    let (p1, _) = session::load_model(&cpu_rig).unwrap();
+    let (p2, _) = session::load_model(&gpu_rig).unwrap();
+    let mut cpu = session::backend(&cpu_rig, p1).unwrap();
+    let mut gpu = session::backend(&gpu_rig, p2).unwrap();
+    let safety = Safety::from_rig(&cpu_rig, dims.control).unwrap();
+    let mut pop = Population::new(truth.clone(), sim.seed);
+    let (mut oc, mut og) = (BinOutput::new(&dims), BinOutput::new(&dims));
+    let mut emitted = vec![0.0; dims.control];
+    let mut next = vec![0.0; dims.control];
+    let mut counts = vec![0.0; dims.n_units];
+    let mut worst: f64 = 0.0;
+    let mut err_first = 0.0;
+    let mut err_last = 0.0;
+    for j in 0..400u64 {
+        pop.advance(j, &emitted, 0);
+        for i in 0..dims.n_units {
+            counts[i] = pop.counts[i] as f64;
+        }
+        let input = BinInput { bin: j, counts: &counts, u_prev: &emitted, has_data: true, want_control: true };
+        cpu.step(&input, &mut oc);
+        gpu.step(&input, &mut og);
+        let diff = oc.u.iter().zip(&og.u).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        worst = worst.max(diff);
+        safety.apply(&oc.u, &emitted, true, &mut next);
+        emitted.copy_from_slice(&next);
+        let mut eta = nalgebra::DVector::zeros(dims.n_units);
+        observation::log_rates(&truth.obs_c, &truth.obs_d, truth.log_rate_max, &pop.x, &mut eta);
+        let e: f64 = eta.iter().zip(&target).map(|(a, b)| (a.exp() - b.parse::<f64>().unwrap()).powi(2)).sum::<f64>() / dims.n_units as f64;
+        if j < 50 {
+            err_first += e / 50.0;
+        }
+        if j >= 350 {
+            err_last += e / 50.0;
+        }
+    }
+    eprintln!("rate objective, {backend} vs cpu: largest command difference {worst:.4}; rate error {err_first:.1} → {err_last:.1} Hz²");
+    assert!(worst < 0.05, "the GPU's commands left the CPU's by {worst}");
+    assert!(err_last < 0.5 * err_first, "MPPI did not approach the rate target: {err_first} → {err_last}");
+}

@@ -139,6 +139,8 @@ pub const CFG_RATE: usize = 12;
 pub const CFG_LNBIN: usize = 13;
 /// Resample when ESS < this fraction of P.
 pub const CFG_ESS_FRAC: usize = 14;
+/// MPPI's relative temperature for rate objectives.
+pub const CFG_RATE_TEMP: usize = 15;
 pub const CFG_LEN: usize = 16;
 
 /// Lower clamp on log-rates (log Hz), as in the CPU model (`observation::LOG_RATE_MIN`).

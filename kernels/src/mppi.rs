@@ -133,6 +133,9 @@ pub fn mppi_rollout_kernel(mem: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f
     }
 }
 
+/// The smallest mean cost gap the rate objective's relative temperature divides by.
+pub const MIN_GAP: f32 = 1e-6;
+
 /// One cube: softmin weights (non-finite costs weigh 0), nominal update, u_k into `out`,
 /// warm-start shift (the last step repeats).
 #[cube(launch)]
@@ -175,13 +178,34 @@ pub fn mppi_update_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Arra
     }
     let s_min = block_min(&mut sh, local_min);
     let update = s_min < BIG;
+    // Rate objectives: the temperature is relative to the samples' mean cost above the
+    // best (as on the CPU, src/control/mppi.rs), so the rate cost's scale does not decide
+    // how many samples carry weight.
+    let mut tau = temp;
+    if rates && update {
+        let mut gap = 0.0f32;
+        let mut cnt = 0.0f32;
+        let mut k1 = t;
+        while k1 < nk {
+            let c = mem[o_costs + k1];
+            if is_finite(c) {
+                gap += c - s_min;
+                cnt += 1.0;
+            }
+            k1 += nt;
+        }
+        let gap_sum = block_sum(&mut sh, gap);
+        let count = block_sum(&mut sh, cnt);
+        let mean_gap = gap_sum / f32::max(count, 1.0);
+        tau = cfg[CFG_RATE_TEMP] * f32::max(mean_gap, MIN_GAP);
+    }
     let mut local_sum = 0.0f32;
     let mut k2 = t;
     while k2 < nk {
         let c = mem[o_costs + k2];
         let mut wk = 0.0f32;
         if is_finite(c) && update {
-            wk = f32::exp(-(c - s_min) / temp);
+            wk = f32::exp(-(c - s_min) / tau);
         }
         mem[o_costs + k2] = wk;
         local_sum += wk;

@@ -159,6 +159,7 @@ pub fn pack(c: &DeviceConfig) -> anyhow::Result<Packed> {
     cfg[lay::CFG_PRIOR] = (c.embedding.prior_weight / (p.z_prior_sigma * p.z_prior_sigma)) as f32;
     cfg[lay::CFG_MARGIN] = c.task_id.margin as f32;
     cfg[lay::CFG_TEMP] = c.controller.temperature as f32;
+    cfg[lay::CFG_RATE_TEMP] = c.controller.rate_temperature as f32;
     cfg[lay::CFG_NOISE] = c.controller.noise_std as f32;
     cfg[lay::CFG_QLAT] = c.controller.q_latent as f32;
     cfg[lay::CFG_RCTL] = c.controller.r_control as f32;

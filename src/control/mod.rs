@@ -133,8 +133,11 @@ pub struct ControllerConfig {
     pub horizon: usize,
     /// MPPI sample count K (sample 0 is always the unperturbed nominal sequence).
     pub samples: usize,
-    /// MPPI softmin temperature τ (cost units).
+    /// MPPI softmin temperature τ (cost units) for a latent objective.
     pub temperature: f64,
+    /// MPPI softmin temperature for a rate objective, relative to the samples' mean cost
+    /// above the best (mppi.rs).
+    pub rate_temperature: f64,
     /// MPPI exploration noise std per control channel.
     pub noise_std: f64,
     /// MPPI Philox seed.
@@ -159,6 +162,7 @@ impl Default for ControllerConfig {
             horizon: 25,
             samples: 256,
             temperature: 0.3,
+            rate_temperature: 0.1,
             noise_std: 0.5,
             seed: 1,
             q_latent: 1.0,
@@ -189,6 +193,10 @@ impl ControllerConfig {
         finite("temperature", self.temperature)?;
         if self.temperature <= 0.0 {
             return Err(format!("controller.temperature must be > 0, got {}", self.temperature));
+        }
+        finite("rate_temperature", self.rate_temperature)?;
+        if self.rate_temperature <= 0.0 {
+            return Err(format!("controller.rate_temperature must be > 0, got {}", self.rate_temperature));
         }
         finite("noise_std", self.noise_std)?;
         if self.noise_std < 0.0 {

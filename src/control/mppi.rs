@@ -18,6 +18,15 @@
 //! - rate objective: S_k = Σ_h rate_weight/N · Σᵢ (λᵢ(x_{h+1}) − r*ᵢ)² / max(r*ᵢ, 1) + v_hᵀ R v_h,
 //!   λ = exp(clamped log-rates) in Hz.
 //!
+//! Softmin weights w_k = exp(−(S_k − S_min)/τ'). For a latent objective τ' = τ
+//! (`temperature`, cost units). For a rate objective τ' = τ_r · mean_k(S_k − S_min)
+//! (`rate_temperature`, default 0.1): a temperature relative to how much the samples'
+//! costs spread. The rate cost's scale depends on the population (Hz², summed over the
+//! horizon) and spans tens of cost units between samples, so a fixed τ = 0.3 left ~8 of 128
+//! samples with weight: the update followed single noisy samples, and the GPU (f32) and
+//! CPU (f64) picked different ones and split within ~100 bins (tests/offline_loop.rs). The
+//! relative temperature keeps the share of weighted samples the same whatever the scale.
+//!
 //! Work per bin O(K·H·(d² + d·m)) (+ K·H·N·d for rate objectives); all buffers preallocated.
 
 use super::{ActuationLimits, ControlContext, ControllerConfig, Objective, ObjectiveTarget};
@@ -31,6 +40,7 @@ pub struct Mppi {
     horizon: usize,
     samples: usize,
     temperature: f64,
+    rate_temperature: f64,
     noise_std: f64,
     seed: u64,
     q_latent: f64,
@@ -77,6 +87,7 @@ impl Mppi {
             horizon: h,
             samples: k,
             temperature: cfg.temperature,
+            rate_temperature: cfg.rate_temperature,
             noise_std: cfg.noise_std,
             seed: cfg.seed,
             q_latent: cfg.q_latent,
@@ -169,9 +180,15 @@ impl Mppi {
         // Softmin weights (non-finite costs get weight 0).
         let s_min = self.costs.iter().copied().filter(|c| c.is_finite()).fold(f64::INFINITY, f64::min);
         if s_min.is_finite() {
+            let tau = if rates {
+                let (gap, count) = self.costs.iter().filter(|c| c.is_finite()).fold((0.0, 0.0), |(g, n), c| (g + (c - s_min), n + 1.0));
+                self.rate_temperature * (gap / f64::max(count, 1.0)).max(neuroloop_kernels::mppi::MIN_GAP as f64)
+            } else {
+                self.temperature
+            };
             let mut total = 0.0;
             for c in self.costs.iter_mut() {
-                *c = if c.is_finite() { (-(*c - s_min) / self.temperature).exp() } else { 0.0 };
+                *c = if c.is_finite() { (-(*c - s_min) / tau).exp() } else { 0.0 };
                 total += *c;
             }
             // total ≥ 1: the best sample has weight exp(0).

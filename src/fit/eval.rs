@@ -13,7 +13,8 @@ use super::data::FitData;
 use super::smoother::{smooth, Segment};
 use crate::model::observation::{ln_factorial, log_rates};
 use crate::model::ModelParams;
-use nalgebra::{DMatrix, DVector};
+use crate::telemetry::affine_r2;
+use nalgebra::DVector;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,31 +91,6 @@ pub fn evaluate(data: &FitData, p: &ModelParams, task_of: &dyn Fn(usize, usize) 
         predictive_bits_per_spike: bps(mp),
         latent_r2: affine_r2(&r2_pairs),
     }
-}
-
-/// R² of the truth against the best affine map of the estimate (least squares), pooled over
-/// the truth's dimensions: 1 − SSE/SST.
-pub fn affine_r2(pairs: &[(Vec<f64>, Vec<f64>)]) -> Option<f64> {
-    if pairs.len() < 20 {
-        return None;
-    }
-    let (d, dt) = (pairs[0].0.len(), pairs[0].1.len());
-    let k = pairs.len();
-    let x = DMatrix::from_fn(k, d + 1, |i, j| if j < d { pairs[i].0[j] } else { 1.0 });
-    let y = DMatrix::from_fn(k, dt, |i, j| pairs[i].1[j]);
-    let xtx = x.transpose() * &x + DMatrix::identity(d + 1, d + 1) * 1e-9;
-    let w = xtx.cholesky()?.solve(&(x.transpose() * &y));
-    let fit = &x * w;
-    let mut sse = 0.0;
-    let mut sst = 0.0;
-    for j in 0..dt {
-        let mean = y.column(j).mean();
-        for i in 0..k {
-            sse += (y[(i, j)] - fit[(i, j)]).powi(2);
-            sst += (y[(i, j)] - mean).powi(2);
-        }
-    }
-    (sst > 0.0).then(|| 1.0 - sse / sst)
 }
 
 #[cfg(test)]
