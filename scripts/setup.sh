@@ -3,7 +3,8 @@
 #   - system packages the build and the tests need (Mesa's Vulkan drivers for the wgpu backend),
 #   - a Python virtual environment (.venv) with pylsl (liblsl 1.18) and numpy, used by the
 #     interop tests and the Python baselines, and pyxdf and labrecorder, the XDF reader and
-#     recorder the recording tests check neuroloop's XDF files against,
+#     recorder the recording tests check neuroloop's XDF files against, and safetensors (the
+#     fit tests load a model file written from numpy with PyTorch's module names),
 #   - liblsl 1.18 copied from the pylsl wheel into .liblsl/, which .cargo/config.toml links.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 PYLSL_VERSION=1.18.6
 PYXDF_VERSION=1.17.5
 LABRECORDER_VERSION=1.0.0rc0
+SAFETENSORS_VERSION=0.5.3
 
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
@@ -39,6 +41,11 @@ fi
 if ! .venv/bin/python -c "import pyxdf, labrecorder, importlib.metadata as m; assert m.version('pyxdf') == '$PYXDF_VERSION' and m.version('labrecorder') == '$LABRECORDER_VERSION'" >/dev/null 2>&1; then
     echo "setup: installing pyxdf==$PYXDF_VERSION and labrecorder==$LABRECORDER_VERSION into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check "pyxdf==$PYXDF_VERSION" "labrecorder==$LABRECORDER_VERSION"
+fi
+
+if ! .venv/bin/python -c "import safetensors.numpy, importlib.metadata as m; assert m.version('safetensors') == '$SAFETENSORS_VERSION'" >/dev/null 2>&1; then
+    echo "setup: installing safetensors==$SAFETENSORS_VERSION into .venv (a model file written from numpy, as PyTorch code would)"
+    .venv/bin/python -m pip install -q --disable-pip-version-check "safetensors==$SAFETENSORS_VERSION"
 fi
 
 pylsl_lib=$(.venv/bin/python -c 'import pylsl, os; print(os.path.join(os.path.dirname(pylsl.__file__), "lib"))')

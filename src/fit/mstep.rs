@@ -6,7 +6,8 @@
 //! and per bin with data:
 //!   observation  Σᵢ Δ·exp(cᵢᵀm_k + dᵢ + ½ cᵢᵀP_k cᵢ) − y_{k,i}(cᵢᵀm_k + dᵢ)
 //! (the Gaussian expectation of the Poisson log-likelihood, up to constants), both averaged
-//! per bin, plus a small ridge on the embeddings. Trained: the three generators, one
+//! per bin, plus small ridges on the embeddings and the generators' weights, with the
+//! embeddings jittered by seeded noise on each step ([`Z_NOISE`]). Trained: the three generators, one
 //! embedding per task, C, d and α. diag(Q) and the initial-state variance have closed forms
 //! given the rest and are set by the caller after each M-step.
 //!
@@ -31,6 +32,15 @@ pub type Ad = Autodiff<Inner>;
 
 /// Ridge on the task embeddings (keeps their scale where the online update's prior is).
 const Z_RIDGE: f64 = 1e-3;
+/// Ridge on the generators' weights: with a few tasks the hypernetwork is far
+/// over-parameterised, and an unregularised fit that matches one-step predictions equally
+/// well controlled worse (multi-step predictions drift; rate tracking with MPPI 2.2× the
+/// true model's after 60 iterations, 1.1× with this ridge; bench/RESULTS.md, "Fitting").
+const W_RIDGE: f64 = 1e-3;
+/// Each Adam step decodes θ at the embeddings plus N(0, Z_NOISE²) noise (seeded): θ(z) must
+/// hold up near each task's embedding, where the online embedding update moves z (the
+/// meta-dynamical SSM gets the same from sampling z from its posterior in the ELBO).
+const Z_NOISE: f64 = 0.1;
 
 /// One `Linear(e→h) → ReLU → Linear(h→out)` generator as trainable tensors.
 #[derive(Module, Debug)]
@@ -219,9 +229,15 @@ impl MStep {
         let dev = &self.dev;
         let md = &self.module;
         let alpha = sigmoid(md.alpha_logit.val()).unsqueeze::<2>();
-        let out_hh = md.w_hh.forward(md.z.val());
-        let out_xu = md.w_xu.forward(md.z.val());
-        let out_b = md.b.forward(md.z.val());
+        let mut zv = md.z.val();
+        if sample {
+            let [t, e] = zv.dims();
+            let eps: Vec<f64> = (0..(t * e) as u64).map(|i| Z_NOISE * neuroloop_kernels::philox::normal_at(self.seed ^ 0x2e, self.steps, i) as f64).collect();
+            zv = zv + Tensor::<Ad, 2>::from_data(TensorData::new(eps, [t, e]), dev);
+        }
+        let out_hh = md.w_hh.forward(zv.clone());
+        let out_xu = md.w_xu.forward(zv.clone());
+        let out_b = md.b.forward(zv);
         let inv_q: Tensor<Ad, 2> = Tensor::from_data(TensorData::new(q.iter().map(|v| 0.5 / v).collect::<Vec<f64>>(), [1, d]), dev);
         let n_trans = s.transitions().max(1) as f64;
         let mut dyn_loss: Tensor<Ad, 1> = Tensor::zeros([1], dev);
@@ -276,7 +292,10 @@ impl MStep {
         let v = pp.matmul(cc);
         let rate = (eta.clone() + v * 0.5).clamp_max(crate::model::file::DEFAULT_LOG_RATE_MAX + 5.0).exp() * bin_s;
         let obs_loss = (rate - yy * eta).sum() / used;
-        let ridge = (md.z.val().powf_scalar(2.0)).sum() * Z_RIDGE;
+        let mut ridge = (md.z.val().powf_scalar(2.0)).sum() * Z_RIDGE;
+        for g in [&md.w_hh, &md.w_xu, &md.b] {
+            ridge = ridge + (g.w2.val().powf_scalar(2.0).sum() + g.w1.val().powf_scalar(2.0).sum()) * W_RIDGE;
+        }
         (dyn_loss + ridge, obs_loss)
     }
 
