@@ -179,6 +179,9 @@ enum Command {
         /// Fix the dynamics' α instead of fitting it.
         #[arg(long)]
         alpha: Option<f64>,
+        /// Bins per Adam step (a seeded random subset when the training set is larger).
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -303,7 +306,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Fit { files, rig, out, report, latent, embed, hidden, seed, iterations, heldout, tasks, alpha, quiet } => {
+        Command::Fit { files, rig, out, report, latent, embed, hidden, seed, iterations, heldout, tasks, alpha, batch, quiet } => {
             use neuroloop::fit::{data::TaskSource, report as fit_report, FitOptions};
             use std::io::IsTerminal;
             let rig = Rig::load(&rig)?;
@@ -324,6 +327,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 heldout,
                 tasks,
                 alpha,
+                batch,
                 progress: !quiet && std::io::stderr().is_terminal(),
                 ..Default::default()
             };

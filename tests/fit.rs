@@ -45,6 +45,11 @@ fn session() -> &'static Session {
         let r = common::report(&report);
         assert_eq!(r["bins"], 3 * BINS_PER_TASK, "{r}");
         assert!(r["backend"] == "probe" && r["latent_r2"].is_null() && r["tracking"].is_null(), "{r}");
+        // The probe's sequence depends on the seed and the bin only: replay repeats it bit for bit.
+        let replay = run(&["replay", xdf.to_str().unwrap(), "--rig", rig.to_str().unwrap(), "--quiet"]);
+        assert!(replay.status.success(), "replaying the probe session diverged");
+        let rr: Value = serde_json::from_slice(&replay.stdout).unwrap();
+        assert!(rr["identical"] == true && rr["compared"] == 3 * BINS_PER_TASK, "{rr}");
         Session { dir: dir.path().to_path_buf(), _dir: dir, rig, xdf }
     })
 }
@@ -401,4 +406,54 @@ fn bad_recordings_get_clear_errors() {
     assert!(res.status.success(), "{err}");
     assert!(err.contains("truncated: read") && err.contains(&format!("of {} bytes", bytes.len() * 7 / 10 + 3)), "{err}");
     assert!(neuroloop::model::ModelParams::load(&m).is_ok());
+}
+
+/// A LabRecorder file holds the raw spike stream and the Control stream, no bins: the fit
+/// re-bins the spikes with the replay code and learns as well from them (`--tasks file`).
+#[test]
+fn a_labrecorder_file_of_the_raw_streams_fits_too() {
+    let s = session();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(&s.xdf).unwrap();
+    let file = xdf::XDFFile::from_bytes(&bytes).unwrap();
+    let pick = |ty: &str| file.streams.iter().find(|st| st.r#type.as_deref() == Some(ty)).unwrap();
+    let rows = |samples: &[xdf::Sample]| -> (Vec<f64>, Vec<f64>) {
+        let mut ts = Vec::new();
+        let mut vals = Vec::new();
+        for smp in samples {
+            ts.push(smp.timestamp.unwrap());
+            match &smp.values {
+                xdf::Values::Int32(v) => vals.extend(v.iter().map(|x| *x as f64)),
+                xdf::Values::Float32(v) => vals.extend(v.iter().map(|x| *x as f64)),
+                other => panic!("unexpected values {other:?}"),
+            }
+        }
+        (ts, vals)
+    };
+    let spikes = pick("SpikeEvents");
+    let control = pick("Control");
+    let (sts, svals) = rows(&spikes.samples);
+    let (cts, cvals) = rows(&control.samples);
+    let lab = dir.path().join("labrecorder.xdf");
+    xdf_with(
+        &lab,
+        &[
+            (1, spikes.name.as_deref().unwrap(), "SpikeEvents", 2, 0.0, sts, svals),
+            (2, control.name.as_deref().unwrap(), "Control", 4, 100.0, cts, cvals),
+        ],
+    );
+    let model = dir.path().join("lab.safetensors");
+    let report = dir.path().join("lab.json");
+    let (out, r) = fit(&[lab.to_str().unwrap(), "--rig", s.rig.to_str().unwrap(), "--out", model.to_str().unwrap(), "--report", report.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success());
+    let r = r.unwrap();
+    assert!(r["inputs"][0]["kind"].as_str().unwrap().contains("LabRecorder"), "{}", r["inputs"][0]);
+    let bins = r["inputs"][0]["bins"].as_u64().unwrap();
+    assert!(bins.abs_diff(3 * BINS_PER_TASK) <= 5, "re-binned into {bins} bins");
+    // One task label for the whole file (no markers): a one-task model, still a good one.
+    assert_eq!(r["dims"]["tasks"], 1);
+    let (_, rec) = fitted();
+    let bps = f(&r["heldout_bits_per_spike"]);
+    assert!(bps >= 0.8 * f(&rec["heldout_bits_per_spike"]), "from the raw streams {bps} vs {}", rec["heldout_bits_per_spike"]);
+    assert!(f(&r["latent_r2"]) >= 0.85, "{}", r["latent_r2"]);
 }

@@ -87,6 +87,20 @@ fn hot_path_does_not_allocate() {
         assert!(report.ingest.spikes > 0);
         assert_eq!(HOT_ALLOCS.load(Ordering::Relaxed) - start, 0, "{controller}, d = {latent}: the loop or emitter allocated on the hot path");
     }
+    // An identification session: the probe in place of a model, recording on.
+    let dir = tempfile::tempdir().unwrap();
+    let tag = common::unique("alloc-probe");
+    let text = std::fs::read_to_string(common::repo().join("rigs/sim-utah96-probe.toml"))
+        .unwrap()
+        .replace("neuroloop-sim-utah96", &format!("{tag}-spikes"))
+        .replace("neuroloop-control-sim-utah96", &format!("{tag}-control"))
+        .replace("neuroloop-status-sim-utah96", &format!("{tag}-status"));
+    let rig = Rig::load(&common::write(dir.path(), "probe.toml", &text)).unwrap();
+    let xdf = dir.path().join("probe.xdf");
+    let report = session::run(&rig, &RunOptions { bins: Some(300), with_sim: true, record: Some(xdf), ..Default::default() }).unwrap();
+    assert_eq!(report.bins, 300);
+    assert!(report.ingest.spikes > 0);
+    assert_eq!(HOT_ALLOCS.load(Ordering::Relaxed) - start, 0, "probe session: the loop or emitter allocated on the hot path");
 }
 
 /// The model's per-bin functions, driven directly for many bins (jumps, skipped updates,

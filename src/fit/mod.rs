@@ -67,7 +67,7 @@ impl Default for FitOptions {
             tasks: TaskSource::File,
             alpha: None,
             adam_steps: 60,
-            batch: 8192,
+            batch: 4096,
             progress: false,
         }
     }
@@ -89,6 +89,9 @@ impl FitOptions {
         }
         if !(self.heldout.is_finite() && (0.0..0.9).contains(&self.heldout)) {
             bail!("--heldout must be a fraction in [0, 0.9), got {}", self.heldout);
+        }
+        if !(64..=10_000_000).contains(&self.batch) {
+            bail!("--batch must be in 64..=10000000 bins, got {}", self.batch);
         }
         if let Some(a) = self.alpha {
             if !(a.is_finite() && a > 0.0 && a <= 1.0) {
@@ -235,8 +238,8 @@ fn initial_params(data: &FitData, opts: &FitOptions, segs: &[(usize, usize, usiz
         w2: randn(seed, 101 + 10 * k, out, h, 0.05 / (h as f64).sqrt()),
         b2: base,
     };
-    let mut w_hh0 = DMatrix::<f64>::identity(d, d) * 0.5;
-    let _ = &mut w_hh0;
+    // A slow stable start: W_hh = ½ I (x' ≈ (1 − α/2) x near 0), no input gain, no bias.
+    let w_hh0 = DMatrix::<f64>::identity(d, d) * 0.5;
     let flat = |mtx: &DMatrix<f64>| DVector::from_iterator(mtx.len(), mtx.transpose().iter().copied());
     let hypernet = Hypernet {
         w_hh: gen(0, d * d, flat(&w_hh0)),

@@ -204,7 +204,27 @@ fn rows<B: Backend>(data: &[f64], cols: usize, dev: &B::Device) -> Tensor<B, 2> 
     Tensor::from_data(TensorData::new(data.to_vec(), [data.len() / cols.max(1), cols]), dev)
 }
 
+/// The statistics as tensors, built once per M-step (not per Adam step: at 60 000 bins the
+/// counts alone are 37 MB).
+struct StatTensors {
+    trans: Vec<Option<(Tensor<Ad, 2>, Tensor<Ad, 2>, Tensor<Ad, 2>)>>,
+    obs: (Tensor<Ad, 2>, Tensor<Ad, 2>, Tensor<Ad, 2>),
+}
+
 impl MStep {
+    fn tensors(&self, s: &Stats) -> StatTensors {
+        let (d, n, m) = (s.d, s.n, s.m);
+        let dev = &self.dev;
+        StatTensors {
+            trans: s
+                .trans
+                .iter()
+                .map(|tr| (!tr.x.is_empty()).then(|| (rows::<Ad>(&tr.x, d, dev), rows::<Ad>(&tr.u, m, dev), rows::<Ad>(&tr.x_next, d, dev))))
+                .collect(),
+            obs: (rows::<Ad>(&s.obs_m, d, dev), rows::<Ad>(&s.obs_p, d * d, dev), rows::<Ad>(&s.obs_y, n, dev)),
+        }
+    }
+
     pub fn new(p: &ModelParams, library: &[DVector<f64>], batch: usize, seed: u64) -> MStep {
         let dev = NdArrayDevice::Cpu;
         let module = FitModule::<Ad>::from_params(p, library, &dev);
@@ -224,7 +244,7 @@ impl MStep {
     }
 
     /// The loss (a scalar tensor) on the statistics (a random subset when `sample`).
-    fn loss(&self, s: &Stats, q: &[f64], bin_s: f64, sample: bool) -> (Tensor<Ad, 1>, Tensor<Ad, 1>) {
+    fn loss(&self, s: &Stats, st: &StatTensors, q: &[f64], bin_s: f64, sample: bool) -> (Tensor<Ad, 1>, Tensor<Ad, 1>) {
         let (d, n, m) = (s.d, s.n, s.m);
         let dev = &self.dev;
         let md = &self.module;
@@ -246,7 +266,8 @@ impl MStep {
             if k == 0 {
                 continue;
             }
-            let (mut x, mut u, mut xn) = (rows::<Ad>(&tr.x, d, dev), rows::<Ad>(&tr.u, m, dev), rows::<Ad>(&tr.x_next, d, dev));
+            let Some((x, u, xn)) = &st.trans[t] else { continue };
+            let (mut x, mut u, mut xn) = (x.clone(), u.clone(), xn.clone());
             let mut weight = k as f64 / n_trans;
             if sample {
                 let share = ((self.batch as f64) * k as f64 / n_trans).ceil() as usize;
@@ -276,7 +297,7 @@ impl MStep {
         }
         // Observations.
         let k_obs = s.obs_bins();
-        let (mut mm, mut pp, mut yy) = (rows::<Ad>(&s.obs_m, d, dev), rows::<Ad>(&s.obs_p, d * d, dev), rows::<Ad>(&s.obs_y, n, dev));
+        let (mut mm, mut pp, mut yy) = (st.obs.0.clone(), st.obs.1.clone(), st.obs.2.clone());
         if sample {
             if let Some(idx) = self.subset(k_obs, 0) {
                 mm = mm.select(0, idx.clone());
@@ -301,15 +322,17 @@ impl MStep {
 
     /// The objective at the current parameters on all the statistics (no gradient step).
     pub fn objective(&self, s: &Stats, q: &[f64], bin_s: f64) -> Objective {
-        let (dl, ol) = self.loss(s, q, bin_s, false);
+        let st = self.tensors(s);
+        let (dl, ol) = self.loss(s, &st, q, bin_s, false);
         Objective { dynamics: to_vec(dl.inner())[0], observation: to_vec(ol.inner())[0] }
     }
 
     /// `steps` Adam steps at learning rate `lr`. Returns false (parameters unchanged since
     /// the last good step) when the loss went non-finite.
     pub fn steps(&mut self, s: &Stats, q: &[f64], bin_s: f64, steps: usize, lr: f64) -> bool {
+        let st = self.tensors(s);
         for _ in 0..steps {
-            let (dl, ol) = self.loss(s, q, bin_s, true);
+            let (dl, ol) = self.loss(s, &st, q, bin_s, true);
             let loss = dl + ol;
             let value = to_vec(loss.clone().inner())[0];
             if !value.is_finite() {
