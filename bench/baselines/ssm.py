@@ -275,12 +275,14 @@ class ControllerConfig:
     horizon: int = 25
     samples: int = 256
     temperature: float = 0.3
+    rate_temperature: float = 0.1
     noise_std: float = 0.5
     seed: int = 1
     q_latent: float = 1.0
     r_control: float = 0.01
     rate_weight: float = 1.0
     riccati_iterations: int = 200
+    probe: dict = field(default_factory=dict)  # [controller.probe]: the baseline refuses kind = "probe" below
 
 
 @dataclass
@@ -931,6 +933,9 @@ def clamp_in_place(u: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.clip(np.where(np.isfinite(u), u, 0.0), lo, hi)
 
 
+MPPI_MIN_GAP = 1e-6
+
+
 class Mppi:
     """src/control/mppi.rs `Mppi::compute`, vectorised over the K samples: Philox noise
     (sample 0 unperturbed), clamped perturbations, rollouts from the filtered mean, latent or
@@ -966,7 +971,13 @@ class Mppi:
         finite = np.isfinite(cost)
         if np.any(finite):
             s_min = np.min(cost[finite])
-            w = np.where(finite, np.exp(-(np.where(finite, cost, s_min) - s_min) / cfg.temperature), 0.0)
+            if target.is_rates:
+                # Relative temperature: rate_temperature × the mean gap to the best sample
+                # (kernels/src/mppi.rs MIN_GAP floors the gap).
+                tau = cfg.rate_temperature * max(float(np.mean(cost[finite] - s_min)), MPPI_MIN_GAP)
+            else:
+                tau = cfg.temperature
+            w = np.where(finite, np.exp(-(np.where(finite, cost, s_min) - s_min) / tau), 0.0)
             total = np.sum(w)
             acc = np.tensordot(w, eps, axes=(0, 0))  # (H, m)
             self.u_nom = np.clip(self.u_nom + acc / total, lo, hi)
