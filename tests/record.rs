@@ -247,6 +247,10 @@ fn a_killed_run_leaves_a_readable_recording_that_replays() {
         assert!(u(&s["n"]) > 0, "{ty} has samples");
         assert!(s["footer_sample_count"].is_null(), "{ty}: no footer after a kill");
     }
+    // The simulator's task switches: a string Markers stream pyxdf reads as text.
+    let markers = stream(&d, "Markers");
+    let first = markers["value_strings"][0][0].as_str().unwrap_or_else(|| panic!("no marker text in {markers}"));
+    assert!(first.starts_with("task="), "first marker {first:?}");
     // Everything flushed together: the per-bin streams end within a flush of each other.
     let nb = u(&stream(&d, "NeuroloopBins")["n"]);
     assert!(nb.abs_diff(bins) <= 60, "bins {nb} vs Control {bins}");

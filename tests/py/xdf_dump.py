@@ -1,6 +1,7 @@
 """Load an XDF file with pyxdf (PyPI), a reader no one here wrote, and print every stream as
 JSON: header fields, footer sample count, clock offsets, and every timestamp and value as
-exact IEEE-754 bits (values as f64: exact for int and float32 streams). Loads the file twice:
+exact IEEE-754 bits (values as f64: exact for int and float32 streams; string streams such as
+Markers as their text). Loads the file twice:
 raw (no clock sync, no dejitter: the timestamps as stored) and with pyxdf's defaults (which
 must not fail either)."""
 import json, struct, sys
@@ -30,7 +31,12 @@ out = {"header": {
 }, "streams": []}
 for s in streams:
     info = s["info"]
-    ts = np.asarray(s["time_series"], dtype=np.float64).reshape(len(s["time_stamps"]), -1)
+    text = info["channel_format"][0] == "string"
+    if text:  # pyxdf gives a list of rows of str
+        values = {"value_strings": [list(row) for row in s["time_series"]], "value_bits": None}
+    else:
+        ts = np.asarray(s["time_series"], dtype=np.float64).reshape(len(s["time_stamps"]), -1)
+        values = {"value_strings": None, "value_bits": [bits(row) for row in ts]}
     out["streams"].append({
         "id": int(info["stream_id"]),
         "name": info["name"][0],
@@ -41,7 +47,7 @@ for s in streams:
         "provenance_rig_sha256": first(info, "desc", "neuroloop", "rig_sha256"),
         "n": len(s["time_stamps"]),
         "timestamp_bits": bits(s["time_stamps"]),
-        "value_bits": [bits(row) for row in ts],
+        **values,
         "clock_times": list(map(float, s["clock_times"])),
         "clock_values": list(map(float, s["clock_values"])),
     })
