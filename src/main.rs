@@ -182,6 +182,10 @@ enum Command {
         /// Bins per Adam step (a seeded random subset when the training set is larger).
         #[arg(long, default_value_t = 4096)]
         batch: usize,
+        /// Adam's learning rate at the first EM iteration; it falls to a tenth over the
+        /// iterations. Lower it if the fit stops early on a non-finite objective.
+        #[arg(long, default_value_t = 1e-2)]
+        learning_rate: f64,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -306,7 +310,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Fit { files, rig, out, report, latent, embed, hidden, seed, iterations, heldout, tasks, alpha, batch, quiet } => {
+        Command::Fit { files, rig, out, report, latent, embed, hidden, seed, iterations, heldout, tasks, alpha, batch, learning_rate, quiet } => {
             use neuroloop::fit::{data::TaskSource, report as fit_report, FitOptions};
             use std::io::IsTerminal;
             let rig = Rig::load(&rig)?;
@@ -328,6 +332,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 tasks,
                 alpha,
                 batch,
+                learning_rate,
                 progress: !quiet && std::io::stderr().is_terminal(),
                 ..Default::default()
             };

@@ -408,6 +408,43 @@ fn bad_recordings_get_clear_errors() {
     assert!(neuroloop::model::ModelParams::load(&m).is_ok());
 }
 
+/// A fit whose objective goes non-finite stops, says so, exits 1 and keeps the last good
+/// parameters: a model file that loads and a report that records why.
+#[test]
+fn a_diverging_fit_stops_and_keeps_the_last_good_parameters() {
+    let s = session();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("diverged.safetensors");
+    let report = dir.path().join("diverged.json");
+    // Adam at 1000 throws the parameters far past where exp() overflows.
+    let (out, r) = fit(&[
+        s.xdf.to_str().unwrap(),
+        "--rig",
+        s.rig.to_str().unwrap(),
+        "--iterations",
+        "3",
+        "--learning-rate",
+        "1000",
+        "--out",
+        model.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("STOPPED EARLY") && stdout.contains("not finite") && stdout.contains("last good parameters"), "{stdout}");
+    let r = r.unwrap();
+    assert!(r["diverged"].as_str().unwrap().contains("not finite"), "{}", r["diverged"]);
+    // The last good parameters: here the initialisation (the first iteration already failed),
+    // which is still a model that loads and explains the held-out bins better than the null.
+    let p = neuroloop::model::ModelParams::load(&model).unwrap();
+    assert!(p.validate().is_ok());
+    assert!(f(&r["heldout_bits_per_spike"]) > 0.0, "{}", r["heldout_bits_per_spike"]);
+    // Out of range: a clear error before anything is read.
+    fit_fails(&[s.xdf.to_str().unwrap(), "--rig", s.rig.to_str().unwrap(), "--learning-rate", "0", "--out", model.to_str().unwrap()], &["--learning-rate", "(0, 1000]"]);
+}
+
 /// A LabRecorder file holds the raw spike stream and the Control stream, no bins: the fit
 /// re-bins the spikes with the replay code and learns as well from them (`--tasks file`).
 #[test]

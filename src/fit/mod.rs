@@ -49,6 +49,8 @@ pub struct FitOptions {
     pub adam_steps: usize,
     /// Bins per Adam step (a seeded random subset when there are more).
     pub batch: usize,
+    /// Adam's learning rate at the first iteration; it falls to a tenth of it (cosine).
+    pub learning_rate: f64,
     pub progress: bool,
 }
 
@@ -68,6 +70,7 @@ impl Default for FitOptions {
             alpha: None,
             adam_steps: 60,
             batch: 4096,
+            learning_rate: 1e-2,
             progress: false,
         }
     }
@@ -92,6 +95,9 @@ impl FitOptions {
         }
         if !(64..=10_000_000).contains(&self.batch) {
             bail!("--batch must be in 64..=10000000 bins, got {}", self.batch);
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate <= 1e3) {
+            bail!("--learning-rate must be in (0, 1000], got {} (the default is 0.01)", self.learning_rate);
         }
         if let Some(a) = self.alpha {
             if !(a.is_finite() && a > 0.0 && a <= 1.0) {
@@ -381,9 +387,10 @@ pub fn fit(data: &FitData, opts: &FitOptions, mut on_iteration: impl FnMut(&Iter
         }
         let q: Vec<f64> = params.process_noise.iter().copied().collect();
         let steps = if it == 0 { opts.adam_steps * 5 } else { opts.adam_steps };
-        // Learning rate: 1e-2 falling to 1e-3 over the iterations (cosine).
+        // Learning rate: --learning-rate falling to a tenth of it over the iterations (cosine).
         let frac = it as f64 / (opts.iterations.max(2) - 1) as f64;
-        let lr = 1e-3 + 0.5 * (1e-2 - 1e-3) * (1.0 + (std::f64::consts::PI * frac).cos());
+        let (lr0, lr1) = (opts.learning_rate, 0.1 * opts.learning_rate);
+        let lr = lr1 + 0.5 * (lr0 - lr1) * (1.0 + (std::f64::consts::PI * frac).cos());
         if !mstep.steps(&es.stats, &q, data.bin_s, steps, lr) {
             diverged = Some(format!("iteration {it}: the M-step objective went non-finite"));
             break;

@@ -167,6 +167,8 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
         ("fit.final_objective".into(), final_objective.map_or("none".into(), |v| format!("{v:?}"))),
         ("fit.tasks".into(), serde_json::to_string(&data.labels)?),
         ("fit.heldout_fraction".into(), opts.heldout.to_string()),
+        ("fit.learning_rate".into(), format!("{:?}", opts.learning_rate)),
+        ("fit.batch".into(), opts.batch.to_string()),
         ("fit.method".into(), "laplace-em (EKF + RTS E-step, Adam M-step through the hypernetwork)".into()),
     ];
     p.save_with_metadata(&opts.out, &provenance).with_context(|| format!("cannot write the model to {}", opts.out.display()))?;
@@ -184,7 +186,7 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
         notices.push(format!("training curve: {e}"));
     }
     if let Some(why) = &fitted.diverged {
-        notices.push(format!("the fit stopped early: {why}; {} holds the last good parameters", opts.out.display()));
+        notices.push(format!("the fit stopped early: {why}; {} holds the last good parameters (a lower --learning-rate may help)", opts.out.display()));
     }
     let report = FitReport {
         neuroloop_version: env!("CARGO_PKG_VERSION").into(),
@@ -267,7 +269,7 @@ pub fn summary(r: &FitReport, out: &Path) -> String {
         s += &format!("peak memory {:.0} MiB\n", m as f64 / (1 << 20) as f64);
     }
     if let Some(d) = &r.diverged {
-        s += &format!("STOPPED EARLY: {d}\n");
+        s += &format!("STOPPED EARLY: {d}; {} holds the last good parameters (a lower --learning-rate may help)\n", r.model);
     }
     s
 }
