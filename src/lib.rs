@@ -32,6 +32,23 @@ pub mod sim;
 pub mod telemetry;
 pub mod units;
 
+/// An error and its causes on one line, each said once: errors that already print their
+/// source (`cannot read rig file X: No such file or directory (os error 2)`) do not get it
+/// repeated after them, as `{:#}` would.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
 /// The message a caught panic carried (`panic!` with a string or a format).
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -47,3 +64,14 @@ pub const MAX_LATENT: usize = 64;
 pub const MAX_EMBED: usize = 32;
 /// Largest control dimension m supported.
 pub const MAX_CONTROL: usize = 64;
+/// Largest number of model units N (and of input channels) a rig or model file may give:
+/// far above any array (a 4-shank Neuropixels 2.0 probe has 5 120 sites), and small enough
+/// that every table sized by it is a few MB. Sizes from files are checked against these
+/// limits before anything is allocated.
+pub const MAX_UNITS: usize = 65_536;
+/// Largest hypernetwork hidden width h.
+pub const MAX_HIDDEN: usize = 4096;
+/// Largest task library (embeddings in a model file, tasks of the simulated rig).
+pub const MAX_TASKS: usize = 1024;
+/// Largest ingest → loop ring, in spikes (16 M spikes ≈ 256 MB).
+pub const MAX_RING_CAPACITY: usize = 1 << 24;

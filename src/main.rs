@@ -201,7 +201,7 @@ fn main() -> ExitCode {
     match real_main() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("neuroloop: error: {e:#}");
+            eprintln!("neuroloop: error: {}", neuroloop::error_text(&e));
             ExitCode::from(2)
         }
     }

@@ -160,8 +160,8 @@ pub(crate) fn streams_of(file: &XDFFile) -> Vec<Recorded> {
 }
 
 pub fn replay(path: &Path, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<ReplayReport> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file = XDFFile::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{} is not a readable XDF file: {e:?}", path.display()))?;
+    let opened = crate::record::read::open(path)?;
+    let file = opened.file;
     let mut rig = rig.clone();
     if let Some(b) = opts.backend {
         rig.model.backend = b;
@@ -174,6 +174,10 @@ pub fn replay(path: &Path, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<Re
         s => s,
     };
     let mut notices = Vec::new();
+    if let Some(t) = opened.truncated {
+        eprintln!("[neuroloop] replay: {t}");
+        notices.push(t);
+    }
     let recorded_sha = header_text(&file, &["neuroloop", "rig", "sha256"]);
     let rig_matches_recording = match &recorded_sha {
         Some(sha) => {

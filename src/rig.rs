@@ -386,8 +386,8 @@ impl Rig {
         if !(i.stall_ms.is_finite() && i.stall_ms > 0.0) {
             return Err(self.invalid("input.stall_ms", "must be > 0"));
         }
-        if i.ring_capacity < 16 {
-            return Err(self.invalid("input.ring_capacity", "must be ≥ 16"));
+        if !(16..=crate::MAX_RING_CAPACITY).contains(&i.ring_capacity) {
+            return Err(self.invalid("input.ring_capacity", format!("must be in 16..={} spikes, got {}", crate::MAX_RING_CAPACITY, i.ring_capacity)));
         }
         match (&self.units.channels, &self.units.map) {
             (None, None) => return Err(self.invalid("units", "needs `channels` or `map`")),
@@ -396,9 +396,23 @@ impl Rig {
             (_, Some(m)) if m.is_empty() => return Err(self.invalid("units.map", "must not be empty")),
             _ => {}
         }
+        if let Some(ch) = self.units.channels {
+            if ch > crate::MAX_UNITS {
+                return Err(self.invalid("units.channels", format!("must be in 1..={}, got {ch}", crate::MAX_UNITS)));
+            }
+        }
         if let Some(map) = &self.units.map {
+            if map.len() > crate::MAX_UNITS {
+                return Err(self.invalid("units.map", format!("has {} entries; at most {} model units", map.len(), crate::MAX_UNITS)));
+            }
             let mut seen = std::collections::HashSet::new();
             for (i, pair) in map.iter().enumerate() {
+                if pair[0] as usize >= crate::MAX_UNITS {
+                    return Err(self.invalid("units.map", format!("entry {i} {pair:?}: channel must be < {}", crate::MAX_UNITS)));
+                }
+                if pair[1] as usize >= crate::units::MAX_SORTED_UNITS {
+                    return Err(self.invalid("units.map", format!("entry {i} {pair:?}: unit must be < {}", crate::units::MAX_SORTED_UNITS)));
+                }
                 if !seen.insert(*pair) {
                     return Err(self.invalid("units.map", format!("entry {i} {:?} appears twice", pair)));
                 }
@@ -418,6 +432,18 @@ impl Rig {
         }
         if s.fallback == FallbackKind::Vector && s.fallback_vector.is_none() {
             return Err(self.invalid("safety.fallback_vector", "is required when safety.fallback = \"vector\""));
+        }
+        if let Some(v) = &s.fallback_vector {
+            if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+                return Err(self.invalid("safety.fallback_vector", format!("value {j} is {}; it must be a finite command inside [lower, upper]", v[j])));
+            }
+        }
+        // Lower ≤ upper where the lengths already agree; with broadcasting, once m is known
+        // (Safety::from_rig).
+        for (j, (lo, hi)) in s.lower.iter().zip(s.upper.iter()).enumerate() {
+            if s.lower.len() == s.upper.len() && lo > hi {
+                return Err(self.invalid("safety.lower", format!("channel {j}: lower {lo} > upper {hi}")));
+            }
         }
         match &self.objective {
             None if !self.is_probe() => {
@@ -456,6 +482,8 @@ impl Rig {
         }
         self.controller.validate().map_err(|m| self.invalid("controller", m))?;
         self.model.particles.validate().map_err(|m| self.invalid("model.particles", m))?;
+        self.model.embedding.validate().map_err(|(key, m)| self.invalid(&format!("model.embedding.{key}"), m))?;
+        self.model.task_id.validate().map_err(|(key, m)| self.invalid(&format!("model.task_id.{key}"), m))?;
         if let Some(sim) = &self.sim {
             if sim.n_units == 0 || sim.latent_dim == 0 || sim.embed_dim == 0 || sim.control_dim == 0 {
                 return Err(self.invalid("sim", "n_units, latent_dim, embed_dim and control_dim must be ≥ 1"));
@@ -466,8 +494,14 @@ impl Rig {
                     format!("latent_dim ≤ {}, embed_dim ≤ {}, control_dim ≤ {}", crate::MAX_LATENT, crate::MAX_EMBED, crate::MAX_CONTROL),
                 ));
             }
-            if sim.tasks == 0 {
-                return Err(self.invalid("sim.tasks", "must be ≥ 1"));
+            if sim.n_units > crate::MAX_UNITS {
+                return Err(self.invalid("sim.n_units", format!("must be in 1..={}, got {}", crate::MAX_UNITS, sim.n_units)));
+            }
+            if sim.hidden_dim == 0 || sim.hidden_dim > crate::MAX_HIDDEN {
+                return Err(self.invalid("sim.hidden_dim", format!("must be in 1..={}, got {}", crate::MAX_HIDDEN, sim.hidden_dim)));
+            }
+            if sim.tasks == 0 || sim.tasks > crate::MAX_TASKS {
+                return Err(self.invalid("sim.tasks", format!("must be in 1..={}, got {}", crate::MAX_TASKS, sim.tasks)));
             }
             if !(sim.switch_every_s.is_finite() && sim.switch_every_s >= 0.0) {
                 return Err(self.invalid("sim.switch_every_s", "must be ≥ 0"));

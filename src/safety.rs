@@ -25,13 +25,23 @@ impl Safety {
                 message: format!("channel {j}: lower {} > upper {}", lower[j], upper[j]),
             });
         }
-        Ok(Safety {
-            lower,
-            upper,
-            max_step: s.max_step,
-            fallback: s.fallback.clone(),
-            fallback_vector: s.fallback_vector.clone().unwrap_or_else(|| vec![0.0; m]),
-        })
+        let invalid = |key: &str, message: String| RigError::Invalid { path: rig.path.clone(), key: key.into(), message };
+        let fallback_vector = match &s.fallback_vector {
+            None => vec![0.0; m],
+            Some(v) if v.len() != m => return Err(invalid("safety.fallback_vector", format!("has {} values; m = {m}", v.len()))),
+            Some(v) => {
+                // A fallback outside the bounds would be clamped silently at every use:
+                // the operator must see the command that goes out when the loop is late.
+                if let Some(j) = (0..m).find(|&j| !(v[j].is_finite() && v[j] >= lower[j] && v[j] <= upper[j])) {
+                    return Err(invalid(
+                        "safety.fallback_vector",
+                        format!("channel {j}: {} is outside [lower, upper] = [{}, {}]", v[j], lower[j], upper[j]),
+                    ));
+                }
+                v.clone()
+            }
+        };
+        Ok(Safety { lower, upper, max_step: s.max_step, fallback: s.fallback.clone(), fallback_vector })
     }
 
     pub fn lower(&self) -> &[f64] {

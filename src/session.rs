@@ -86,17 +86,13 @@ impl SessionModel {
     /// The rig's checks against the dimensions (a probe session's come from the rig itself).
     pub fn check(&self, rig: &Rig) -> anyhow::Result<()> {
         let units = UnitMap::from_config(&rig.units);
-        match self {
-            SessionModel::Model { params, .. } => rig.check_against_model(&params.dims, units.n_units())?,
-            SessionModel::Probe { dims } => {
-                Safety::from_rig(rig, dims.control)?;
-                if let Some(v) = &rig.safety.fallback_vector {
-                    if v.len() != dims.control {
-                        bail!("rig file {}: `safety.fallback_vector` has {} values; m = {}", rig.path.display(), v.len(), dims.control);
-                    }
-                }
-            }
+        if let SessionModel::Model { params, .. } = self {
+            rig.check_against_model(&params.dims, units.n_units())?;
+            // What the backend will be built with: the objective against the model.
+            objective(rig, params)?.validate(&params.dims).map_err(|m| anyhow::anyhow!("rig file {}: `objective`: {m}", rig.path.display()))?;
         }
+        // Bounds, fallback vector: exactly what `run` builds.
+        Safety::from_rig(rig, self.dims().control)?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@ pub struct UnitMap {
 }
 
 /// The largest sorted-unit id a stream may carry that the table covers densely.
-const MAX_SORTED_UNITS: usize = 64;
+pub const MAX_SORTED_UNITS: usize = 64;
 
 impl UnitMap {
     pub fn from_config(cfg: &UnitsConfig) -> UnitMap {

@@ -174,6 +174,9 @@ impl Default for ControllerConfig {
     }
 }
 
+/// Largest MPPI rollout (samples × horizon) per bin: its buffers hold this many × m values.
+pub const MAX_ROLLOUT_STEPS: usize = 1 << 20;
+
 impl ControllerConfig {
     /// Rejects out-of-range values, naming the offending key.
     pub fn validate(&self) -> Result<(), String> {
@@ -189,6 +192,13 @@ impl ControllerConfig {
         }
         if self.samples < 1 || self.samples > 1 << 20 {
             return Err(format!("controller.samples must be in 1..=1048576, got {}", self.samples));
+        }
+        // The rollout buffers hold samples × horizon × m values: bound them before they exist.
+        if self.samples * self.horizon > MAX_ROLLOUT_STEPS {
+            return Err(format!(
+                "controller.samples × controller.horizon = {} × {} exceeds {MAX_ROLLOUT_STEPS} rollout steps per bin",
+                self.samples, self.horizon
+            ));
         }
         finite("temperature", self.temperature)?;
         if self.temperature <= 0.0 {
@@ -214,8 +224,8 @@ impl ControllerConfig {
         if self.rate_weight < 0.0 {
             return Err(format!("controller.rate_weight must be ≥ 0, got {}", self.rate_weight));
         }
-        if self.riccati_iterations < 1 {
-            return Err(format!("controller.riccati_iterations must be ≥ 1, got {}", self.riccati_iterations));
+        if self.riccati_iterations < 1 || self.riccati_iterations > 100_000 {
+            return Err(format!("controller.riccati_iterations must be in 1..=100000, got {}", self.riccati_iterations));
         }
         self.probe.validate()?;
         Ok(())

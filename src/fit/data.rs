@@ -77,48 +77,17 @@ struct Raw {
     labels: Vec<Option<String>>,
 }
 
-/// The byte length of the file's whole chunks (XDF: "XDF:" then chunks of
-/// [length-bytes count][length][tag + content]); less than the file's size when it was
-/// cut off mid-chunk (a killed recorder, a partial copy).
-pub fn whole_chunks_len(bytes: &[u8]) -> Option<usize> {
-    if bytes.len() < 4 || &bytes[..4] != b"XDF:" {
-        return None;
-    }
-    let mut at = 4usize;
-    loop {
-        let Some(&nb) = bytes.get(at) else { return Some(at) };
-        let nb = nb as usize;
-        if !matches!(nb, 1 | 4 | 8) || at + 1 + nb > bytes.len() {
-            return Some(at);
-        }
-        let mut len = 0u64;
-        for (i, b) in bytes[at + 1..at + 1 + nb].iter().enumerate() {
-            len |= (*b as u64) << (8 * i);
-        }
-        let end = (at + 1 + nb) as u64 + len;
-        if len < 2 || end > bytes.len() as u64 {
-            return Some(at);
-        }
-        at = end as usize;
-    }
-}
-
 fn take(streams: &mut Vec<Recorded>, ty: &str) -> Option<Recorded> {
     streams.iter().position(|s| s.stream_type == ty).map(|i| streams.swap_remove(i))
 }
 
 fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String>) -> anyhow::Result<Raw> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let total = bytes.len();
-    let whole = whole_chunks_len(&bytes).with_context(|| format!("{} is not an XDF file (no \"XDF:\" magic)", path.display()))?;
-    if whole < total {
-        notices.push(format!(
-            "{}: truncated: read {whole} of {total} bytes (up to the last whole chunk); the {} bytes after it were ignored",
-            path.display(),
-            total - whole
-        ));
+    let opened = crate::record::read::open(path)?;
+    let (total, whole) = (opened.bytes.len(), opened.used);
+    if let Some(t) = opened.truncated {
+        notices.push(format!("{t}; the {} bytes after it were ignored", total - whole));
     }
-    let file = xdf::XDFFile::from_bytes(&bytes[..whole]).map_err(|e| anyhow::anyhow!("{} is not a readable XDF file: {e:?}", path.display()))?;
+    let (file, bytes) = (opened.file, opened.bytes);
     let sha256 = sha256_hex(&bytes);
     if let Some(sha) = header_text(&file, &["neuroloop", "rig", "sha256"]) {
         let ours = sha256_hex(&std::fs::read(&rig.path).unwrap_or_default());
@@ -450,20 +419,6 @@ pub fn load(paths: &[PathBuf], rig: &Rig, tasks: TaskSource, heldout: f64) -> an
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn whole_chunks_stop_at_a_cut() {
-        let mut b = b"XDF:".to_vec();
-        for len in [10u8, 20, 7] {
-            b.push(1);
-            b.push(len);
-            b.extend(std::iter::repeat(0u8).take(len as usize));
-        }
-        assert_eq!(whole_chunks_len(&b), Some(b.len()));
-        let full = b.len();
-        assert_eq!(whole_chunks_len(&b[..full - 3]), Some(full - 9));
-        assert_eq!(whole_chunks_len(b"nope"), None);
-    }
 
     #[test]
     fn labels_sort_numerically_when_they_are_numbers() {

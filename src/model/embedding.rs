@@ -41,6 +41,27 @@ impl Default for EmbeddingConfig {
     }
 }
 
+impl EmbeddingConfig {
+    /// The documented ranges (README, "Rig file"): η in [0, 10], ρ in [0, 1), the trust
+    /// radius in (0, 100], w in [0, 1000]. Out of range the update would turn z into NaN
+    /// (ρ ≥ 1: v̂ divides by 1 − ρᵗ ≤ 0) or run away (η < 0 ascends the wrong way).
+    /// Returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let check = |key: &'static str, v: f64, ok: bool, range: &str| {
+            if v.is_finite() && ok {
+                Ok(())
+            } else {
+                Err((key, format!("must be in {range}, got {v}")))
+            }
+        };
+        check("learning_rate", self.learning_rate, (0.0..=10.0).contains(&self.learning_rate), "[0, 10]")?;
+        check("rms_decay", self.rms_decay, (0.0..1.0).contains(&self.rms_decay), "[0, 1)")?;
+        check("trust_radius", self.trust_radius, self.trust_radius > 0.0 && self.trust_radius <= 100.0, "(0, 100]")?;
+        check("prior_weight", self.prior_weight, (0.0..=1000.0).contains(&self.prior_weight), "[0, 1000]")?;
+        Ok(())
+    }
+}
+
 /// RMSProp's ε in the step normalisation.
 const RMS_EPS: f64 = 1e-8;
 

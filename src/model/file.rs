@@ -228,18 +228,31 @@ impl ModelParams {
     /// Load and validate a model file (see the module docs for the schema).
     pub fn load(path: &Path) -> Result<ModelParams, ModelFileError> {
         let bytes = std::fs::read(path).map_err(|source| ModelFileError::Io { path: path.to_path_buf(), source })?;
-        let format_err = |e: SafeTensorError| ModelFileError::Format { path: path.to_path_buf(), message: format!("{e:?}") };
+        let format_err = |e: SafeTensorError| ModelFileError::Format { path: path.to_path_buf(), message: e.to_string() };
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(format_err)?;
         let st = SafeTensors::deserialize(&bytes).map_err(format_err)?;
         let meta = Meta { path, map: header.metadata().clone().unwrap_or_default() };
         meta.expect_value("format", FORMAT)?;
         meta.expect_value("format_version", FORMAT_VERSION)?;
+        // Dimensions bounded before any shape is computed from them (d·d, d·m).
+        let dim = |key: &str, max: usize| -> Result<usize, ModelFileError> {
+            let v: usize = meta.parse(key, None)?;
+            if v > max {
+                return Err(ModelFileError::BadMetadata {
+                    path: path.to_path_buf(),
+                    key: key.into(),
+                    value: v.to_string(),
+                    reason: format!("must be ≤ {max} (neuroloop's limit)"),
+                });
+            }
+            Ok(v)
+        };
         let dims = Dims {
-            n_units: meta.parse("n_units", None)?,
-            latent: meta.parse("latent_dim", None)?,
-            embed: meta.parse("embed_dim", None)?,
-            control: meta.parse("control_dim", None)?,
-            hidden: meta.parse("hidden_dim", None)?,
+            n_units: dim("n_units", crate::MAX_UNITS)?,
+            latent: dim("latent_dim", crate::MAX_LATENT)?,
+            embed: dim("embed_dim", crate::MAX_EMBED)?,
+            control: dim("control_dim", crate::MAX_CONTROL)?,
+            hidden: dim("hidden_dim", crate::MAX_HIDDEN)?,
         };
         let bin_s: f64 = meta.parse("bin_s", None)?;
         let alpha: f64 = meta.parse("alpha", None)?;
@@ -433,6 +446,15 @@ impl ModelParams {
         scalar("z_prior_sigma", self.z_prior_sigma, self.z_prior_sigma > 0.0, "must be > 0")?;
         if let Some(p) = &self.policy {
             scalar("policy_scale", p.scale, true, "must be finite")?;
+        }
+        if dims.n_units > crate::MAX_UNITS || dims.latent > crate::MAX_LATENT || dims.embed > crate::MAX_EMBED || dims.control > crate::MAX_CONTROL || dims.hidden > crate::MAX_HIDDEN {
+            return invalid(format!(
+                "dimensions {dims:?} exceed neuroloop's limits (N ≤ {}, d ≤ {}, e ≤ {}, m ≤ {}, h ≤ {})",
+                crate::MAX_UNITS, crate::MAX_LATENT, crate::MAX_EMBED, crate::MAX_CONTROL, crate::MAX_HIDDEN
+            ));
+        }
+        if self.task_library.len() > crate::MAX_TASKS {
+            return invalid(format!("embedding.library holds {} tasks; at most {}", self.task_library.len(), crate::MAX_TASKS));
         }
         let (n, d, e, m, h) = (dims.n_units, dims.latent, dims.embed, dims.control, dims.hidden);
         let mut expected: Vec<(String, Vec<usize>)> = Vec::new();

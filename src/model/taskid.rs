@@ -37,6 +37,24 @@ impl Default for TaskIdConfig {
     }
 }
 
+impl TaskIdConfig {
+    /// The documented ranges: window_bins in 1..=10000 (the (T × W) score window is
+    /// allocated at start-up), margin finite and ≥ 0, min_bins_between_switches ≤ 10⁹.
+    /// Returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=10_000).contains(&self.window_bins) {
+            return Err(("window_bins", format!("must be in 1..=10000, got {}", self.window_bins)));
+        }
+        if !(self.margin.is_finite() && self.margin >= 0.0) {
+            return Err(("margin", format!("must be finite and ≥ 0 nats, got {}", self.margin)));
+        }
+        if self.min_bins_between_switches > 1_000_000_000 {
+            return Err(("min_bins_between_switches", format!("must be ≤ 1000000000, got {}", self.min_bins_between_switches)));
+        }
+        Ok(())
+    }
+}
+
 /// Scores the task library bin by bin.
 #[derive(Debug, Clone)]
 pub struct TaskIdentifier {

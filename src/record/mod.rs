@@ -16,6 +16,7 @@
 //! it (reported at the end), it never makes a stage wait. The recorder thread encodes and
 //! writes chunks every `flush_s`; a killed process leaves everything up to the last flush.
 
+pub mod read;
 pub mod xdf;
 
 use crate::clock::BinClock;
