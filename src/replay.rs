@@ -217,6 +217,7 @@ struct Machine {
     out: BinOutput,
     n: usize,
     m: usize,
+    dims: crate::model::Dims,
     hist: hdrhistogram::Histogram<u64>,
 }
 
@@ -233,6 +234,7 @@ impl Machine {
             out: BinOutput::new(&dims),
             n: dims.n_units,
             m: dims.control,
+            dims,
             hist: hdrhistogram::Histogram::new(3).expect("histogram"),
         })
     }
@@ -299,6 +301,23 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
             bins.channels.saturating_sub(2),
             control.channels
         );
+    }
+    // Every stream replay reads by column has the shape neuroloop records.
+    let timing_channels = crate::record::TIMING_LABELS.len();
+    if timing.channels != timing_channels {
+        bail!("{}: the NeuroloopTiming stream has {} channels, neuroloop records {timing_channels}: not a recording of this neuroloop version, or a damaged one", path.display(), timing.channels);
+    }
+    let status_channels = crate::telemetry::status_channels(mach.dims.latent, mach.dims.embed);
+    if let Some(st) = &status {
+        if st.channels != status_channels {
+            bail!(
+                "{}: the NeuroloopStatus stream has {} channels; with the rig's model (d = {}, e = {}) neuroloop records {status_channels}: replay needs the rig the session ran with",
+                path.display(),
+                st.channels,
+                mach.dims.latent,
+                mach.dims.embed
+            );
+        }
     }
     // Index every stream by bin.
     let n_bins = timing.len();
@@ -475,6 +494,32 @@ impl Rebinned {
     }
 }
 
+/// Consecutive samples of one stream further apart than this are a time jump, not a pause
+/// (a stream gap of ten minutes is a different session).
+pub(crate) const MAX_TIME_JUMP_S: f64 = 600.0;
+
+/// Samples whose timestamp is more than [`MAX_TIME_JUMP_S`] from both neighbours' (the
+/// first and last: from their one neighbour): a single mis-stamped sample (stamped 0, or
+/// 10⁶ s late) that must not stretch the bin grid.
+fn stamped_far_from_neighbours(ts: &[f64]) -> Vec<bool> {
+    let far = |a: f64, b: f64| (a - b).abs() > MAX_TIME_JUMP_S;
+    (0..ts.len())
+        .map(|i| {
+            if !ts[i].is_finite() || ts.len() < 2 {
+                return false;
+            }
+            let before = i.checked_sub(1).map(|j| far(ts[i], ts[j]));
+            let after = ts.get(i + 1).map(|&t| far(ts[i], t));
+            match (before, after) {
+                (Some(b), Some(a)) => b && a,
+                (Some(b), None) => b,
+                (None, Some(a)) => a,
+                (None, None) => false,
+            }
+        })
+        .collect()
+}
+
 /// Bin the stream's samples: each "arrives" at its timestamp, so every sample stamped before
 /// bin k closes is in by then, exactly as live.
 pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebinned> {
@@ -503,10 +548,31 @@ pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebin
     let stats = Arc::new(IngestStats::default());
     let (notice_tx, notice_rx) = crossbeam_channel::unbounded();
     let mut decoder = SampleDecoder::new(rig.input.kind, units, stats.clone(), notice_tx, false);
-    let first = rows.timestamps.iter().copied().filter(|t| t.is_finite()).fold(f64::INFINITY, f64::min);
-    let last_t = rows.timestamps.iter().copied().filter(|t| t.is_finite()).fold(f64::NEG_INFINITY, f64::max);
+    let skip = stamped_far_from_neighbours(&rows.timestamps);
+    let skipped = skip.iter().filter(|s| **s).count();
+    let kept = || rows.timestamps.iter().zip(&skip).filter(|(t, s)| t.is_finite() && !**s).map(|(t, _)| *t);
+    let first = kept().fold(f64::INFINITY, f64::min);
+    let last_t = kept().fold(f64::NEG_INFINITY, f64::max);
     if !first.is_finite() {
         bail!("the stream '{name}' has no finite timestamps");
+    }
+    // A clock reset or a stamping error that persists: binning across it would step through
+    // (or allocate) every bin in between.
+    let mut prev: Option<(usize, f64)> = None;
+    for (i, t) in rows.timestamps.iter().enumerate() {
+        if skip[i] || !t.is_finite() {
+            continue;
+        }
+        if let Some((j, tp)) = prev {
+            if (t - tp).abs() > MAX_TIME_JUMP_S {
+                bail!(
+                    "the stream '{name}' jumps in time by {:+.0} s between samples {j} and {i} (t = {tp:.3} → {t:.3}), and stays there: a clock reset or a stamping error. \
+                     Replay and fit cannot bin across it; cut the recording at the jump",
+                    t - tp
+                );
+            }
+        }
+        prev = Some((i, *t));
     }
     let t0 = first - if rig.input.kind == InputKind::Counts { period } else { 0.0 };
     let clock = BinClock {
@@ -540,6 +606,10 @@ pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebin
         let close = clock.close(k);
         while next < rows.len() && !(rows.timestamps[next] > close) {
             let t = rows.timestamps[next];
+            if skip[next] {
+                next += 1;
+                continue;
+            }
             decoder.decode(t, rows.row(next), layout, &mut |item| {
                 binner.feed(&[item]);
                 true
@@ -556,7 +626,12 @@ pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebin
         out.has_data[ku] = close - last_arrival <= stall_s;
     }
     let ld = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    out.rejected_samples = ld(&stats.nonfinite) + ld(&stats.invalid) + ld(&stats.unknown_units) + ld(&stats.duplicates);
+    out.rejected_samples = ld(&stats.nonfinite) + ld(&stats.invalid) + ld(&stats.unknown_units) + ld(&stats.duplicates) + skipped as u64;
+    if skipped > 0 {
+        out.notices.push(format!(
+            "input: {skipped} samples stamped more than {MAX_TIME_JUMP_S} s away from both neighbours were skipped (counted in rejected_samples)"
+        ));
+    }
     while let Ok(crate::ingest::IngestNotice::Rejected { what }) = notice_rx.try_recv() {
         out.notices.push(format!("input: {what}"));
     }

@@ -296,3 +296,86 @@ fn replay_bins_a_labrecorder_file_of_the_raw_spike_stream() {
     assert!((290..=310).contains(&bins), "3 s of 10 ms bins: {bins}");
     assert!(u(&v["gap_bins"]) <= 1, "the stream is live throughout");
 }
+
+/// A crafted recording: `streams` of (id, type, channels, timestamps, row-major values), all
+/// double64, with a bin grid in the header as neuroloop writes it.
+fn crafted(path: &Path, streams: &[(u32, &str, usize, Vec<f64>, Vec<f64>)]) {
+    use neuroloop::record::xdf::{Format, XdfWriter};
+    let header = "<neuroloop><bin_grid><t0>100.0</t0><bin_s>0.01</bin_s><grace_s>0.004</grace_s><deadline_s>0.005</deadline_s></bin_grid></neuroloop>";
+    let mut w = XdfWriter::create(path, header).unwrap();
+    for (id, ty, channels, ts, values) in streams {
+        let xml = format!(
+            "<?xml version=\"1.0\"?><info><name>s{id}</name><type>{ty}</type><channel_count>{channels}</channel_count><nominal_srate>0</nominal_srate><channel_format>double64</channel_format><source_id>s{id}</source_id></info>"
+        );
+        w.add_stream(*id, &xml, Format::Double64, *channels);
+        w.samples(*id, ts, values);
+    }
+    w.finish().unwrap();
+}
+
+/// Every stream replay reads by column is checked for its shape first: a damaged or
+/// foreign recording is refused with the stream's name, never an index out of bounds.
+#[test]
+fn recordings_with_streams_of_the_wrong_shape_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("shape");
+    let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "", ""));
+    let bins = 50usize;
+    let ends: Vec<f64> = (0..bins).map(|k| 100.0 + 0.01 * (k + 1) as f64).collect();
+    let bins_stream = (2, "NeuroloopBins", 98, ends.clone(), vec![0.0; bins * 98]);
+    let control = (3, "Control", 4, ends.clone(), vec![0.0; bins * 4]);
+    let timing = |ch: usize| (5, "NeuroloopTiming", ch, ends.clone(), (0..bins).flat_map(|k| std::iter::once(k as f64).chain(std::iter::repeat(1.0).take(ch - 1))).collect::<Vec<_>>());
+    let status = |ch: usize| (4, "NeuroloopStatus", ch, ends.clone(), (0..bins).flat_map(|k| std::iter::once(k as f64).chain(std::iter::repeat(0.0).take(ch - 1))).collect::<Vec<_>>());
+    let timing_channels = neuroloop::record::TIMING_LABELS.len();
+    let status_channels = neuroloop::telemetry::status_channels(4, 3);
+    for (name, streams, want) in [
+        ("timing-narrow.xdf", vec![bins_stream.clone(), control.clone(), timing(3)], "NeuroloopTiming stream has 3 channels"),
+        ("timing-wide.xdf", vec![bins_stream.clone(), control.clone(), timing(timing_channels + 5)], "NeuroloopTiming stream has"),
+        ("status-narrow.xdf", vec![bins_stream.clone(), control.clone(), timing(timing_channels), status(2)], "NeuroloopStatus stream has 2 channels"),
+        ("status-wide.xdf", vec![bins_stream.clone(), control.clone(), timing(timing_channels), status(status_channels + 1)], "NeuroloopStatus stream has"),
+    ] {
+        let p = dir.path().join(name);
+        crafted(&p, &streams);
+        let (out, _) = replay(&["replay", p.to_str().unwrap(), "--rig", rig_path.to_str().unwrap(), "--quiet"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(want) && err.contains(name) && !err.contains("panicked"), "{name}: {err}");
+    }
+}
+
+/// A mis-stamped sample (10⁶ s late, an epoch time, or 0) is skipped and counted instead of
+/// stretching the bin grid; a jump that persists is refused with where it is.
+#[test]
+fn time_jumps_in_a_spike_stream_are_skipped_or_refused_never_stepped_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("jump");
+    let model = rig.write_model(dir.path());
+    let rig_path = write(dir.path(), "rig.toml", &rig.controller_toml("events", &model));
+    let n = 2000usize;
+    // LSL's clock counts from boot: an hour and a half into the machine's uptime.
+    let ts: Vec<f64> = (0..n).map(|i| 5000.0 + i as f64 * 0.002).collect();
+    let vals: Vec<f64> = (0..n).flat_map(|i| [(i % 96) as f64, 0.0]).collect();
+    for (name, at, t) in [("late.xdf", 700, 100.0 + 1e6), ("epoch.xdf", 900, 1.7e9), ("zero.xdf", 0, 0.0)] {
+        let mut ts = ts.clone();
+        ts[at] = t;
+        let p = dir.path().join(name);
+        crafted(&p, &[(1, "SpikeEvents", 2, ts, vals.clone())]);
+        let started = std::time::Instant::now();
+        let (out, v) = replay(&["replay", p.to_str().unwrap(), "--rig", rig_path.to_str().unwrap(), "--quiet"]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(u(&v["bins"]) < 500, "{name}: {} bins: the outlier stretched the grid", v["bins"]);
+        assert_eq!(u(&v["rejected_samples"]), 1, "{name}: {v}");
+        assert!(v["notices"].to_string().contains("skipped"), "{name}: {}", v["notices"]);
+        assert!(started.elapsed().as_secs() < 60);
+    }
+    let mut jumped = ts.clone();
+    for t in jumped.iter_mut().skip(1200) {
+        *t += 1e6;
+    }
+    let p = dir.path().join("reset.xdf");
+    crafted(&p, &[(1, "SpikeEvents", 2, jumped, vals)]);
+    let (out, _) = replay(&["replay", p.to_str().unwrap(), "--rig", rig_path.to_str().unwrap(), "--quiet"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("jumps in time") && err.contains("samples 1199 and 1200") && err.contains("reset.xdf"), "{err}");
+}
