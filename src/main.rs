@@ -275,6 +275,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { file, rig, from, realtime, backend, report, quiet } => {
+            if let Some(path) = &report {
+                neuroloop::ensure_writable(path, "report")?;
+            }
             use neuroloop::replay::{self, ReplayOptions, ReplaySource};
             let rig = Rig::load(&rig)?;
             let source = match from.as_str() {

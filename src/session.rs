@@ -171,6 +171,9 @@ impl Drop for StopOnDrop {
 
 /// Run a closed-loop session; returns the report (also written to `opts.report`).
 pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
+    if let Some(path) = &opts.report {
+        crate::ensure_writable(path, "report")?;
+    }
     let model = SessionModel::resolve(rig)?;
     let model_source = model.source();
     let dims = model.dims();

@@ -379,3 +379,36 @@ fn time_jumps_in_a_spike_stream_are_skipped_or_refused_never_stepped_through() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("jumps in time") && err.contains("samples 1199 and 1200") && err.contains("reset.xdf"), "{err}");
 }
+
+/// SIGTERM and SIGHUP stop a run as Ctrl-C does: the report is written and the recording is
+/// finished with its footers. A report path that cannot be written stops the run at start.
+#[test]
+fn sigterm_and_sighup_end_a_run_cleanly_and_a_bad_report_path_stops_it_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("term");
+    let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "", ""));
+    for signal in ["TERM", "HUP"] {
+        let xdf = dir.path().join(format!("{signal}.xdf"));
+        let report_path = dir.path().join(format!("{signal}.json"));
+        let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--quiet", "--record", xdf.to_str().unwrap(), "--report", report_path.to_str().unwrap()]);
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&xdf).map_or(0, |m| m.len()) < 100_000 {
+            assert!(started.elapsed().as_secs() < 60, "the recording never grew");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap().success());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "SIG{signal}: {}", String::from_utf8_lossy(&out.stderr));
+        let r = report(&report_path);
+        assert!(u(&r["bins"]) > 50, "SIG{signal}: {}", r["bins"]);
+        let d = dump(&xdf);
+        for s in d["streams"].as_array().unwrap() {
+            assert_eq!(u(&s["footer_sample_count"]), u(&s["n"]), "SIG{signal}: {} has its footer", s["name"]);
+        }
+        assert_eq!(u(&stream(&d, "Control")["n"]), u(&r["control_samples"]));
+    }
+    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--quiet", "--bins", "10", "--report", "/nonexistent/folder/report.json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("/nonexistent/folder/report.json") && !err.contains("liblsl"), "checked before anything started: {err}");
+}

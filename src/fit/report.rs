@@ -96,6 +96,14 @@ fn training_bins(data: &FitData, fi: usize) -> usize {
 /// Run a whole fit as the CLI does. Errors name the file and what to do.
 pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
     opts.validate()?;
+    if let Some(path) = &opts.report {
+        crate::ensure_writable(path, "fit report")?;
+    }
+    // The model file is written only by a fit that succeeds; its folder must exist now.
+    let folder = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !folder.is_dir() {
+        anyhow::bail!("cannot write the model to {}: the folder {} does not exist", opts.out.display(), folder.display());
+    }
     let started = std::time::Instant::now();
     let data = data::load(&opts.files, rig, opts.tasks, opts.heldout)?;
     for n in &data.notices {
