@@ -412,3 +412,40 @@ fn sigterm_and_sighup_end_a_run_cleanly_and_a_bad_report_path_stops_it_at_start(
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("/nonexistent/folder/report.json") && !err.contains("liblsl"), "checked before anything started: {err}");
 }
+
+/// The disk fills during a recording (here: a file-size limit, EFBIG): the run goes on with
+/// every bin emitted, the recorder keeps nothing more in memory, the report says what
+/// failed and counts the samples that did not reach the file, and what was written before
+/// still replays.
+#[test]
+fn a_full_disk_stops_the_recording_not_the_run_and_the_loss_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("full");
+    let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "", ""));
+    let xdf = dir.path().join("full.xdf");
+    let report_path = dir.path().join("report.json");
+    // 600 blocks of 512 bytes: the recording fails after ~300 kB (a few seconds of bins).
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 600; exec \"$0\" run --rig \"$1\" --bins 1000 --quiet --record \"$2\" --report \"$3\"")
+        .arg(bin())
+        .args([&rig_path, &xdf, &report_path])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let r = report(&report_path);
+    assert_eq!(u(&r["bins"]), 1000);
+    assert_eq!(u(&r["control_samples"]), 1000, "every bin still emitted");
+    let rec = &r["recording"];
+    assert!(rec["error"].as_str().unwrap_or("").contains("failed"), "{rec}");
+    assert!(err.contains("the recording stops here"), "{err}");
+    let lost = u(&rec["samples_lost_after_error"]);
+    let written: u64 = rec["streams"].as_array().unwrap().iter().map(|s| u(&s["samples"])).sum();
+    assert!(lost > 1000, "the samples after the error are counted: {lost}");
+    assert!(written > 0 && std::fs::metadata(&xdf).unwrap().len() <= 600 * 512);
+    // What reached the disk is a readable, truncated recording.
+    let (out, v) = replay(&["replay", xdf.to_str().unwrap(), "--rig", rig_path.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(u(&v["bins"]) > 10, "{v}");
+}

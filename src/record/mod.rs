@@ -298,6 +298,9 @@ pub struct RecordingSummary {
     pub dropped_truth: u64,
     /// A write error that stopped the recording early (the file holds what came before).
     pub error: Option<String>,
+    /// Samples (all streams) that came after the write error and are not in the file: the
+    /// run goes on, memory stays flat, and the loss is counted here.
+    pub samples_lost_after_error: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -364,6 +367,7 @@ impl Recorder {
             dropped_bins: 0,
             dropped_control: 0,
             dropped_truth: 0,
+            samples_lost_after_error: 0,
             error: Some(format!("the recorder thread panicked: {}", crate::panic_message(&*p))),
         })
     }
@@ -605,6 +609,7 @@ impl RecorderThread {
         self.flush();
         let streams: Vec<RecordedStream> =
             self.names.iter().map(|(id, name)| RecordedStream { id: *id, name: name.clone(), samples: self.w.sample_count(*id) }).collect();
+        let samples_lost_after_error = self.names.iter().map(|(id, _)| self.w.samples_lost(*id)).sum();
         let mut error = self.error.take();
         let bytes = if error.is_none() {
             match self.w.finish() {
@@ -618,6 +623,7 @@ impl RecorderThread {
             self.w.bytes_written()
         };
         RecordingSummary {
+            samples_lost_after_error,
             path: self.s.path.display().to_string(),
             bytes,
             streams,

@@ -102,15 +102,20 @@ struct StreamState {
     first_timestamp: Option<f64>,
     last_timestamp: Option<f64>,
     samples: u64,
+    /// Samples handed over after the file failed (not in the file).
+    lost: u64,
     offsets: Vec<[f64; 2]>,
 }
 
 /// Writes one XDF file. Chunks accumulate in memory until [`flush`](XdfWriter::flush).
+/// After a write error (a full disk) the writer has failed: it keeps nothing more in memory,
+/// only counts the samples it is given ([`XdfWriter::samples_lost`]).
 pub struct XdfWriter {
     file: File,
     buf: Vec<u8>,
     streams: Vec<StreamState>,
     bytes_written: u64,
+    failed: bool,
 }
 
 /// Escape text for an XML element's content.
@@ -155,7 +160,7 @@ impl XdfWriter {
     /// goes inside `<info>` after `<version>1.0</version>` (already escaped XML).
     pub fn create(path: &Path, header_xml_body: &str) -> std::io::Result<XdfWriter> {
         let file = File::create(path)?;
-        let mut w = XdfWriter { file, buf: Vec::with_capacity(1 << 16), streams: Vec::new(), bytes_written: 0 };
+        let mut w = XdfWriter { file, buf: Vec::with_capacity(1 << 16), streams: Vec::new(), bytes_written: 0, failed: false };
         w.buf.extend_from_slice(b"XDF:");
         let xml = format!("<?xml version=\"1.0\"?><info><version>1.0</version>{header_xml_body}</info>");
         put_chunk(&mut w.buf, TAG_FILE_HEADER, xml.as_bytes());
@@ -170,8 +175,10 @@ impl XdfWriter {
         let mut content = Vec::with_capacity(4 + info_xml.len());
         content.extend_from_slice(&id.to_le_bytes());
         content.extend_from_slice(info_xml.as_bytes());
-        put_chunk(&mut self.buf, TAG_STREAM_HEADER, &content);
-        self.streams.push(StreamState { id, format, channels, first_timestamp: None, last_timestamp: None, samples: 0, offsets: Vec::new() });
+        if !self.failed {
+            put_chunk(&mut self.buf, TAG_STREAM_HEADER, &content);
+        }
+        self.streams.push(StreamState { id, format, channels, first_timestamp: None, last_timestamp: None, samples: 0, lost: 0, offsets: Vec::new() });
     }
 
     fn stream(&mut self, id: u32) -> &mut StreamState {
@@ -190,6 +197,10 @@ impl XdfWriter {
         };
         assert_eq!(values.len(), timestamps.len() * channels, "stream {id}: {channels} values per sample");
         assert!(format != Format::String, "stream {id} is a string stream: write it with text_samples");
+        if self.failed {
+            self.stream(id).lost += timestamps.len() as u64;
+            return;
+        }
         let mut content = Vec::with_capacity(16 + timestamps.len() * (9 + channels * 8));
         content.extend_from_slice(&id.to_le_bytes());
         put_varlen(&mut content, timestamps.len() as u64);
@@ -219,6 +230,10 @@ impl XdfWriter {
         };
         assert!(format == Format::String && channels == 1, "stream {id}: text_samples needs a one-channel string stream");
         assert_eq!(texts.len(), timestamps.len(), "stream {id}: one text per sample");
+        if self.failed {
+            self.stream(id).lost += timestamps.len() as u64;
+            return;
+        }
         let mut content = Vec::new();
         content.extend_from_slice(&id.to_le_bytes());
         put_varlen(&mut content, timestamps.len() as u64);
@@ -238,6 +253,9 @@ impl XdfWriter {
     /// A clock offset measurement: at local time `collection_time` the stream's clock was
     /// `offset` seconds behind the recorder's (local = remote + offset).
     pub fn clock_offset(&mut self, id: u32, collection_time: f64, offset: f64) {
+        if self.failed {
+            return;
+        }
         let mut content = Vec::with_capacity(20);
         content.extend_from_slice(&id.to_le_bytes());
         content.extend_from_slice(&collection_time.to_le_bytes());
@@ -248,6 +266,9 @@ impl XdfWriter {
 
     /// A boundary chunk (LabRecorder writes one every 10 s so damaged files can be re-read).
     pub fn boundary(&mut self) {
+        if self.failed {
+            return;
+        }
         put_chunk(&mut self.buf, TAG_BOUNDARY, &BOUNDARY_UUID);
     }
 
@@ -262,12 +283,32 @@ impl XdfWriter {
 
     /// Hand every finished chunk to the OS in one write.
     pub fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
+        if !self.buf.is_empty() && !self.failed {
+            if let Err(e) = self.file.write_all(&self.buf) {
+                // The chunks that did not fit are gone; keep no more (memory stays flat).
+                self.failed = true;
+                self.buf = Vec::new();
+                return Err(e);
+            }
             self.bytes_written += self.buf.len() as u64;
             self.buf.clear();
         }
         Ok(())
+    }
+
+    /// Whether a write has failed (nothing more goes into the file).
+    pub fn has_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Samples of stream `id` handed over after the failure (not in the file).
+    pub fn samples_lost(&self, id: u32) -> u64 {
+        self.streams.iter().find(|s| s.id == id).map_or(0, |s| s.lost)
+    }
+
+    /// Bytes waiting for the next flush.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buf.len()
     }
 
     /// Force what was flushed onto the disk (power loss; a killed process needs only `flush`).
@@ -333,5 +374,27 @@ mod tests {
         let at = bytes.windows(needle.len()).position(|w| w == needle.as_slice()).expect("samples chunk content");
         // [1][len][3, 0] precede the content
         assert_eq!(&bytes[at - 4..at], &[1, (2 + needle.len()) as u8, 3, 0]);
+    }
+
+    #[test]
+    fn after_a_write_error_nothing_more_is_kept_in_memory_and_the_loss_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = XdfWriter::create(&dir.path().join("full.xdf"), "").unwrap();
+        w.add_stream(1, "<info/>", Format::Double64, 2);
+        w.flush().unwrap();
+        // The disk fills: every write from now on fails with ENOSPC.
+        w.file = File::options().write(true).open("/dev/full").unwrap();
+        w.samples(1, &[1.0, 2.0], &[0.0; 4]);
+        assert!(w.flush().is_err());
+        assert!(w.has_failed());
+        for i in 0..10_000 {
+            w.samples(1, &[i as f64; 100], &[0.0; 200]);
+            w.clock_offset(1, i as f64, 0.0);
+            w.boundary();
+            assert_eq!(w.buffered_bytes(), 0, "the failed writer buffers");
+            w.flush().unwrap();
+        }
+        assert_eq!(w.samples_lost(1), 1_000_000);
+        assert_eq!(w.sample_count(1), 2);
     }
 }
