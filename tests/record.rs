@@ -211,7 +211,7 @@ fn replay_reproduces_the_control_stream_bit_for_bit_and_reports_the_first_diverg
     let bogus = write(dir.path(), "bogus.xdf", "not xdf");
     let (out, _) = replay(&["replay", bogus.to_str().unwrap(), "--rig", rig_path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a readable XDF file"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an XDF file (it does not start with \"XDF:\")"));
     let wide = write(dir.path(), "wide.toml", &text.replace("channels = 96", "channels = 95").replace("n_units = 96", "n_units = 95"));
     let (out, _) = replay(&["replay", xdf.to_str().unwrap(), "--rig", wide.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
