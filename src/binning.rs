@@ -26,6 +26,8 @@ pub struct Binner {
     counts: Vec<f64>,
     late: u64,
     future: u64,
+    /// Spikes stamped before the session's first bin, over the whole session.
+    before_start: u64,
     /// The next bin to be closed.
     next: u64,
 }
@@ -35,14 +37,16 @@ impl Binner {
     /// (grace plus transport jitter); 64 is plenty for any sane rig.
     pub fn new(clock: BinClock, n_units: usize, lookahead_bins: usize) -> Binner {
         let window = lookahead_bins.max(2);
-        Binner { clock, n_units, window, counts: vec![0.0; window * n_units], late: 0, future: 0, next: 0 }
+        Binner { clock, n_units, window, counts: vec![0.0; window * n_units], late: 0, future: 0, before_start: 0, next: 0 }
     }
 
     #[inline]
     fn add(&mut self, item: SpikeItem) {
         let j = self.clock.bin_of(item.t);
         if j < 0 {
-            return; // before the session's first bin: not part of the experiment
+            // Before the session's first bin: not part of the experiment, but counted.
+            self.before_start += item.count as u64;
+            return;
         }
         let j = j as u64;
         if j < self.next {
@@ -53,6 +57,18 @@ impl Binner {
             let row = (j % self.window as u64) as usize;
             self.counts[row * self.n_units + item.unit as usize] += item.count as f64;
         }
+    }
+
+    /// Spikes stamped before bin 0 so far (received while the session was starting, or
+    /// stamped far in the past); never binned.
+    pub fn before_start(&self) -> u64 {
+        self.before_start
+    }
+
+    /// Spikes taken in but not yet closed into a bin: the window's counts and the late and
+    /// future spikes the next close would report.
+    pub fn unclosed(&self) -> u64 {
+        self.counts.iter().sum::<f64>().round() as u64 + self.late + self.future
     }
 
     /// Move everything in the ring into the accumulators.
@@ -107,8 +123,9 @@ mod tests {
             SpikeItem { t: 10.001, unit: 0, count: 1.0 },
             SpikeItem { t: 10.009, unit: 2, count: 1.0 },
             SpikeItem { t: 10.011, unit: 1, count: 2.0 }, // bin 1
-            SpikeItem { t: 9.99, unit: 1, count: 1.0 },   // before t0: ignored
+            SpikeItem { t: 9.99, unit: 1, count: 1.0 },   // before t0: counted, not binned
         ]);
+        assert_eq!(b.before_start(), 1);
         let mut out = [0.0; 3];
         let t0 = b.close(0, &mut out);
         assert_eq!(out, [1.0, 0.0, 1.0]);

@@ -547,7 +547,7 @@ pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebin
     let layout = CountsLayout { period, rates };
     let stats = Arc::new(IngestStats::default());
     let (notice_tx, notice_rx) = crossbeam_channel::unbounded();
-    let mut decoder = SampleDecoder::new(rig.input.kind, units, stats.clone(), notice_tx, false);
+    let mut decoder = SampleDecoder::new(rig.input.kind, units, stats.clone(), notice_tx, None);
     let skip = stamped_far_from_neighbours(&rows.timestamps);
     let skipped = skip.iter().filter(|s| **s).count();
     let kept = || rows.timestamps.iter().zip(&skip).filter(|(t, s)| t.is_finite() && !**s).map(|(t, _)| *t);

@@ -69,6 +69,10 @@ pub struct LoopSetup {
 pub struct LoopStatus {
     /// Bins processed so far.
     pub bins_done: AtomicU64,
+    /// Spikes stamped before the session's first bin (never binned; see `Binner::before_start`).
+    pub pre_session_spikes: AtomicU64,
+    /// Spikes handed on after the last bin closed (set once ingest has stopped).
+    pub after_end_spikes: AtomicU64,
 }
 
 /// The loop asks the emitter for the fallback when the input is gone or the controller
@@ -78,11 +82,29 @@ pub fn wants_fallback(has_data: bool, out: &BinOutput) -> bool {
     !has_data || !out.control_valid
 }
 
-pub fn start(setup: LoopSetup, status: Arc<LoopStatus>) -> std::io::Result<std::thread::JoinHandle<Box<dyn Backend>>> {
+/// What the loop hands back when its last bin is done: the backend, and the binner with its
+/// ring, which still receive the spikes that arrive until ingest stops (see [`LoopEnd::count_after_end`]).
+pub struct LoopEnd {
+    pub backend: Box<dyn Backend>,
+    binner: Binner,
+    ring: SpikeConsumer,
+}
+
+impl LoopEnd {
+    /// Once ingest has stopped: the spikes handed on after the last bin closed (everything
+    /// still in the ring or held by the binner), so that every spike is binned or counted.
+    pub fn count_after_end(&mut self) -> u64 {
+        let before = self.binner.before_start();
+        self.binner.drain(&mut self.ring);
+        self.binner.unclosed() + (self.binner.before_start() - before)
+    }
+}
+
+pub fn start(setup: LoopSetup, status: Arc<LoopStatus>) -> std::io::Result<std::thread::JoinHandle<LoopEnd>> {
     std::thread::Builder::new().name("neuroloop-loop".into()).spawn(move || run(setup, &status))
 }
 
-fn run(mut s: LoopSetup, status: &LoopStatus) -> Box<dyn Backend> {
+fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
     let dims = s.backend.dims();
     let (n, m) = (dims.n_units, dims.control);
     let mut binner = Binner::new(s.clock, n, s.lookahead_bins);
@@ -97,6 +119,7 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> Box<dyn Backend> {
         let started_at = clock::now();
         binner.drain(&mut s.ring);
         let tally = binner.close(k, &mut counts);
+        status.pre_session_spikes.store(binner.before_start(), Ordering::Relaxed);
         // What was actually emitted for bin k−1 drove x_k.
         while let Some(e) = s.emit.feedback.pop() {
             if e.bin + 1 == k {
@@ -152,5 +175,5 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> Box<dyn Backend> {
         status.bins_done.store(k, Ordering::Release);
     }
     crate::hot::leave();
-    s.backend
+    LoopEnd { backend: s.backend, binner, ring: s.ring }
 }

@@ -251,7 +251,9 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     let mut taps = None;
     if let Some(path) = &opts.record {
         let labels = rig.output.control_labels.clone().unwrap_or_else(|| (0..dims.control).map(|j| format!("u{j}")).collect());
-        let source_id = format!("neuroloop-{}", rig.name);
+        // The Control outlet first: a simulated rig's inlet resolves it while ingest connects,
+    // and hears bin 0.
+    let source_id = format!("neuroloop-{}", rig.name);
         let setup = RecorderSetup {
             path: path.clone(),
             provenance: Provenance::of(rig, &backend_name)?,
@@ -322,6 +324,13 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         end_bin: end_bin.clone(),
         record: emitted_tap,
     })?;
+    if let Some(h) = &sim_handles {
+        // The simulated rig must hear every Control sample: wait (at most until bin 0
+        // starts) for its inlet to subscribe to the outlet that now exists.
+        while !h.control_connected.load(Ordering::Acquire) && clock::now() < t0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 
     let bins_q = queues.bins.clone();
     let bins_dropped = queues.bins_dropped.clone();
@@ -386,10 +395,11 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         // Coarse on purpose: every wake-up costs on a busy 2-core machine.
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let _backend = loop_handle.join().map_err(|_| anyhow::anyhow!("the loop thread panicked"))?;
+    let mut loop_end = loop_handle.join().map_err(|_| anyhow::anyhow!("the loop thread panicked"))?;
     emitter.join().map_err(|_| anyhow::anyhow!("the emitter thread panicked"))?;
     stop.store(true, Ordering::Release);
     let _ = ingest_handle.join();
+    loop_status.after_end_spikes.store(loop_end.count_after_end(), Ordering::Release);
     sim_stop.store(true, Ordering::Release);
     if let Some(h) = sim_handles {
         let _ = h.sim.join();

@@ -59,29 +59,40 @@ pub struct SimSetup {
 pub struct SimHandles {
     pub sim: std::thread::JoinHandle<()>,
     pub receiver: std::thread::JoinHandle<()>,
+    /// The simulated rig's Control inlet is subscribed: it receives every sample pushed from
+    /// now on (the session waits for this before bin 0, so the rig hears every bin).
+    pub control_connected: Arc<AtomicBool>,
 }
 
 /// Start the simulator (publisher thread + Control receiver thread). Returns once the
 /// spike outlet exists.
 pub fn start(setup: SimSetup) -> anyhow::Result<SimHandles> {
     let latest_u = Arc::new(Mutex::new(vec![0.0f64; setup.params.dims.control]));
+    let control_connected = Arc::new(AtomicBool::new(false));
     let receiver = {
         let latest_u = latest_u.clone();
+        let connected = control_connected.clone();
         let name = setup.control_stream.clone();
         let stop = setup.stop.clone();
         let e2e = setup.end_to_end.clone();
-        std::thread::Builder::new().name("sim-control-rx".into()).spawn(move || receive_control(&name, &latest_u, &stop, e2e))?
+        std::thread::Builder::new().name("sim-control-rx".into()).spawn(move || receive_control(&name, &latest_u, &stop, e2e, &connected))?
     };
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let sim = std::thread::Builder::new().name("sim".into()).spawn(move || run(setup, latest_u, ready_tx))?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(SimHandles { sim, receiver }),
+        Ok(Ok(())) => Ok(SimHandles { sim, receiver, control_connected }),
         Ok(Err(e)) => Err(anyhow::anyhow!(e)),
         Err(_) => Err(anyhow::anyhow!("the simulator thread died at start-up")),
     }
 }
 
-fn receive_control(name: &str, latest: &Mutex<Vec<f64>>, stop: &AtomicBool, e2e: Option<Arc<ArrayQueue<[f64; 2]>>>) {
+fn receive_control(
+    name: &str,
+    latest: &Mutex<Vec<f64>>,
+    stop: &AtomicBool,
+    e2e: Option<Arc<ArrayQueue<[f64; 2]>>>,
+    connected: &AtomicBool,
+) {
     let pred = format!("name='{name}' and type='Control'");
     while !stop.load(Ordering::Relaxed) {
         let Ok(found) = lsl::resolve_bypred(&pred, 1, 0.5) else { continue };
@@ -90,6 +101,7 @@ fn receive_control(name: &str, latest: &Mutex<Vec<f64>>, stop: &AtomicBool, e2e:
         if inlet.open_stream(2.0).is_err() {
             continue;
         }
+        connected.store(true, Ordering::Release);
         let mut buf: Vec<f32> = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             match inlet.pull_sample_buf(&mut buf, 0.05) {

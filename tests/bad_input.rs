@@ -163,3 +163,192 @@ fn vanished_stream_gap_is_reported_and_the_loop_resumes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("input LOST"), "{err}");
 }
+
+/// An outlet of `format` named as the rig's input, kept alive for `secs`.
+fn hold_outlet(name: String, ty: &'static str, channels: u32, rate: f64, format: lsl::ChannelFormat, source: &'static str, secs: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let info = lsl::StreamInfo::new(&name, ty, channels, rate, format, source).unwrap();
+        let _outlet = lsl::StreamOutlet::new(&info, 0, 360).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    })
+}
+
+/// A stream of the rig's name and type that carries strings (a marker stream, say) is not
+/// spikes: refused at connect, naming its format, instead of read as channel 0.
+#[test]
+fn a_string_stream_of_the_rigs_name_is_refused_at_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("strfmt");
+    let rig_path = controller_rig(dir.path(), &rig, "events");
+    let keep = hold_outlet(rig.spikes.clone(), "SpikeEvents", 2, lsl::IRREGULAR_RATE, lsl::ChannelFormat::String, "strfmt", 8);
+    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "10", "--quiet"]);
+    keep.join().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("channel format is String, not a number") && err.contains("[input]"), "{err}");
+}
+
+/// Two sources answer the rig's [input]: neither is picked silently (which one answered first
+/// differs from run to run); the error lists both and says how to choose.
+#[test]
+fn two_streams_matching_the_input_are_refused_with_how_to_choose() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("twins");
+    let rig_path = controller_rig(dir.path(), &rig, "events");
+    let a = hold_outlet(rig.spikes.clone(), "SpikeEvents", 2, lsl::IRREGULAR_RATE, lsl::ChannelFormat::Float32, "twin-a", 10);
+    let b = hold_outlet(rig.spikes.clone(), "SpikeEvents", 2, lsl::IRREGULAR_RATE, lsl::ChannelFormat::Float32, "twin-b", 10);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "10", "--quiet"]);
+    a.join().unwrap();
+    b.join().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2 streams match [input]") && err.contains("twin-a") && err.contains("twin-b"), "{err}");
+    assert!(err.contains("give [input] source_id"), "{err}");
+}
+
+/// Counts no channel can carry (1e30 in 10 ms) and fractional counts are rejected whole and
+/// counted; every valid count is kept, and the spike counter neither wraps nor truncates.
+#[test]
+fn impossible_and_fractional_counts_are_rejected_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("hugecnt");
+    let rig_path = controller_rig(dir.path(), &rig, "counts");
+    let name = rig.spikes.clone();
+    let pusher = std::thread::spawn(move || {
+        let info = lsl::StreamInfo::new(&name, "SpikeCounts", 96, 100.0, lsl::ChannelFormat::Double64, "hugecnt").unwrap();
+        let outlet = lsl::StreamOutlet::new(&info, 0, 360).unwrap();
+        wait_for_consumer(&outlet);
+        let mut t = lsl::local_clock();
+        for i in 0..300 {
+            t += 0.01;
+            let mut sample = vec![2.0f64; 96];
+            match i {
+                100 => sample[7] = 1e30,
+                150 => sample[3] = 2.5,
+                200 => sample[9] = 101.0, // 10 100 Hz over 10 ms: above what a channel carries
+                _ => {}
+            }
+            outlet.push_sample_ex(&sample, t, true).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    });
+    let report_path = dir.path().join("report.json");
+    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
+    pusher.join().unwrap();
+    let out = interrupt(child);
+    assert!(out.status.success());
+    let r = report(&report_path);
+    assert_eq!(r["ingest"]["invalid"], 3);
+    assert_eq!(r["ingest"]["spikes"].as_u64().unwrap(), 297 * 96 * 2, "every valid count kept, none of the bad samples");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fractional count (2.5) in channel 3") && err.contains("values_are_rates"), "{err}");
+    assert!(err.contains("1e30 in channel 7") && err.contains("10000 Hz a channel can carry"), "{err}");
+}
+
+/// A source stamping its samples on its own clock (here: seconds since it started, near 0)
+/// is not live input: every sample is counted as stale, none is binned, the loop sends the
+/// fallback for every bin, and the operator is told what is wrong.
+#[test]
+fn input_stamped_far_in_the_past_is_counted_stale_and_not_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("stale");
+    let rig_path = controller_rig(dir.path(), &rig, "events");
+    let name = rig.spikes.clone();
+    let pusher = std::thread::spawn(move || {
+        let info = lsl::StreamInfo::new(&name, "SpikeEvents", 2, lsl::IRREGULAR_RATE, lsl::ChannelFormat::Float32, "stale").unwrap();
+        let outlet = lsl::StreamOutlet::new(&info, 0, 360).unwrap();
+        wait_for_consumer(&outlet);
+        for i in 0..600u64 {
+            outlet.push_sample_ex(&vec![(i % 96) as f32, 0.0], 1.0 + i as f64 * 0.005, true).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        600u64
+    });
+    let report_path = dir.path().join("report.json");
+    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
+    let pushed = pusher.join().unwrap();
+    let out = interrupt(child);
+    assert!(out.status.success());
+    let r = report(&report_path);
+    assert_eq!(r["ingest"]["stale"].as_u64().unwrap(), pushed, "every sample counted stale");
+    assert_eq!(r["ingest"]["spikes"], 0);
+    assert_eq!(r["binned_spikes"], 0.0);
+    assert_eq!(r["gap_bins"], r["bins"], "never live: every bin is a gap");
+    assert_eq!(r["fallbacks"], r["bins"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("counted as stale") && err.contains("lsl_local_clock()"), "{err}");
+}
+
+/// Counts stamped 20 ms after the interval they count (within stall, so live): all arrive
+/// after their bin closed; they are counted late and the operator is told by how much to
+/// raise grace_ms.
+#[test]
+fn input_that_always_arrives_late_gets_a_notice_with_the_grace_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("late");
+    let rig_path = controller_rig(dir.path(), &rig, "counts");
+    let name = rig.spikes.clone();
+    let pusher = std::thread::spawn(move || {
+        let info = lsl::StreamInfo::new(&name, "SpikeCounts", 96, 100.0, lsl::ChannelFormat::Float32, "late").unwrap();
+        let outlet = lsl::StreamOutlet::new(&info, 0, 360).unwrap();
+        wait_for_consumer(&outlet);
+        for _ in 0..400 {
+            outlet.push_sample_ex(&vec![1.0f32; 96], lsl::local_clock() - 0.02, true).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    });
+    let report_path = dir.path().join("report.json");
+    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
+    pusher.join().unwrap();
+    let out = interrupt(child);
+    assert!(out.status.success());
+    let r = report(&report_path);
+    // Those before bin 0 (the session's start-up) are counted apart; the rest are late.
+    let in_session = r["ingest"]["spikes"].as_f64().unwrap() - r["pre_session_spikes"].as_f64().unwrap();
+    assert!(in_session >= 200.0 * 96.0, "{r}");
+    assert!(r["late_spikes"].as_f64().unwrap() > 0.9 * in_session, "nearly all late: {r}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let notice = err.lines().find(|l| l.contains("arrived after their bin had closed")).unwrap_or_else(|| panic!("no lateness notice: {err}"));
+    // 20 ms behind the stamp, binned 5 ms before it: ≥ 15 ms after the bin's end, grace 4.
+    let needed: f64 = notice.split("raise grace_ms to ≥ ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((15.0..40.0).contains(&needed), "{notice}");
+}
+
+/// 200 000 spikes within 1 ms: the inlet's buffer holds the burst (liblsl would drop the
+/// oldest without a count), so every spike is either handed to the loop or counted as a
+/// ring overflow.
+#[test]
+fn a_burst_of_200k_spikes_is_binned_or_counted_every_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("burst");
+    let rig_path = controller_rig(dir.path(), &rig, "events");
+    let name = rig.spikes.clone();
+    const BURST: usize = 200_000;
+    let pusher = std::thread::spawn(move || {
+        let info = lsl::StreamInfo::new(&name, "SpikeEvents", 2, lsl::IRREGULAR_RATE, lsl::ChannelFormat::Float32, "burst").unwrap();
+        // The outlet's own buffer must hold the burst too (max_buffered 10 000 → 1 M samples).
+        let outlet = lsl::StreamOutlet::new(&info, 0, 10_000).unwrap();
+        wait_for_consumer(&outlet);
+        std::thread::sleep(std::time::Duration::from_secs(2)); // into the session (bin 0 starts 1.5 s in)
+        let t = lsl::local_clock();
+        let samples: Vec<Vec<f32>> = (0..BURST).map(|i| vec![(i % 96) as f32, 0.0]).collect();
+        let stamps: Vec<f64> = (0..BURST).map(|i| t + i as f64 * 5e-9).collect();
+        outlet.push_chunk_stamped_ex(&samples, &stamps, true).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    });
+    let report_path = dir.path().join("report.json");
+    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
+    pusher.join().unwrap();
+    let out = interrupt(child);
+    assert!(out.status.success());
+    let r = report(&report_path);
+    let ing = &r["ingest"];
+    assert_eq!(ing["samples"].as_u64().unwrap(), BURST as u64, "the inlet received every sample: {ing}");
+    assert_eq!(ing["inlet_full"], 0);
+    let handed = ing["spikes"].as_u64().unwrap();
+    assert_eq!(handed + r["ring_overflows"].as_u64().unwrap(), BURST as u64, "handed on or counted: {r}");
+    let binned = r["binned_spikes"].as_f64().unwrap() + r["late_spikes"].as_f64().unwrap() + r["future_spikes"].as_f64().unwrap();
+    assert_eq!(binned, handed as f64, "every spike handed on is in a bin or counted");
+}

@@ -17,54 +17,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// 1 − SSE/SST of estimates against the truth, over all dimensions ((estimate, truth) per
-/// bin); None with fewer than 10 bins or a constant truth.
-pub fn r_squared<'a>(pairs: impl Iterator<Item = (&'a [f64], &'a [f64])> + Clone) -> Option<f64> {
-    let n = pairs.clone().count();
-    if n < 10 {
-        return None;
-    }
-    let d = pairs.clone().next().map_or(0, |(_, t)| t.len());
-    let mut mean = vec![0.0; d];
-    for (_, t) in pairs.clone() {
-        for i in 0..d {
-            mean[i] += t[i] / n as f64;
-        }
-    }
-    let (mut sse, mut sst) = (0.0, 0.0);
-    for (x, t) in pairs {
-        for i in 0..d {
-            sse += (x[i] - t[i]).powi(2);
-            sst += (t[i] - mean[i]).powi(2);
-        }
-    }
-    (sst > 0.0).then(|| 1.0 - sse / sst)
-}
-
-/// R² of the truth against the best affine map of the estimate (least squares), pooled over
-/// the truth's dimensions: 1 − SSE/SST.
-pub fn affine_r2(pairs: &[(Vec<f64>, Vec<f64>)]) -> Option<f64> {
-    if pairs.len() < 20 {
-        return None;
-    }
-    let (d, dt) = (pairs[0].0.len(), pairs[0].1.len());
-    let k = pairs.len();
-    let x = nalgebra::DMatrix::from_fn(k, d + 1, |i, j| if j < d { pairs[i].0[j] } else { 1.0 });
-    let y = nalgebra::DMatrix::from_fn(k, dt, |i, j| pairs[i].1[j]);
-    let xtx = x.transpose() * &x + nalgebra::DMatrix::identity(d + 1, d + 1) * 1e-9;
-    let w = xtx.cholesky()?.solve(&(x.transpose() * &y));
-    let fit = &x * w;
-    let mut sse = 0.0;
-    let mut sst = 0.0;
-    for j in 0..dt {
-        let mean = y.column(j).mean();
-        for i in 0..k {
-            sse += (y[(i, j)] - fit[(i, j)]).powi(2);
-            sst += (y[(i, j)] - mean).powi(2);
-        }
-    }
-    (sst > 0.0).then(|| 1.0 - sse / sst)
-}
+pub mod evaluation;
+mod lateness;
+use lateness::InputLateness;
+pub use evaluation::{affine_r2, r_squared};
+use evaluation::{EvalRow, Evaluation};
 
 /// Status flag bits (the Status stream's `flags` channel; DESIGN.md §4).
 pub const FLAG_FALLBACK: u32 = 1;
@@ -229,6 +186,10 @@ pub struct IngestCounts {
     pub duplicates: u64,
     pub disconnects: u64,
     pub reconnects: u64,
+    /// Samples that arrived more than stall_ms after their own timestamps (not binned).
+    pub stale: u64,
+    /// Times liblsl's inlet buffer was found full (it then drops samples without a count).
+    pub inlet_full: u64,
 }
 
 /// The end-of-run summary (`--report FILE.json`).
@@ -250,8 +211,18 @@ pub struct Report {
     /// Stream gaps as [first_bin, last_bin] ranges.
     pub gaps: Vec<[u64; 2]>,
     pub late_results: u64,
+    /// Spikes in the bins' counts (as telemetry received the bins; exact when
+    /// `telemetry_dropped` is 0).
+    pub binned_spikes: f64,
     pub late_spikes: u64,
     pub future_spikes: u64,
+    /// Spikes stamped before the session's first bin (while it started, or stamped far in
+    /// the past): received, never binned.
+    pub pre_session_spikes: u64,
+    /// Spikes that arrived after the last bin had closed (the input runs on until the session
+    /// has stopped): received, never binned. binned + late + future + pre_session + after_end
+    /// = `ingest.spikes` exactly when `telemetry_dropped` is 0.
+    pub after_end_spikes: u64,
     pub ring_overflows: u64,
     pub telemetry_dropped: u64,
     pub ingest: IngestCounts,
@@ -301,14 +272,6 @@ struct Joined {
     truth: Option<TruthRecord>,
 }
 
-struct EvalRow {
-    enabled: bool,
-    x: Vec<f64>,
-    x_true: Option<Vec<f64>>,
-    z: Vec<f64>,
-    task_true: Option<usize>,
-}
-
 pub struct Telemetry {
     cfg: TelemetryConfig,
     q: TelemetryQueues,
@@ -327,7 +290,9 @@ pub struct Telemetry {
     gaps: Vec<[u64; 2]>,
     late_spikes: u64,
     future_spikes: u64,
-    rows: Vec<EvalRow>,
+    binned_spikes: f64,
+    eval: Evaluation,
+    lateness: InputLateness,
     notices: Vec<String>,
     status_outlet: Option<lsl::StreamOutlet>,
     status_sample: Vec<f64>,
@@ -336,6 +301,7 @@ pub struct Telemetry {
 
 impl Telemetry {
     pub fn new(cfg: TelemetryConfig, q: TelemetryQueues) -> Telemetry {
+        let eval = Evaluation::new(cfg.latent, cfg.truth_latent, cfg.target.clone(), cfg.settle_bins, cfg.library.clone());
         Telemetry {
             lat: StageLatencies::new(cfg.warmup_bins, cfg.keep_series),
             ingest_early: 0,
@@ -353,7 +319,9 @@ impl Telemetry {
             gaps: Vec::new(),
             late_spikes: 0,
             future_spikes: 0,
-            rows: Vec::new(),
+            binned_spikes: 0.0,
+            eval,
+            lateness: InputLateness::default(),
             notices: Vec::new(),
             status_outlet: None,
             last_line: 0.0,
@@ -439,12 +407,17 @@ impl Telemetry {
                 self.lat.record(Stage::EndToEnd, bin as u64, lag);
             }
         }
-        while let Some([t, lag]) = self.q.ingest.lag.0.pop() {
+        while let Some([t, lag, t_binned]) = self.q.ingest.lag.0.pop() {
             let bin = clock.bin_of(t);
             if bin >= 0 && self.lat.counts(bin as u64) {
                 self.ingest_early += (lag < 0.0) as u64;
                 self.lat.record(Stage::IngestLag, bin as u64, lag);
+                self.lateness.add(&clock, t, t + lag, t_binned);
             }
+        }
+        if let Some(msg) = self.lateness.notice(&clock, self.late_spikes as f64, self.binned_spikes) {
+            eprintln!("[neuroloop] {msg}");
+            self.notices.push(msg);
         }
         self.lat.tick(crate::clock::now());
         // Finalise bins in order once complete. A bin still incomplete when the loop is a
@@ -501,6 +474,7 @@ impl Telemetry {
         if let Some(r) = &j.rec {
             self.lat.record(Stage::Compute, k, r.done_at - r.started_at);
             self.late_spikes += r.late_spikes;
+            self.binned_spikes += r.spikes;
             self.future_spikes += r.future_spikes;
             if !r.has_data {
                 self.gap_bins += 1;
@@ -510,11 +484,11 @@ impl Telemetry {
                 }
             }
             if let (true, Some(enabled)) = (r.has_data, enabled) {
-                self.rows.push(EvalRow {
+                self.eval.add(EvalRow {
                     enabled,
-                    x: r.x[..self.cfg.latent].to_vec(),
-                    x_true: j.truth.map(|t| t.x[..self.cfg.truth_latent].to_vec()),
-                    z: r.z[..self.cfg.embed].to_vec(),
+                    x: &r.x[..self.cfg.latent],
+                    x_true: j.truth.as_ref().map(|t| &t.x[..self.cfg.truth_latent]),
+                    z: &r.z[..self.cfg.embed],
                     task_true: j.truth.map(|t| t.task),
                 });
             }
@@ -528,8 +502,8 @@ impl Telemetry {
     fn print_line(&mut self, last: bool) {
         self.last_line = crate::clock::now();
         let us = |stage, q| self.lat.quantile_us(stage, q);
-        let r2 = self.latent_r2(Some(500)).map_or("-".into(), |v| format!("{v:.3}"));
-        let tr = self.tracking();
+        let r2 = self.eval.recent_latent_r2().map_or("-".into(), |v| format!("{v:.3}"));
+        let tr = self.eval.tracking();
         let track = match tr.as_ref().map(|t| (&t.closed_loop_mse, &t.open_loop_mse)).unwrap_or((&None, &None)) {
             (Some(c), Some(o)) => format!(" | track closed {c:.3} open {o:.3}"),
             (Some(c), None) => format!(" | track {c:.3}"),
@@ -556,112 +530,10 @@ impl Telemetry {
         );
     }
 
-    /// 1 − SSE/SST over all latent dimensions (the last `window` rows, or all).
-    fn latent_r2(&self, window: Option<usize>) -> Option<f64> {
-        if self.cfg.truth_latent != self.cfg.latent {
-            return None;
-        }
-        let rows: Vec<&EvalRow> = self.rows.iter().filter(|r| r.x_true.is_some()).collect();
-        let rows = match window {
-            Some(w) if rows.len() > w => &rows[rows.len() - w..],
-            _ => &rows[..],
-        };
-        r_squared(rows.iter().map(|r| (&r.x[..], &r.x_true.as_ref().unwrap()[..])))
-    }
-
-    fn tracking_error(&self, target: &TrackingTarget, x_true: &[f64]) -> f64 {
-        match target {
-            TrackingTarget::Latent(t) => x_true.iter().zip(t).map(|(a, b)| (a - b).powi(2)).sum(),
-            TrackingTarget::Rates { target_hz, c, d, log_rate_max } => {
-                let x = nalgebra::DVector::from_column_slice(x_true);
-                let eta = c * x + d;
-                let n = target_hz.len() as f64;
-                eta.iter().zip(target_hz).map(|(e, r)| (e.min(*log_rate_max).exp() - r).powi(2)).sum::<f64>() / n
-            }
-        }
-    }
-
-    fn tracking(&self) -> Option<Tracking> {
-        let target = self.cfg.target.as_ref()?;
-        let (mut closed, mut open) = ((0.0, 0u64), (0.0, 0u64));
-        let mut since_change = 0u64;
-        let mut prev_enabled = None;
-        for r in &self.rows {
-            if prev_enabled != Some(r.enabled) {
-                since_change = 0;
-                prev_enabled = Some(r.enabled);
-            }
-            since_change += 1;
-            let Some(t) = &r.x_true else { continue };
-            if since_change <= self.cfg.settle_bins {
-                continue;
-            }
-            let err = self.tracking_error(target, t);
-            let acc = if r.enabled { &mut closed } else { &mut open };
-            acc.0 += err;
-            acc.1 += 1;
-        }
-        let c = (closed.1 > 0).then(|| closed.0 / closed.1 as f64);
-        let o = (open.1 > 0).then(|| open.0 / open.1 as f64);
-        Some(Tracking {
-            closed_loop_mse: c,
-            open_loop_mse: o,
-            closed_loop_bins: closed.1,
-            open_loop_bins: open.1,
-            ratio: match (c, o) {
-                (Some(c), Some(o)) if o > 0.0 => Some(c / o),
-                _ => None,
-            },
-        })
-    }
-
-    fn reidentification(&self) -> Vec<Reidentification> {
-        let lib = &self.cfg.library;
-        let mut out = Vec::new();
-        if lib.is_empty() {
-            return out;
-        }
-        let nearest = |z: &[f64]| {
-            (0..lib.len())
-                .min_by(|&a, &b| {
-                    let da: f64 = lib[a].iter().zip(z).map(|(p, q)| (p - q).powi(2)).sum();
-                    let db: f64 = lib[b].iter().zip(z).map(|(p, q)| (p - q).powi(2)).sum();
-                    da.total_cmp(&db)
-                })
-                .unwrap()
-        };
-        let rows: Vec<&EvalRow> = self.rows.iter().filter(|r| r.task_true.is_some()).collect();
-        let mut i = 1;
-        while i < rows.len() {
-            let (prev, cur) = (rows[i - 1].task_true.unwrap(), rows[i].task_true.unwrap());
-            if cur != prev {
-                let start = i;
-                let mut found = None;
-                let mut run = 0;
-                let mut j = start;
-                while j < rows.len() && rows[j].task_true == Some(cur) {
-                    if nearest(&rows[j].z) == cur {
-                        run += 1;
-                        if run == 10 {
-                            found = Some((j + 1 - 10 - start) as u64);
-                            break;
-                        }
-                    } else {
-                        run = 0;
-                    }
-                    j += 1;
-                }
-                out.push(Reidentification { switch_bin: start as u64, task: cur, bins_to_reidentify: found });
-            }
-            i += 1;
-        }
-        out
-    }
-
     fn report(&mut self) -> Report {
         let st = &self.q.ingest;
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let has_truth = self.rows.iter().any(|r| r.x_true.is_some());
+        let has_truth = self.eval.has_truth();
         Report {
             rig: self.cfg.rig_name.clone(),
             backend: self.cfg.backend.clone(),
@@ -675,8 +547,11 @@ impl Telemetry {
             gap_bins: self.gap_bins,
             gaps: self.gaps.clone(),
             late_results: ld(&self.q.emit.late_results),
+            binned_spikes: self.binned_spikes,
             late_spikes: self.late_spikes,
             future_spikes: self.future_spikes,
+            pre_session_spikes: self.q.loop_status.pre_session_spikes.load(Ordering::Relaxed),
+            after_end_spikes: self.q.loop_status.after_end_spikes.load(Ordering::Acquire),
             ring_overflows: ld(&st.ring_overflows),
             telemetry_dropped: ld(&self.q.bins_dropped) + ld(&self.q.emit.telemetry_dropped),
             ingest: IngestCounts {
@@ -689,6 +564,8 @@ impl Telemetry {
                 duplicates: ld(&st.duplicates),
                 disconnects: ld(&st.disconnects),
                 reconnects: ld(&st.reconnects),
+                stale: ld(&st.stale),
+                inlet_full: ld(&st.inlet_full),
             },
             warmup_bins: self.cfg.warmup_bins,
             ingest_lag_us: self.lat.percentiles(Stage::IngestLag),
@@ -698,16 +575,10 @@ impl Telemetry {
             done_to_push_us: self.lat.percentiles(Stage::DoneToPush),
             close_to_push_us: Percentiles::of(self.lat.histogram(Stage::CloseToPush)),
             end_to_end_us: self.lat.percentiles(Stage::EndToEnd),
-            latent_r2: if has_truth { self.latent_r2(None) } else { None },
-            latent_r2_affine: if has_truth && self.cfg.latent > 0 {
-                let pairs: Vec<(Vec<f64>, Vec<f64>)> =
-                    self.rows.iter().filter_map(|r| r.x_true.as_ref().map(|t| (r.x.clone(), t.clone()))).collect();
-                affine_r2(&pairs)
-            } else {
-                None
-            },
-            reidentification: if has_truth { self.reidentification() } else { Vec::new() },
-            tracking: if has_truth { self.tracking() } else { None },
+            latent_r2: if has_truth { self.eval.latent_r2() } else { None },
+            latent_r2_affine: if has_truth { self.eval.latent_r2_affine() } else { None },
+            reidentification: if has_truth { self.eval.reidentification() } else { Vec::new() },
+            tracking: if has_truth { self.eval.tracking() } else { None },
             notices: self.notices.clone(),
             recording: None,
             series: self.lat.take_series(),
