@@ -14,4 +14,6 @@ set -e
 # One closing line over every test binary (cargo's last line is a doc-test run of 0 tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+[ "$status" -eq 0 ] || exit "$status"
+# The coverage-guided fuzzers, bounded (docs/fuzzing.md): NEUROLOOP_FUZZ_SECONDS per target.
+./scripts/fuzz.sh "${NEUROLOOP_FUZZ_SECONDS:-40}"

@@ -37,7 +37,16 @@ impl Binner {
     /// (grace plus transport jitter); 64 is plenty for any sane rig.
     pub fn new(clock: BinClock, n_units: usize, lookahead_bins: usize) -> Binner {
         let window = lookahead_bins.max(2);
-        Binner { clock, n_units, window, counts: vec![0.0; window * n_units], late: 0, future: 0, before_start: 0, next: 0 }
+        Binner {
+            clock,
+            n_units,
+            window,
+            counts: vec![0.0; window * n_units],
+            late: 0,
+            future: 0,
+            before_start: 0,
+            next: 0,
+        }
     }
 
     #[inline]
@@ -88,12 +97,14 @@ impl Binner {
 
     /// Close bin `k` (must be the next bin): write its counts into `out` (n_units) and
     /// return its tally. Bins are closed in order; skipping ahead closes the bins between
-    /// as empty (their spikes, if any arrive, become late).
+    /// without their counts: the spikes they held, and any that arrive for them, are late.
     pub fn close(&mut self, k: u64, out: &mut [f64]) -> BinTally {
         debug_assert!(k >= self.next, "bins close in order");
         while self.next < k {
             let row = (self.next % self.window as u64) as usize;
-            self.counts[row * self.n_units..(row + 1) * self.n_units].fill(0.0);
+            let slot = &mut self.counts[row * self.n_units..(row + 1) * self.n_units];
+            self.late += slot.iter().sum::<f64>().round() as u64;
+            slot.fill(0.0);
             self.next += 1;
         }
         let row = (k % self.window as u64) as usize;
@@ -101,7 +112,11 @@ impl Binner {
         out.copy_from_slice(slot);
         slot.fill(0.0);
         self.next = k + 1;
-        let tally = BinTally { spikes: out.iter().sum(), late_spikes: self.late, future_spikes: self.future };
+        let tally = BinTally {
+            spikes: out.iter().sum(),
+            late_spikes: self.late,
+            future_spikes: self.future,
+        };
         self.late = 0;
         self.future = 0;
         tally
@@ -113,29 +128,65 @@ mod tests {
     use super::*;
 
     fn clock() -> BinClock {
-        BinClock { t0: 10.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.003 }
+        BinClock {
+            t0: 10.0,
+            bin_s: 0.01,
+            grace_s: 0.002,
+            deadline_s: 0.003,
+        }
     }
 
     #[test]
     fn spikes_land_in_their_bins_and_late_ones_are_counted() {
         let mut b = Binner::new(clock(), 3, 8);
         b.feed(&[
-            SpikeItem { t: 10.001, unit: 0, count: 1.0 },
-            SpikeItem { t: 10.009, unit: 2, count: 1.0 },
-            SpikeItem { t: 10.011, unit: 1, count: 2.0 }, // bin 1
-            SpikeItem { t: 9.99, unit: 1, count: 1.0 },   // before t0: counted, not binned
+            SpikeItem {
+                t: 10.001,
+                unit: 0,
+                count: 1.0,
+            },
+            SpikeItem {
+                t: 10.009,
+                unit: 2,
+                count: 1.0,
+            },
+            SpikeItem {
+                t: 10.011,
+                unit: 1,
+                count: 2.0,
+            }, // bin 1
+            SpikeItem {
+                t: 9.99,
+                unit: 1,
+                count: 1.0,
+            }, // before t0: counted, not binned
         ]);
         assert_eq!(b.before_start(), 1);
         let mut out = [0.0; 3];
         let t0 = b.close(0, &mut out);
         assert_eq!(out, [1.0, 0.0, 1.0]);
-        assert_eq!(t0, BinTally { spikes: 2.0, late_spikes: 0, future_spikes: 0 });
-        b.feed(&[SpikeItem { t: 10.005, unit: 0, count: 1.0 }]); // bin 0 already closed
+        assert_eq!(
+            t0,
+            BinTally {
+                spikes: 2.0,
+                late_spikes: 0,
+                future_spikes: 0
+            }
+        );
+        b.feed(&[SpikeItem {
+            t: 10.005,
+            unit: 0,
+            count: 1.0,
+        }]); // bin 0 already closed
         let t1 = b.close(1, &mut out);
         assert_eq!(out, [0.0, 2.0, 0.0]);
         assert_eq!(t1.late_spikes, 1);
         // far future
-        b.feed(&[SpikeItem { t: 20.0, unit: 0, count: 1.0 }]);
+        b.feed(&[SpikeItem {
+            t: 20.0,
+            unit: 0,
+            count: 1.0,
+        }]);
         let t2 = b.close(2, &mut out);
         assert_eq!(t2.future_spikes, 1);
         assert_eq!(out, [0.0; 3]);
@@ -144,11 +195,101 @@ mod tests {
     #[test]
     fn skipping_bins_clears_them() {
         let mut b = Binner::new(clock(), 1, 4);
-        b.feed(&[SpikeItem { t: 10.015, unit: 0, count: 1.0 }, SpikeItem { t: 10.035, unit: 0, count: 1.0 }]);
+        b.feed(&[
+            SpikeItem {
+                t: 10.015,
+                unit: 0,
+                count: 1.0,
+            },
+            SpikeItem {
+                t: 10.035,
+                unit: 0,
+                count: 1.0,
+            },
+        ]);
         let mut out = [0.0];
         b.close(3, &mut out);
         assert_eq!(out, [1.0]);
         b.close(5, &mut out); // bin 1's spike must not reappear in bin 5 (same ring row)
         assert_eq!(out, [0.0]);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// What happens between two closes: spikes arrive (any time: before bin 0, in closed
+    /// bins, in open ones, far ahead), then bin `next + skip` closes.
+    fn sessions() -> impl Strategy<Value = Vec<(Vec<(f64, u32, u8)>, u8)>> {
+        let spike = (
+            prop_oneof![8 => -0.02f64..0.5, 1 => -1e6f64..1e6],
+            0u32..3,
+            1u8..4,
+        );
+        prop::collection::vec(
+            (
+                prop::collection::vec(spike, 0..20),
+                prop_oneof![6 => Just(0u8), 1 => 1u8..5],
+            ),
+            1..60,
+        )
+    }
+
+    proptest! {
+        /// Conservation: every spike fed in is in its own bin's counts, or counted late
+        /// (its bin had closed), future (beyond the window), before bin 0, or still held
+        /// unclosed at the end — checked against a plain map of bin → counts.
+        #[test]
+        fn every_spike_lands_in_its_own_bin_or_is_counted(plan in sessions()) {
+            let clock = BinClock { t0: 0.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.003 };
+            let (n, window) = (3usize, 8usize);
+            let mut b = Binner::new(clock, n, window);
+            let mut expected: HashMap<u64, [f64; 3]> = HashMap::new();
+            let (mut fed, mut closed_total, mut late, mut future, mut pre) = (0.0, 0.0, 0u64, 0u64, 0u64);
+            let (mut tallied_late, mut tallied_future) = (0u64, 0u64);
+            let mut next = 0u64;
+            let mut out = [0.0; 3];
+            for (spikes, skip) in &plan {
+                for &(t, unit, count) in spikes {
+                    let item = SpikeItem { t, unit, count: count as f32 };
+                    fed += count as f64;
+                    let j = clock.bin_of(t);
+                    if j < 0 {
+                        pre += count as u64;
+                    } else if (j as u64) < next {
+                        late += count as u64;
+                    } else if j as u64 >= next + window as u64 {
+                        future += count as u64;
+                    } else {
+                        expected.entry(j as u64).or_default()[unit as usize] += count as f64;
+                    }
+                    b.feed(&[item]);
+                }
+                let k = next + *skip as u64;
+                let tally = b.close(k, &mut out);
+                prop_assert_eq!(out, expected.remove(&k).unwrap_or_default(), "bin {}'s counts", k);
+                for skipped in next..k {
+                    // closed without its counts: they are late
+                    late += expected.remove(&skipped).map_or(0.0, |c| c.iter().sum::<f64>()) as u64;
+                }
+                prop_assert_eq!(tally.spikes, out.iter().sum::<f64>());
+                tallied_late += tally.late_spikes;
+                tallied_future += tally.future_spikes;
+                closed_total += tally.spikes;
+                next = k + 1;
+            }
+            prop_assert_eq!(b.before_start(), pre);
+            let held: f64 = expected.values().map(|c| c.iter().sum::<f64>()).sum();
+            // what the next close would report
+            let (pending_late, pending_future) = (b.late, b.future);
+            prop_assert_eq!(tallied_late + pending_late, late, "late spikes");
+            prop_assert_eq!(tallied_future + pending_future, future, "future spikes");
+            prop_assert_eq!(b.unclosed() as f64, held + (pending_late + pending_future) as f64);
+            let counted = closed_total + (tallied_late + tallied_future + pre) as f64 + b.unclosed() as f64;
+            prop_assert_eq!(counted, fed, "conservation");
+        }
     }
 }

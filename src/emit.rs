@@ -87,26 +87,35 @@ pub struct EmitterSetup {
 /// Create the Control outlet on a new thread and start emitting. Returns once the outlet exists.
 pub fn start(setup: EmitterSetup) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
-    let handle = std::thread::Builder::new().name("neuroloop-emit".into()).spawn(move || {
-        let outlet = match control_outlet(&setup) {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-                return;
-            }
-        };
-        let _ = ready_tx.send(Ok(()));
-        run(setup, outlet);
-    })?;
+    let handle = std::thread::Builder::new()
+        .name("neuroloop-emit".into())
+        .spawn(move || {
+            let outlet = match control_outlet(&setup) {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            run(setup, outlet);
+        })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(handle),
         Ok(Err(e)) => Err(anyhow::anyhow!(e)),
-        Err(_) => Err(anyhow::anyhow!("the emitter thread died while creating the Control outlet")),
+        Err(_) => Err(anyhow::anyhow!(
+            "the emitter thread died while creating the Control outlet"
+        )),
     }
 }
 
 /// The Control stream's description (the outlet and the recording share it).
-pub fn control_stream_spec(name: &str, source_id: &str, bin_s: f64, labels: &[String]) -> crate::lslutil::StreamSpec {
+pub fn control_stream_spec(
+    name: &str,
+    source_id: &str,
+    bin_s: f64,
+    labels: &[String],
+) -> crate::lslutil::StreamSpec {
     crate::lslutil::StreamSpec {
         name: name.into(),
         stream_type: "Control".into(),
@@ -120,8 +129,10 @@ pub fn control_stream_spec(name: &str, source_id: &str, bin_s: f64, labels: &[St
 
 fn control_outlet(s: &EmitterSetup) -> Result<lsl::StreamOutlet, String> {
     debug_assert_eq!(s.labels.len(), s.m);
-    let info = control_stream_spec(&s.stream_name, &s.source_id, s.clock.bin_s, &s.labels).info()?;
-    lsl::StreamOutlet::new(&info, 0, 360).map_err(|e| format!("cannot create the Control outlet: {e:?}"))
+    let info =
+        control_stream_spec(&s.stream_name, &s.source_id, s.clock.bin_s, &s.labels).info()?;
+    lsl::StreamOutlet::new(&info, 0, 360)
+        .map_err(|e| format!("cannot create the Control outlet: {e:?}"))
 }
 
 fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
@@ -139,29 +150,35 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
         // Wait for bin k's result or its deadline, whichever comes first.
         let (fallback, miss) = loop {
             let r = pending.take().or_else(|| ch.results.pop());
-            match r {
-                Some(r) if r.bin < k => {
+            match decide(k, r.as_ref(), clock::now(), deadline) {
+                Decision::Discard => {
                     ch.late_results.fetch_add(1, Ordering::Relaxed);
-                    continue;
                 }
-                Some(r) if r.bin > k => {
-                    // The loop moved past bin k without a result for it: emit the fallback now.
-                    pending = Some(r);
-                    break (true, true);
+                Decision::Emit {
+                    use_result,
+                    fallback,
+                    miss,
+                    keep,
+                } => {
+                    if keep {
+                        pending = r;
+                    } else if use_result {
+                        proposal[..m].copy_from_slice(&r.expect("a used result").u[..m]);
+                    }
+                    break (fallback, miss);
                 }
-                Some(r) => {
-                    proposal[..m].copy_from_slice(&r.u[..m]);
-                    break (r.use_fallback, false);
-                }
-                None => {}
+                Decision::Wait => clock::park_until(deadline),
             }
-            if clock::now() >= deadline {
-                break (true, true);
-            }
-            clock::park_until(deadline);
         };
         let enabled = s.enabled.load(Ordering::Relaxed);
-        command(&s.safety, &mut proposal[..m], fallback, &last[..m], enabled, &mut out[..m]);
+        command(
+            &s.safety,
+            &mut proposal[..m],
+            fallback,
+            &last[..m],
+            enabled,
+            &mut out[..m],
+        );
         for j in 0..m {
             sample[j] = out[j] as f32;
         }
@@ -172,7 +189,14 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
         ch.fallbacks.fetch_add(fallback as u64, Ordering::Relaxed);
         ch.deadline_misses.fetch_add(miss as u64, Ordering::Relaxed);
         last[..m].copy_from_slice(&out[..m]);
-        let rec = Emitted { bin: k, u: out, fallback, deadline_miss: miss, enabled, pushed_at };
+        let rec = Emitted {
+            bin: k,
+            u: out,
+            fallback,
+            deadline_miss: miss,
+            enabled,
+            pushed_at,
+        };
         ch.feedback.force_push(rec);
         if ch.telemetry.push(rec).is_err() {
             ch.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
@@ -187,10 +211,64 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
     std::thread::sleep(std::time::Duration::from_millis(OUTLET_LINGER_MS));
 }
 
+/// What the emitter does for bin `k`, holding `result` (the next one from the loop, if any)
+/// at local time `now`, with bin k due at `deadline`. The whole deadline protocol on the
+/// emitter's side: the thread around it only waits, pushes and counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// A result for a bin already emitted (it came after its deadline): count it as a late
+    /// result, and look at the next one.
+    Discard,
+    /// Push bin k now: the result's command (`use_result`) unless it asks for the fallback,
+    /// or the fallback; `miss` when no result for k came by the deadline; `keep` the result,
+    /// which is for a later bin (the loop skipped k).
+    Emit {
+        use_result: bool,
+        fallback: bool,
+        miss: bool,
+        keep: bool,
+    },
+    /// Nothing for bin k yet and its deadline is ahead: wait for a result or the deadline.
+    Wait,
+}
+
+#[inline]
+pub fn decide(k: u64, result: Option<&ControlResult>, now: f64, deadline: f64) -> Decision {
+    match result {
+        Some(r) if r.bin < k => Decision::Discard,
+        Some(r) if r.bin > k => Decision::Emit {
+            use_result: false,
+            fallback: true,
+            miss: true,
+            keep: true,
+        },
+        Some(r) => Decision::Emit {
+            use_result: true,
+            fallback: r.use_fallback,
+            miss: false,
+            keep: false,
+        },
+        None if now >= deadline => Decision::Emit {
+            use_result: false,
+            fallback: true,
+            miss: true,
+            keep: false,
+        },
+        None => Decision::Wait,
+    }
+}
+
 /// The command pushed for a bin: the loop's proposal, or the fallback, through the safety
 /// layer. `neuroloop replay` repeats exactly this.
 #[inline]
-pub fn command(safety: &Safety, proposal: &mut [f64], fallback: bool, last: &[f64], enabled: bool, out: &mut [f64]) {
+pub fn command(
+    safety: &Safety,
+    proposal: &mut [f64],
+    fallback: bool,
+    last: &[f64],
+    enabled: bool,
+    out: &mut [f64],
+) {
     if fallback {
         safety.fallback(last, proposal);
     }
@@ -199,3 +277,124 @@ pub fn command(safety: &Safety, proposal: &mut [f64], fallback: bool, last: &[f6
 
 /// How long outlets stay up after their last sample (liblsl does not flush on destroy).
 pub const OUTLET_LINGER_MS: u64 = 300;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn result(bin: u64, use_fallback: bool) -> ControlResult {
+        let mut u = [0.0; MAX_CONTROL];
+        u[0] = bin as f64;
+        ControlResult {
+            bin,
+            u,
+            use_fallback,
+        }
+    }
+
+    /// The deadline protocol, case by case.
+    #[test]
+    fn decisions_for_on_time_late_early_skipped_and_missing_results() {
+        let emit = |use_result, fallback, miss, keep| Decision::Emit {
+            use_result,
+            fallback,
+            miss,
+            keep,
+        };
+        // on time: the result's command
+        assert_eq!(
+            decide(5, Some(&result(5, false)), 1.0, 2.0),
+            emit(true, false, false, false)
+        );
+        // on time, but the loop asks for the fallback (a gap)
+        assert_eq!(
+            decide(5, Some(&result(5, true)), 1.0, 2.0),
+            emit(true, true, false, false)
+        );
+        // a result for a bin already pushed (it came after its deadline): dropped
+        assert_eq!(
+            decide(5, Some(&result(4, false)), 1.0, 2.0),
+            Decision::Discard
+        );
+        // the loop skipped bin 5: the fallback now, the result kept for bin 6
+        assert_eq!(
+            decide(5, Some(&result(6, false)), 1.0, 2.0),
+            emit(false, true, true, true)
+        );
+        // nothing yet, deadline ahead: wait; at or past the deadline: the fallback, a miss
+        assert_eq!(decide(5, None, 1.0, 2.0), Decision::Wait);
+        assert_eq!(decide(5, None, 2.0, 2.0), emit(false, true, true, false));
+        assert_eq!(decide(5, None, 9.0, 2.0), emit(false, true, true, false));
+    }
+
+    /// One bin's result from the loop: absent (skipped, or too late to be sent), or visible to
+    /// the emitter `arrival` seconds after the bin closed (after its deadline too: the
+    /// emitter may be descheduled), asking for the fallback or not.
+    fn results() -> impl Strategy<Value = Vec<Option<(f64, bool)>>> {
+        prop::collection::vec(
+            prop::option::weighted(0.8, (0.0f64..0.03, any::<bool>())),
+            1..300,
+        )
+    }
+
+    proptest! {
+        /// Exactly one sample per bin, in order, whatever the results' arrival pattern; a
+        /// bin's own result is used iff it was there by its deadline or before the emitter
+        /// gave up on the bin; every other result is counted late, never pushed.
+        #[test]
+        fn exactly_one_sample_per_bin_in_order_for_any_arrival_pattern(plan in results()) {
+            let (bin_s, deadline_s) = (0.01, 0.005);
+            let deadline = |k: u64| (k + 1) as f64 * bin_s + deadline_s;
+            // The loop's queue: results in bin order, each visible from its arrival time.
+            let mut queue: std::collections::VecDeque<(f64, ControlResult)> = plan
+                .iter()
+                .enumerate()
+                .filter_map(|(k, r)| r.map(|(a, fb)| ((k + 1) as f64 * bin_s + a, result(k as u64, fb))))
+                .collect();
+            let mut now = 0.0f64;
+            let mut pending: Option<ControlResult> = None;
+            let mut pushed: Vec<(u64, bool, Option<u64>)> = Vec::new(); // (bin, fallback, result used)
+            let mut late = 0u64;
+            for k in 0..plan.len() as u64 {
+                let started = now;
+                let mut steps = 0;
+                loop {
+                    steps += 1;
+                    prop_assert!(steps < 10_000, "the emitter never decided bin {}", k);
+                    let r = pending.take().or_else(|| match queue.front() {
+                        Some((a, _)) if *a <= now => queue.pop_front().map(|(_, r)| r),
+                        _ => None,
+                    });
+                    match decide(k, r.as_ref(), now, deadline(k)) {
+                        Decision::Discard => late += 1,
+                        Decision::Emit { use_result, fallback, miss, keep } => {
+                            prop_assert!(!(use_result && miss));
+                            if keep { pending = r; }
+                            pushed.push((k, fallback, use_result.then(|| r.unwrap().bin)));
+                            prop_assert!(now <= deadline(k).max(started), "bin {} pushed after its deadline", k);
+                            break;
+                        }
+                        // Woken by the next result or the deadline, whichever is first.
+                        Decision::Wait => now = queue.front().map_or(deadline(k), |(a, _)| a.min(deadline(k))),
+                    }
+                }
+                now += 1e-6; // pushing takes time
+            }
+            prop_assert_eq!(pushed.len(), plan.len());
+            for (i, (k, fallback, used)) in pushed.iter().enumerate() {
+                prop_assert_eq!(*k, i as u64, "in order");
+                if let Some(b) = used {
+                    prop_assert_eq!(*b, *k, "only a bin's own result is used for it");
+                    prop_assert_eq!(*fallback, plan[i].unwrap().1);
+                } else {
+                    prop_assert!(*fallback, "no result: the fallback");
+                }
+            }
+            let used = pushed.iter().filter(|p| p.2.is_some()).count() as u64;
+            let produced = plan.iter().filter(|r| r.is_some()).count() as u64;
+            let left = queue.len() as u64 + pending.is_some() as u64;
+            prop_assert_eq!(used + late + left, produced, "every result used, counted late, or still queued at the end");
+        }
+    }
+}

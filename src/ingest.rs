@@ -517,7 +517,12 @@ impl SampleDecoder {
     }
 
     fn handle_event(&mut self, t: f64, buf: &[f64], sink: &mut impl FnMut(SpikeItem) -> bool) {
-        let channel = buf[0];
+        let Some(&channel) = buf.first() else {
+            // A stream (or a recorded one) with no channels: no spike can be read from it.
+            self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+            self.reject(Rejection::Invalid, || "a spike event with no channel value (a stream of 0 channels) was rejected".into());
+            return;
+        };
         let unit = if buf.len() > 1 { buf[1] } else { 0.0 };
         if !channel.is_finite() || !unit.is_finite() {
             self.stats.nonfinite.fetch_add(1, Ordering::Relaxed);

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod control;
 pub mod emit;
 pub mod fit;
+pub mod fuzz;
 pub mod hot;
 pub mod ingest;
 pub mod latency;

@@ -349,8 +349,14 @@ impl Rig {
     /// Read, parse and validate a rig file.
     pub fn load(path: &Path) -> Result<Rig, RigError> {
         let text = std::fs::read_to_string(path).map_err(|source| RigError::Io { path: path.into(), source })?;
+        Rig::parse(&text, path)
+    }
+
+    /// Parse and validate a rig file's text; `path` names it in errors and resolves the
+    /// paths it holds (the model file).
+    pub fn parse(text: &str, path: &Path) -> Result<Rig, RigError> {
         let mut rig: Rig =
-            toml::from_str(&text).map_err(|e| RigError::Parse { path: path.into(), message: e.to_string() })?;
+            toml::from_str(text).map_err(|e| RigError::Parse { path: path.into(), message: e.to_string() })?;
         rig.path = path.to_path_buf();
         rig.validate()?;
         Ok(rig)

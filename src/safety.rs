@@ -25,23 +25,43 @@ impl Safety {
                 message: format!("channel {j}: lower {} > upper {}", lower[j], upper[j]),
             });
         }
-        let invalid = |key: &str, message: String| RigError::Invalid { path: rig.path.clone(), key: key.into(), message };
+        let invalid = |key: &str, message: String| RigError::Invalid {
+            path: rig.path.clone(),
+            key: key.into(),
+            message,
+        };
         let fallback_vector = match &s.fallback_vector {
             None => vec![0.0; m],
-            Some(v) if v.len() != m => return Err(invalid("safety.fallback_vector", format!("has {} values; m = {m}", v.len()))),
+            Some(v) if v.len() != m => {
+                return Err(invalid(
+                    "safety.fallback_vector",
+                    format!("has {} values; m = {m}", v.len()),
+                ))
+            }
             Some(v) => {
                 // A fallback outside the bounds would be clamped silently at every use:
                 // the operator must see the command that goes out when the loop is late.
-                if let Some(j) = (0..m).find(|&j| !(v[j].is_finite() && v[j] >= lower[j] && v[j] <= upper[j])) {
+                if let Some(j) =
+                    (0..m).find(|&j| !(v[j].is_finite() && v[j] >= lower[j] && v[j] <= upper[j]))
+                {
                     return Err(invalid(
                         "safety.fallback_vector",
-                        format!("channel {j}: {} is outside [lower, upper] = [{}, {}]", v[j], lower[j], upper[j]),
+                        format!(
+                            "channel {j}: {} is outside [lower, upper] = [{}, {}]",
+                            v[j], lower[j], upper[j]
+                        ),
                     ));
                 }
                 v.clone()
             }
         };
-        Ok(Safety { lower, upper, max_step: s.max_step, fallback: s.fallback.clone(), fallback_vector })
+        Ok(Safety {
+            lower,
+            upper,
+            max_step: s.max_step,
+            fallback: s.fallback.clone(),
+            fallback_vector,
+        })
     }
 
     pub fn lower(&self) -> &[f64] {
@@ -62,7 +82,11 @@ impl Safety {
     #[inline]
     pub fn apply(&self, proposed: &[f64], last: &[f64], enabled: bool, out: &mut [f64]) {
         for j in 0..out.len() {
-            let want = if enabled && proposed[j].is_finite() { proposed[j] } else { self.safe_zero(j) };
+            let want = if enabled && proposed[j].is_finite() {
+                proposed[j]
+            } else {
+                self.safe_zero(j)
+            };
             let stepped = want.clamp(last[j] - self.max_step, last[j] + self.max_step);
             out[j] = stepped.clamp(self.lower[j], self.upper[j]);
         }
@@ -86,7 +110,13 @@ mod tests {
     use super::*;
 
     fn safety(fallback: FallbackKind) -> Safety {
-        Safety { lower: vec![-1.0, 0.0], upper: vec![1.0, 2.0], max_step: 0.5, fallback, fallback_vector: vec![0.3, 0.4] }
+        Safety {
+            lower: vec![-1.0, 0.0],
+            upper: vec![1.0, 2.0],
+            max_step: 0.5,
+            fallback,
+            fallback_vector: vec![0.3, 0.4],
+        }
     }
 
     #[test]
@@ -113,5 +143,88 @@ mod tests {
         assert_eq!(out, [0.0, 0.0]);
         safety(FallbackKind::Vector).fallback(&[0.7, 0.1], &mut out);
         assert_eq!(out, [0.3, 0.4]);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Any f64 a controller could produce: ordinary values, huge ones, ±inf and NaN.
+    fn proposal() -> impl Strategy<Value = f64> {
+        prop_oneof![4 => -10.0f64..10.0, 1 => prop::num::f64::ANY]
+    }
+
+    fn safety_layer() -> impl Strategy<Value = Safety> {
+        (
+            prop::collection::vec((-5.0f64..5.0, 0.0f64..5.0), 1..5),
+            0.001f64..2.0,
+            0u8..3,
+            any::<u64>(),
+        )
+            .prop_map(|(bounds, max_step, kind, seed)| {
+                let lower: Vec<f64> = bounds.iter().map(|b| b.0).collect();
+                let upper: Vec<f64> = bounds.iter().map(|b| b.0 + b.1).collect();
+                // a fallback vector inside the bounds, as Safety::from_rig insists
+                let fallback_vector = bounds
+                    .iter()
+                    .enumerate()
+                    .map(|(j, b)| b.0 + b.1 * (((seed >> (8 * j)) & 0xff) as f64 / 255.0))
+                    .collect();
+                let fallback = [FallbackKind::Hold, FallbackKind::Zero, FallbackKind::Vector]
+                    [kind as usize]
+                    .clone();
+                Safety {
+                    lower,
+                    upper,
+                    max_step,
+                    fallback,
+                    fallback_vector,
+                }
+            })
+    }
+
+    proptest! {
+        /// Whatever the controller proposes and whichever bins fall back, every command sent
+        /// is finite, inside the bounds, and at most max_step from the one before; with the
+        /// gate off it heads for the safe value and, given the bins, stays there.
+        #[test]
+        fn every_command_is_in_bounds_and_rate_limited(
+            s in safety_layer(),
+            bins in prop::collection::vec((prop::collection::vec(proposal(), 4), any::<bool>(), prop::bool::weighted(0.8)), 1..200),
+            off_tail in 0usize..2,
+        ) {
+            let m = s.lower.len();
+            let mut last: Vec<f64> = (0..m).map(|j| s.safe_zero(j)).collect();
+            let mut out = vec![0.0; m];
+            let emit = |proposed: &[f64], fallback: bool, enabled: bool, last: &mut Vec<f64>, out: &mut Vec<f64>| {
+                let mut p = proposed[..m].to_vec();
+                crate::emit::command(&s, &mut p, fallback, last, enabled, out);
+                for j in 0..m {
+                    assert!(out[j].is_finite(), "channel {j}: {} from {:?}", out[j], proposed);
+                    assert!(out[j] >= s.lower[j] && out[j] <= s.upper[j], "channel {j}: {} outside [{}, {}]", out[j], s.lower[j], s.upper[j]);
+                    assert!((out[j] - last[j]).abs() <= s.max_step * (1.0 + 1e-12), "channel {j}: step {} > {}", out[j] - last[j], s.max_step);
+                    if !enabled {
+                        // gate off: one step towards the safe value, never away from it
+                        assert!((out[j] - s.safe_zero(j)).abs() <= (last[j] - s.safe_zero(j)).abs());
+                    }
+                }
+                last.copy_from_slice(out);
+            };
+            for (proposed, fallback, enabled) in &bins {
+                emit(proposed, *fallback, *enabled, &mut last, &mut out);
+            }
+            if off_tail == 1 {
+                // Gate off for as many bins as the widest range takes at max_step: at the safe value.
+                let widest = (0..m).map(|j| s.upper[j] - s.lower[j]).fold(0.0, f64::max);
+                for _ in 0..=((widest / s.max_step).ceil() as usize + 1) {
+                    emit(&[f64::NAN, 1e300, -1e300, 7.0], false, false, &mut last, &mut out);
+                }
+                for j in 0..m {
+                    prop_assert_eq!(out[j], s.safe_zero(j));
+                }
+            }
+        }
     }
 }

@@ -3,7 +3,6 @@
 mod common;
 use neuroloop::bench::CpuTimes;
 use common::*;
-use lsl::Pullable;
 
 /// The R² a live run must reach, given how much of the data reached the filter in time.
 ///
@@ -109,34 +108,6 @@ fn closed_loop_on_the_gpu_backend() {
     let t = &r["tracking"];
     let (closed, open) = (t["closed_loop_mse"].as_f64().unwrap(), t["open_loop_mse"].as_f64().unwrap());
     assert!(closed < 0.5 * open, "closed-loop tracking error {closed} is not clearly below open loop {open}");
-}
-
-/// Record every sample of a stream (by name) with a real LSL inlet until it stops.
-fn record<T: Clone + Default + Send + 'static>(name: &str) -> std::thread::JoinHandle<Vec<(f64, Vec<T>)>>
-where
-    lsl::StreamInlet: Pullable<T>,
-{
-    let name = name.to_string();
-    std::thread::spawn(move || {
-        let found = lsl::resolve_bypred(&format!("name='{name}'"), 1, 30.0).unwrap();
-        let inlet = lsl::StreamInlet::new(&found[0], 360, 0, false).unwrap();
-        inlet.open_stream(10.0).unwrap();
-        let mut got = Vec::new();
-        let mut buf: Vec<T> = Vec::new();
-        // Wait up to 30 s for the first sample, then until 3 s pass without one.
-        let mut idle = 0.0;
-        while idle < if got.is_empty() { 30.0 } else { 3.0 } {
-            match inlet.pull_sample_buf(&mut buf, 0.1) {
-                Ok(ts) if ts != 0.0 => {
-                    got.push((ts, buf.clone()));
-                    idle = 0.0;
-                }
-                Ok(_) => idle += 0.1,
-                Err(_) => break,
-            }
-        }
-        got
-    })
 }
 
 /// With an injected slow model, every bin still gets exactly one Control sample, in

@@ -228,9 +228,14 @@ impl ModelParams {
     /// Load and validate a model file (see the module docs for the schema).
     pub fn load(path: &Path) -> Result<ModelParams, ModelFileError> {
         let bytes = std::fs::read(path).map_err(|source| ModelFileError::Io { path: path.to_path_buf(), source })?;
+        ModelParams::from_bytes(&bytes, path)
+    }
+
+    /// Decode and validate a model file's bytes; `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<ModelParams, ModelFileError> {
         let format_err = |e: SafeTensorError| ModelFileError::Format { path: path.to_path_buf(), message: e.to_string() };
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(format_err)?;
-        let st = SafeTensors::deserialize(&bytes).map_err(format_err)?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(format_err)?;
+        let st = SafeTensors::deserialize(bytes).map_err(format_err)?;
         let meta = Meta { path, map: header.metadata().clone().unwrap_or_default() };
         meta.expect_value("format", FORMAT)?;
         meta.expect_value("format_version", FORMAT_VERSION)?;

@@ -149,3 +149,32 @@ stream_name = "{spikes}"
         )
     }
 }
+
+/// Record every sample of a stream (by name) with a real LSL inlet until it stops.
+pub fn record<T: Clone + Default + Send + 'static>(name: &str) -> std::thread::JoinHandle<Vec<(f64, Vec<T>)>>
+where
+    lsl::StreamInlet: lsl::Pullable<T>,
+{
+    let name = name.to_string();
+    use lsl::Pullable;
+    std::thread::spawn(move || {
+        let found = lsl::resolve_bypred(&format!("name='{name}'"), 1, 30.0).unwrap();
+        let inlet = lsl::StreamInlet::new(&found[0], 360, 0, false).unwrap();
+        inlet.open_stream(10.0).unwrap();
+        let mut got = Vec::new();
+        let mut buf: Vec<T> = Vec::new();
+        // Wait up to 30 s for the first sample, then until 3 s pass without one.
+        let mut idle = 0.0;
+        while idle < if got.is_empty() { 30.0 } else { 3.0 } {
+            match inlet.pull_sample_buf(&mut buf, 0.1) {
+                Ok(ts) if ts != 0.0 => {
+                    got.push((ts, buf.clone()));
+                    idle = 0.0;
+                }
+                Ok(_) => idle += 0.1,
+                Err(_) => break,
+            }
+        }
+        got
+    })
+}

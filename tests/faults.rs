@@ -1,0 +1,207 @@
+//! Faults around a running loop, through the real CLI: a CPU hog beside it, and the spike
+//! source killed and started again. Counts, not timings: every bin still gets exactly one
+//! Control sample, and every spike that came in is binned or counted. (The disk filling
+//! during a recording is tests/record.rs's `a_full_disk_stops_the_recording_not_the_run…`.)
+
+mod common;
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Children killed when the test ends, however it ends.
+struct Killed(Vec<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// binned + late + future + before bin 0 + after the last bin = the spikes ingest handed on.
+fn assert_every_spike_binned_or_counted(r: &serde_json::Value) {
+    let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("report has no {k}"));
+    let accounted = f("binned_spikes")
+        + f("late_spikes")
+        + f("future_spikes")
+        + f("pre_session_spikes")
+        + f("after_end_spikes");
+    assert_eq!(
+        accounted,
+        r["ingest"]["spikes"].as_f64().unwrap(),
+        "every spike binned or counted: {r}"
+    );
+    assert_eq!(r["ring_overflows"], 0);
+    assert_eq!(r["ingest"]["inlet_full"], 0);
+}
+
+/// Busy processes on every CPU and more, beside a closed loop of 10 ms bins: bins may miss
+/// their deadline (their fallback goes out, counted), but none goes without its sample and
+/// the simulated rig receives every one.
+#[test]
+fn a_cpu_hog_beside_the_loop_leaves_every_bin_exactly_one_sample() {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs = Killed(
+        (0..2 * cpus)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("start a CPU hog")
+            })
+            .collect(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("hog");
+    // A long lead-in: the test's inlet is connected well before bin 0.
+    let text = rig
+        .toml("lqr", "events", "events", "", "")
+        .replace("start_delay_ms = 1500.0", "start_delay_ms = 4000.0");
+    let rig_path = write(dir.path(), "rig.toml", &text);
+    let control = record::<f32>(&rig.control);
+    let report_path = dir.path().join("report.json");
+    let bins = 1000u64;
+    let out = run(&[
+        "run",
+        "--rig",
+        rig_path.to_str().unwrap(),
+        "--bins",
+        &bins.to_string(),
+        "--report",
+        report_path.to_str().unwrap(),
+        "--quiet",
+    ]);
+    drop(hogs);
+    assert!(out.status.success());
+    let r = report(&report_path);
+    assert_eq!(r["bins"], bins);
+    assert_eq!(
+        r["control_samples"], bins,
+        "exactly one Control sample per bin"
+    );
+    // Everything that missed its deadline went out as a fallback, on the emitter's clock.
+    assert_eq!(r["fallbacks"], r["deadline_misses"]);
+    // An inlet of the test's own got every one, stamped with consecutive bin ends.
+    let samples = control.join().unwrap();
+    assert_eq!(
+        samples.len() as u64,
+        bins,
+        "the Control stream carried one sample per bin"
+    );
+    for w in samples.windows(2) {
+        assert!(
+            (w[1].0 - w[0].0 - 0.010).abs() < 1e-6,
+            "consecutive bin ends, got Δt = {}",
+            w[1].0 - w[0].0
+        );
+    }
+    assert_every_spike_binned_or_counted(&r);
+}
+
+/// The spike source is a separate process (`neuroloop sim`), killed with SIGKILL mid-run
+/// and started again: the loop goes on emitting (fallbacks during the gap), reports the
+/// loss and the gap, reconnects to the new source and bins its spikes.
+#[test]
+fn the_source_killed_and_restarted_is_a_gap_and_the_loop_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("restart");
+    let model = rig.write_model(dir.path());
+    let sim_rig = write(
+        dir.path(),
+        "sim.toml",
+        &rig.toml("lqr", "events", "events", "", ""),
+    );
+    let ctrl_rig = write(
+        dir.path(),
+        "ctrl.toml",
+        &rig.controller_toml("events", &model),
+    );
+    let start_source = || {
+        Command::new(bin())
+            .args(["sim", "--rig", sim_rig.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start neuroloop sim")
+    };
+    let mut source = Killed(vec![start_source()]);
+    let report_path = dir.path().join("report.json");
+    let bins = 1200u64; // 12 s of 10 ms bins after a 1.5 s start delay
+    let run = spawn(&[
+        "run",
+        "--rig",
+        ctrl_rig.to_str().unwrap(),
+        "--bins",
+        &bins.to_string(),
+        "--report",
+        report_path.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let _run_guard = scopeguard_pid(run.id());
+    std::thread::sleep(Duration::from_secs(5));
+    let first = &mut source.0[0];
+    first.kill().expect("SIGKILL the source");
+    first.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    source.0.push(start_source());
+    let out = run.wait_with_output().expect("wait for neuroloop run");
+    eprintln!(
+        "--- neuroloop run: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(source);
+    assert!(out.status.success());
+    let r = report(&report_path);
+    assert_eq!(
+        r["control_samples"], bins,
+        "exactly one Control sample per bin, through the gap"
+    );
+    assert!(
+        r["ingest"]["disconnects"].as_u64().unwrap() >= 1,
+        "the loss is counted: {}",
+        r["ingest"]
+    );
+    assert!(
+        r["ingest"]["reconnects"].as_u64().unwrap() >= 1,
+        "the new source is taken: {}",
+        r["ingest"]
+    );
+    let gaps: Vec<(u64, u64)> = r["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g[0].as_u64().unwrap(), g[1].as_u64().unwrap()))
+        .collect();
+    // The source died about 3.5 s (350 bins) into the session and was back 1.5 s later; the
+    // gap must end well before the last bin: the loop resumed on the new source.
+    let gap = gaps
+        .iter()
+        .max_by_key(|(a, b)| b - a)
+        .unwrap_or_else(|| panic!("no gap reported: {r}"));
+    assert!(
+        gap.1 - gap.0 >= 50 && gap.1 + 200 < bins,
+        "the outage is one gap and the loop resumes after it: {gaps:?}"
+    );
+    assert!(r["fallbacks"].as_u64().unwrap() >= r["gap_bins"].as_u64().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("input LOST"), "{err}");
+    assert_every_spike_binned_or_counted(&r);
+}
+
+/// Kills the run if the test fails before waiting for it.
+fn scopeguard_pid(pid: u32) -> impl Drop {
+    struct G(u32);
+    impl Drop for G {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    G(pid)
+}
