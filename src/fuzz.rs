@@ -205,7 +205,8 @@ pub fn xdf_recording(data: &[u8]) {
         crate::fit::data::TaskSource::File,
         0.2,
     );
-    let _ = crate::fit::data::load(&[path], rig, crate::fit::data::TaskSource::Markers, 0.2);
+    let _ = crate::fit::data::load(&[path.clone()], rig, crate::fit::data::TaskSource::Markers, 0.2);
+    let _ = std::fs::remove_file(&path);
 }
 
 fn fuzz_rig() -> &'static Rig {
