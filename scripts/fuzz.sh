@@ -5,6 +5,7 @@
 #   ./scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s, every target)
 # Each target starts from its committed corpus (fuzz/corpus/T) and crashers (fuzz/regressions/T);
 # inputs that reach new code go to target/fuzz-corpus/T, a crasher to target/fuzz-artifacts/.
+# FUZZ_ARGS adds libFuzzer flags (e.g. "-jobs=2").
 # Exit status 1 on the first crash, hang (> 20 s on one input) or allocation beyond the limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,12 +30,16 @@ for t in $targets; do
     echo "fuzz: $t for $secs s"
     # Address space capped: a size read from the input that is allocated before it is checked
     # fails the allocation (abort: a finding) instead of being mapped lazily and unnoticed.
+    # (Exit status of the fuzzer, not of the filter: taken before anything else runs.)
+    set +e
     (
         ulimit -v 6000000
-        exec "target/debug/$t" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
+        # shellcheck disable=SC2086 # FUZZ_ARGS: extra libFuzzer flags, split on spaces
+        exec "target/debug/$t" -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 ${FUZZ_ARGS:-} \
             -artifact_prefix="target/fuzz-artifacts/$t-" "target/fuzz-corpus/$t" "fuzz/corpus/$t" "fuzz/regressions/$t"
-    ) 2>&1 | grep -v -E '^(#[0-9]+\s+(NEW|REDUCE|pulse)|"|###|\s+NEW_FUNC)' || true
+    ) 2>&1 | grep -v -E '^(#[0-9]+\s+(NEW|REDUCE|pulse)|"|###|\s+NEW_FUNC)'
     status=${PIPESTATUS[0]}
+    set -e
     if [ "$status" -ne 0 ]; then
         echo "fuzz: $t FAILED (exit $status): the input is in target/fuzz-artifacts/$t-*;"
         echo "      fix the cause, then add the input to fuzz/regressions/$t/ (tests/fuzz_corpus.rs replays it)"
