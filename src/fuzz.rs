@@ -67,19 +67,22 @@ pub fn lsl_samples(data: &[u8]) {
         let map: Vec<[u32; 2]> = (0..channels)
             .map(|i| [i as u32 / 2, i as u32 % 3])
             .collect();
-        UnitsConfig {
-            channels: None,
-            merge_sorted: false,
-            map: Some(map),
-        }
+        UnitsConfig { map: Some(map), ..Default::default() }
     } else {
-        UnitsConfig {
-            channels: Some(channels),
-            merge_sorted: head & 4 != 0,
-            map: None,
-        }
+        UnitsConfig { channels: Some(channels), merge_sorted: head & 4 != 0, ..Default::default() }
     };
-    let units = UnitMap::from_config(&units);
+    let mut units = UnitMap::from_config(&units);
+    // Counts mapped by label: the stream's labels (more channels than the rig maps, in any
+    // order, some missing or repeated) bound as at connect; a refusal ends the case.
+    if kind == InputKind::Counts && head & 2 != 0 {
+        let want: Vec<String> = (0..channels).map(|i| format!("c{i}")).collect();
+        let width = channels + (b.u8() % 4) as usize;
+        let stream: Vec<String> = (0..width).map(|_| format!("c{}", b.u8() as usize % (channels + 2))).collect();
+        match UnitMap::from_config(&UnitsConfig { labels: Some(want), ..Default::default() }).bind_labels(&stream, width) {
+            Ok(bound) => units = bound,
+            Err(_) => return,
+        }
+    }
     let n_units = units.n_units();
     // A stream's channel count is its own (a spike-event stream has 1 or 2; any other is
     // the decoder's to cope with).

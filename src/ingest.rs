@@ -300,7 +300,7 @@ impl Ingest {
             InputKind::Events if channels < 1 => {
                 return Err(ConnectError::Refused(format!("{description}: a spike-event stream needs ≥ 1 channel (channel[, unit])")))
             }
-            InputKind::Counts if channels != self.decoder.units.channels() => {
+            InputKind::Counts if !self.decoder.units.by_label() && channels != self.decoder.units.channels() => {
                 return Err(ConnectError::Refused(format!(
                     "{description}: wrong channel count: the rig's [units] maps {} channels, the stream has {}; \
                      fix [units] or select another stream",
@@ -329,11 +329,20 @@ impl Ingest {
         inlet
             .open_stream(timeout_s.max(1.0))
             .map_err(|e| ConnectError::NotFound(format!("{description}: cannot open the stream: {e:?}")))?;
+        // The full info (with desc): the labels a map by label reads, and the header
+        // LabRecorder would write into the recording.
+        let mut full = (self.decoder.units.by_label() || self.record.is_some()).then(|| inlet.info(timeout_s.max(1.0)).ok()).flatten();
+        if self.decoder.units.by_label() {
+            let Some(info) = full.as_mut() else {
+                return Err(ConnectError::NotFound(format!("{description}: its description (channel labels) could not be read")));
+            };
+            let labels = crate::lslutil::channel_labels(info);
+            self.decoder.units = self.decoder.units.bind_labels(&labels, channels).map_err(|e| ConnectError::Refused(format!("{description}: {e}")))?;
+        }
         let offset = inlet.time_correction(timeout_s.max(1.0)).unwrap_or(0.0);
         let record = self.record.as_ref().and_then(|tap| {
-            // The full info (with desc), as LabRecorder writes it into the stream header.
-            let full = inlet.info(timeout_s.max(1.0)).ok()?;
-            let mut w = tap.connect(&full, channels);
+            let full = full.as_ref()?;
+            let mut w = tap.connect(full, channels);
             if w.is_none() {
                 let _ = self.notices.try_send(IngestNotice::Rejected {
                     what: format!("{description}: its channel format cannot be recorded; the recording has no input stream"),

@@ -144,6 +144,8 @@ pub(crate) struct Recorded {
     /// Nominal rate (Hz; 0 = irregular).
     pub srate: f64,
     pub rows: Rows,
+    /// `desc/channels/channel/label` from the stream header (empty when it has none).
+    pub labels: Vec<String>,
 }
 
 /// The file's streams (timestamps mapped onto the recorder's clock by its clock offsets).
@@ -155,6 +157,20 @@ pub(crate) fn streams_of(file: &XDFFile) -> Vec<Recorded> {
             stream_type: s.r#type.as_deref().unwrap_or("").to_string(),
             srate: s.nominal_srate.unwrap_or(0.0),
             rows: Rows::of(s.channel_count as usize, &s.samples),
+            // `info/desc/channels/channel/label`, as LabRecorder and neuroloop write it.
+            labels: s
+                .header
+                .get_child("desc")
+                .and_then(|d| d.get_child("channels"))
+                .map(|chs| {
+                    chs.children
+                        .iter()
+                        .filter_map(|n| n.as_element())
+                        .filter(|e| e.name == "channel")
+                        .map(|c| c.get_child("label").and_then(|l| l.get_text()).map(|t| t.into_owned()).unwrap_or_default())
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
         .collect()
 }
@@ -268,8 +284,23 @@ impl Progress {
     }
 }
 
+/// The bin a sample stamped at its bin's end belongs to; −1 for anything before bin 0
+/// (including a NaN stamp). Computed in f64 so an absurd stamp saturates, never overflows.
 pub(crate) fn bin_of_end(ts: f64, t0: f64, bin_s: f64) -> i64 {
-    ((ts - t0) / bin_s).round() as i64 - 1
+    let k = ((ts - t0) / bin_s).round() - 1.0;
+    if k.is_nan() { -1 } else { k.max(-1.0) as i64 }
+}
+
+/// One value of the recording's bin grid (`neuroloop/bin_grid/KEY` in the file header),
+/// refused unless it is a finite number (and, for `bin_s`, > 0).
+pub(crate) fn recorded_grid(file: &XDFFile, path: &Path, key: &str) -> anyhow::Result<f64> {
+    let v: f64 = header_text(file, &["neuroloop", "bin_grid", key])
+        .and_then(|t| t.trim().parse().ok())
+        .with_context(|| format!("{}: the file header has no neuroloop/bin_grid/{key}", path.display()))?;
+    if !v.is_finite() || (key == "bin_s" && v <= 0.0) {
+        bail!("{}: the file header's neuroloop/bin_grid/{key} is {v}, not a usable {}: the header is damaged", path.display(), if key == "bin_s" { "bin width (a finite number > 0)" } else { "time (a finite number)" });
+    }
+    Ok(v)
 }
 
 fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<ReplayReport> {
@@ -284,11 +315,7 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     let timing = need(take("NeuroloopTiming"), "NeuroloopTiming")?;
     let control = need(take("Control"), "Control")?;
     let status = take("NeuroloopStatus");
-    let grid = |k: &str| -> anyhow::Result<f64> {
-        header_text(file, &["neuroloop", "bin_grid", k])
-            .and_then(|t| t.trim().parse().ok())
-            .with_context(|| format!("{}: the file header has no neuroloop/bin_grid/{k}", path.display()))
-    };
+    let grid = |k: &str| recorded_grid(file, path, k);
     let clock = BinClock { t0: grid("t0")?, bin_s: grid("bin_s")?, grace_s: grid("grace_s")?, deadline_s: grid("deadline_s")? };
     if (clock.bin_s - rig.timing.bin_ms * 1e-3).abs() > 1e-12 {
         bail!("the recording binned at Δ = {} ms, the rig at {} ms: replay needs the rig the session ran with", clock.bin_s * 1e3, rig.timing.bin_ms);
@@ -528,12 +555,14 @@ pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebin
     if rows.len() == 0 {
         bail!("the stream '{name}' has no samples");
     }
-    let units = UnitMap::from_config(&rig.units);
+    let units = UnitMap::from_config(&rig.units)
+        .bind_labels(&stream.labels, rows.channels)
+        .map_err(|e| anyhow::anyhow!("stream '{name}': {e}"))?;
     let n = units.n_units();
     let srate = stream.srate;
     match rig.input.kind {
         InputKind::Events if rows.channels < 1 => bail!("stream '{}': a spike-event stream needs ≥ 1 channel", name),
-        InputKind::Counts if rows.channels != units.channels() => bail!(
+        InputKind::Counts if !units.by_label() && rows.channels != units.channels() => bail!(
             "stream '{}': wrong channel count: the rig's [units] maps {} channels, the stream has {}",
             name,
             units.channels(),
@@ -581,7 +610,7 @@ pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebin
         grace_s: rig.timing.grace_ms * 1e-3,
         deadline_s: rig.timing.deadline_ms * 1e-3,
     };
-    let n_bins = ((last_t - t0) / clock.bin_s).floor() as u64 + 1;
+    let n_bins = (((last_t - t0) / clock.bin_s).floor() as u64).saturating_add(1);
     // A wrong rig (Δ) or garbage timestamps must not ask for an absurd allocation.
     const MAX_BINS: u64 = 50_000_000;
     if n_bins.saturating_mul(n as u64) > 2_000_000_000 || n_bins > MAX_BINS {
@@ -684,4 +713,22 @@ fn replay_spikes(path: &Path, streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOp
     report.elapsed_s = clock::now() - start;
     report.compute_us = mach.compute_us();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bin_of_end;
+
+    #[test]
+    fn bin_of_end_is_total_over_absurd_stamps() {
+        assert_eq!(bin_of_end(0.010, 0.0, 0.010), 0);
+        assert_eq!(bin_of_end(0.0, 0.0, 0.010), -1);
+        // Far before bin 0, NaN and ±∞: before bin 0, never an overflow (a fuzzer found
+        // `round() as i64 - 1` overflowing at i64::MIN).
+        for ts in [-1e300, f64::NEG_INFINITY, f64::NAN] {
+            assert_eq!(bin_of_end(ts, 0.0, 0.010), -1, "{ts}");
+        }
+        assert_eq!(bin_of_end(f64::INFINITY, 0.0, 0.010), i64::MAX);
+        assert_eq!(bin_of_end(1.0, 0.0, f64::NAN), -1);
+    }
 }

@@ -125,8 +125,9 @@ impl Input {
     }
 }
 
-/// How (channel, unit) pairs on the input stream map to model units.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// How (channel, unit) pairs on the input stream map to model units. Exactly one of
+/// `channels`, `map` and `labels`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnitsConfig {
     /// Shorthand: channels 0..channels, unit 0 (unsorted) ↦ model units 0..channels.
@@ -138,6 +139,10 @@ pub struct UnitsConfig {
     /// Explicit map: entry i = [channel, unit] ↦ model unit i.
     #[serde(default)]
     pub map: Option<Vec<[u32; 2]>>,
+    /// By label (counts streams): entry i = a `desc/channels/channel/label` of the input
+    /// stream ↦ model unit i, resolved when the stream connects, wherever the channel sits.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -395,12 +400,36 @@ impl Rig {
         if !(16..=crate::MAX_RING_CAPACITY).contains(&i.ring_capacity) {
             return Err(self.invalid("input.ring_capacity", format!("must be in 16..={} spikes, got {}", crate::MAX_RING_CAPACITY, i.ring_capacity)));
         }
-        match (&self.units.channels, &self.units.map) {
-            (None, None) => return Err(self.invalid("units", "needs `channels` or `map`")),
-            (Some(_), Some(_)) => return Err(self.invalid("units", "give either `channels` or `map`, not both")),
+        let u = &self.units;
+        match [u.channels.is_some(), u.map.is_some(), u.labels.is_some()].iter().filter(|b| **b).count() {
+            0 => return Err(self.invalid("units", "needs `channels`, `map` or `labels`")),
+            1 => {}
+            _ => return Err(self.invalid("units", "give one of `channels`, `map` and `labels`, not several")),
+        }
+        match (&u.channels, &u.map) {
             (Some(0), _) => return Err(self.invalid("units.channels", "must be ≥ 1")),
             (_, Some(m)) if m.is_empty() => return Err(self.invalid("units.map", "must not be empty")),
             _ => {}
+        }
+        if let Some(labels) = &u.labels {
+            if self.input.kind != InputKind::Counts {
+                return Err(self.invalid(
+                    "units.labels",
+                    "maps the channels of a counts stream by label; a spike-event stream's channels are (channel, unit), so use [units] channels or map",
+                ));
+            }
+            if labels.is_empty() || labels.len() > crate::MAX_UNITS {
+                return Err(self.invalid("units.labels", format!("has {} labels; give 1..={} (one per model unit)", labels.len(), crate::MAX_UNITS)));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (i, l) in labels.iter().enumerate() {
+                if l.trim().is_empty() {
+                    return Err(self.invalid("units.labels", format!("entry {i} is empty")));
+                }
+                if !seen.insert(l.as_str()) {
+                    return Err(self.invalid("units.labels", format!("entry {i} '{l}' appears twice")));
+                }
+            }
         }
         if let Some(ch) = self.units.channels {
             if ch > crate::MAX_UNITS {

@@ -289,6 +289,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             truth: Some(queues.truth.clone()),
             end_to_end: Some(queues.end_to_end.clone()),
             outage: sc.dropout_bins.map(|[a, b]| (a, b)),
+            channel_labels: rig.units.labels.clone(),
             record: taps.as_mut().and_then(|t: &mut crate::record::RecorderTaps| t.truth.take()),
         })?);
     }
@@ -460,6 +461,7 @@ pub fn run_sim_only(rig: &Rig, truth: ModelParams, bins: Option<u64>) -> anyhow:
         truth: None,
         end_to_end: None,
         outage: sc.dropout_bins.map(|[a, b]| (a, b)),
+        channel_labels: rig.units.labels.clone(),
         record: None,
     })?;
     eprintln!("[neuroloop] simulator publishing '{}' ({:?}); Ctrl-C to stop", sc.stream_name, sc.output);

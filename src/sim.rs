@@ -51,6 +51,9 @@ pub struct SimSetup {
     pub end_to_end: Option<Arc<ArrayQueue<[f64; 2]>>>,
     /// Pause publishing (but keep simulating) for bins in [from, to): a vanished stream.
     pub outage: Option<(u64, u64)>,
+    /// The rig's `[units] labels`: a simulated counts stream labels its channels with them
+    /// (else `unit0`, `unit1`, …), so a rig that maps by label runs on the simulator.
+    pub channel_labels: Option<Vec<String>>,
     /// The session's recording: the true state and task of every bin (its task switches
     /// become the recording's Markers stream).
     pub record: Option<crate::record::Tap<TruthRecord>>,
@@ -232,7 +235,10 @@ fn run(s: SimSetup, latest_u: Arc<Mutex<Vec<f64>>>, ready: crossbeam_channel::Se
     let source_id = format!("neuroloop-sim-{}-{}", s.cfg.stream_name, std::process::id());
     let labels: Vec<String> = match s.cfg.output {
         SimOutput::Events => vec!["channel".into(), "unit".into()],
-        SimOutput::Counts => (0..n).map(|i| format!("unit{i}")).collect(),
+        SimOutput::Counts => match &s.channel_labels {
+            Some(l) if l.len() == n => l.clone(),
+            _ => (0..n).map(|i| format!("unit{i}")).collect(),
+        },
     };
     let make_outlet = || -> Result<lsl::StreamOutlet, String> {
         let mut info = lsl::StreamInfo::new(&s.cfg.stream_name, stype, channels, rate, fmt, &source_id).map_err(|e| format!("{e:?}"))?;

@@ -61,11 +61,7 @@ fn an_event_sample_without_values_is_counted_invalid() {
     use neuroloop::rig::{InputKind, UnitsConfig};
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
-    let units = neuroloop::units::UnitMap::from_config(&UnitsConfig {
-        channels: Some(4),
-        merge_sorted: false,
-        map: None,
-    });
+    let units = neuroloop::units::UnitMap::from_config(&UnitsConfig { channels: Some(4), ..Default::default() });
     let stats = Arc::new(IngestStats::default());
     let (tx, rx) = crossbeam_channel::bounded(4);
     let mut d = SampleDecoder::new(InputKind::Events, units, stats.clone(), tx, None);

@@ -9,20 +9,6 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-fn dump(xdf: &Path) -> Value {
-    let out = Command::new(python()).arg(repo().join("tests/py/xdf_dump.py")).arg(xdf).output().unwrap();
-    assert!(out.status.success(), "pyxdf could not load {}: {}", xdf.display(), String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn stream<'a>(d: &'a Value, ty: &str) -> &'a Value {
-    d["streams"].as_array().unwrap().iter().find(|s| s["type"] == ty).unwrap_or_else(|| panic!("no {ty} stream in the recording"))
-}
-
-fn bits_col(s: &Value, row: usize, col: usize) -> f64 {
-    f64::from_bits(s["value_bits"][row][col].as_u64().unwrap())
-}
-
 fn timestamps(s: &Value) -> Vec<f64> {
     s["timestamp_bits"].as_array().unwrap().iter().map(|b| f64::from_bits(b.as_u64().unwrap())).collect()
 }
@@ -62,7 +48,7 @@ fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
     let r = report(&report_path);
     let seen: Value = serde_json::from_slice(&inlet.wait_with_output().unwrap().stdout).unwrap();
     let pushed: Vec<Vec<u64>> = serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
-    let d = dump(&xdf);
+    let d = xdf_dump(&xdf);
 
     // Provenance: the rig file's hash in the file header and in every stream neuroloop wrote.
     let sha = neuroloop::record::sha256_hex(&std::fs::read(&rig_path).unwrap());
@@ -79,7 +65,7 @@ fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
     }
 
     // The input stream exactly as pylsl pushed it: format, count, timestamps, values.
-    let input = stream(&d, "SpikeEvents");
+    let input = xdf_stream(&d, "SpikeEvents");
     assert_eq!(input["id"], 1);
     assert_eq!(input["name"], rig.spikes.as_str());
     assert_eq!(input["channel_format"], "int16");
@@ -95,7 +81,7 @@ fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
     // Control: what the emitter pushed is what pylsl received, bit for bit.
     let bins = u(&r["bins"]);
     assert!(bins > 200);
-    let control = stream(&d, "Control");
+    let control = xdf_stream(&d, "Control");
     assert_eq!(control["channel_format"], "float32");
     assert_eq!(u(&control["n"]), bins);
     assert_eq!(u(&r["control_samples"]), bins);
@@ -110,7 +96,7 @@ fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
     // grid with the recorded clock offsets, except spikes that arrived late (counted).
     let t0: f64 = d["header"]["t0"].as_str().unwrap().parse().unwrap();
     let bin_s: f64 = d["header"]["bin_s"].as_str().unwrap().parse().unwrap();
-    let bstream = stream(&d, "NeuroloopBins");
+    let bstream = xdf_stream(&d, "NeuroloopBins");
     assert_eq!(u(&bstream["n"]), bins);
     assert_eq!(bstream["timestamp_bits"], control["timestamp_bits"], "bins and Control share the bin-end timestamps");
     let (ct, cv): (Vec<f64>, Vec<f64>) = (
@@ -146,8 +132,8 @@ fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
     assert!(expected.iter().flatten().sum::<u64>() > 1000, "the bins hold the pushed spikes");
 
     // Status and timing: one sample per bin, in order; the timing's decisions add up to the report.
-    let status = stream(&d, "NeuroloopStatus");
-    let timing = stream(&d, "NeuroloopTiming");
+    let status = xdf_stream(&d, "NeuroloopStatus");
+    let timing = xdf_stream(&d, "NeuroloopTiming");
     assert_eq!(u(&status["n"]), bins);
     assert_eq!(u(&timing["n"]), bins);
     let col = |name: &str| neuroloop::record::TIMING_LABELS.iter().position(|l| *l == name).unwrap();
@@ -238,21 +224,21 @@ fn a_killed_run_leaves_a_readable_recording_that_replays() {
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "killed");
 
-    let d = dump(&xdf);
-    let control = stream(&d, "Control");
+    let d = xdf_dump(&xdf);
+    let control = xdf_stream(&d, "Control");
     let bins = u(&control["n"]);
     assert!(bins > 50, "the flushed bins are there ({bins})");
     for ty in ["SpikeEvents", "NeuroloopBins", "NeuroloopStatus", "NeuroloopTiming"] {
-        let s = stream(&d, ty);
+        let s = xdf_stream(&d, ty);
         assert!(u(&s["n"]) > 0, "{ty} has samples");
         assert!(s["footer_sample_count"].is_null(), "{ty}: no footer after a kill");
     }
     // The simulator's task switches: a string Markers stream pyxdf reads as text.
-    let markers = stream(&d, "Markers");
+    let markers = xdf_stream(&d, "Markers");
     let first = markers["value_strings"][0][0].as_str().unwrap_or_else(|| panic!("no marker text in {markers}"));
     assert!(first.starts_with("task="), "first marker {first:?}");
     // Everything flushed together: the per-bin streams end within a flush of each other.
-    let nb = u(&stream(&d, "NeuroloopBins")["n"]);
+    let nb = u(&xdf_stream(&d, "NeuroloopBins")["n"]);
     assert!(nb.abs_diff(bins) <= 60, "bins {nb} vs Control {bins}");
     let ts = timestamps(control);
     for w in ts.windows(2) {
@@ -401,11 +387,11 @@ fn sigterm_and_sighup_end_a_run_cleanly_and_a_bad_report_path_stops_it_at_start(
         assert!(out.status.success(), "SIG{signal}: {}", String::from_utf8_lossy(&out.stderr));
         let r = report(&report_path);
         assert!(u(&r["bins"]) > 50, "SIG{signal}: {}", r["bins"]);
-        let d = dump(&xdf);
+        let d = xdf_dump(&xdf);
         for s in d["streams"].as_array().unwrap() {
             assert_eq!(u(&s["footer_sample_count"]), u(&s["n"]), "SIG{signal}: {} has its footer", s["name"]);
         }
-        assert_eq!(u(&stream(&d, "Control")["n"]), u(&r["control_samples"]));
+        assert_eq!(u(&xdf_stream(&d, "Control")["n"]), u(&r["control_samples"]));
     }
     let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--quiet", "--bins", "10", "--report", "/nonexistent/folder/report.json"]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -172,3 +172,24 @@ fn errors_say_each_cause_once_in_plain_terms() {
         }
     }
 }
+
+#[test]
+fn a_map_by_label_is_checked_before_any_stream() {
+    let counts = SimRig::new("rigerr").toml("lqr", "counts", "counts", "", "");
+    let labels: Vec<String> = (0..96).map(|k| format!("\"e{k}\"")).collect();
+    let by_label = format!("[units]\nlabels = [{}]\n", labels.join(", "));
+    let err = check(&edit(&counts, "[units]\nchannels = 96\n", &format!("{by_label}channels = 96\n")));
+    assert!(err.contains("units") && err.contains("not several"), "{err}");
+    let err = check(&edit(&counts, "[units]\nchannels = 96\n", &by_label.replace("\"e7\"", "\"e3\"")));
+    assert!(err.contains("units.labels") && err.contains("'e3' appears twice"), "{err}");
+    let err = check(&edit(&counts, "[units]\nchannels = 96\n", &by_label.replace("\"e7\", ", "")));
+    assert!(err.contains("95") && err.contains("96"), "the model's N is checked against the labels: {err}");
+    let events = SimRig::new("rigerr").toml("lqr", "events", "events", "", "");
+    let err = check(&edit(&events, "[units]\nchannels = 96\n", &by_label));
+    assert!(err.contains("units.labels") && err.contains("counts stream"), "{err}");
+    // A simulated counts rig labels its channels with the rig's labels: it checks out.
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "rig.toml", &edit(&counts, "[units]\nchannels = 96\n", &by_label));
+    let out = run(&["check", "--rig", p.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -152,6 +152,7 @@ pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result
         truth: Some(truth_q.clone()),
         end_to_end: Some(e2e.clone()),
         outage: None,
+        channel_labels: rig.units.labels.clone(),
         record: None,
     })?;
     let stop_sim = || {

@@ -11,7 +11,7 @@
 //! u_k is the command emitted for bin k: it drives x_{k+1} (README, "The model").
 
 use crate::record::{sha256_hex, TASK_MARKER_PREFIX};
-use crate::replay::{bin_of_end, header_text, pick_input, rebin_spikes, streams_of, Recorded};
+use crate::replay::{bin_of_end, header_text, recorded_grid, pick_input, rebin_spikes, streams_of, Recorded};
 use crate::rig::Rig;
 use crate::units::UnitMap;
 use anyhow::{bail, Context};
@@ -120,11 +120,7 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
     };
 
     let (t0, mut fd) = if streams.iter().any(|s| s.stream_type == "NeuroloopBins") {
-        let grid = |k: &str| -> anyhow::Result<f64> {
-            header_text(&file, &["neuroloop", "bin_grid", k])
-                .and_then(|t| t.trim().parse().ok())
-                .with_context(|| format!("{}: the file header has no neuroloop/bin_grid/{k}", path.display()))
-        };
+        let grid = |k: &str| recorded_grid(&file, path, k);
         let (t0, rec_bin_s) = (grid("t0")?, grid("bin_s")?);
         if (rec_bin_s - bin_s).abs() > 1e-9 {
             bail!(

@@ -178,3 +178,21 @@ where
         got
     })
 }
+
+/// Every stream of an XDF file as pyxdf (a reader no one here wrote) loads it:
+/// tests/py/xdf_dump.py's JSON (values and timestamps as exact f64 bits).
+pub fn xdf_dump(xdf: &Path) -> serde_json::Value {
+    let out = Command::new(python()).arg(repo().join("tests/py/xdf_dump.py")).arg(xdf).output().unwrap();
+    assert!(out.status.success(), "pyxdf could not load {}: {}", xdf.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The stream of type `ty` in an [`xdf_dump`].
+pub fn xdf_stream<'a>(d: &'a serde_json::Value, ty: &str) -> &'a serde_json::Value {
+    d["streams"].as_array().unwrap().iter().find(|s| s["type"] == ty).unwrap_or_else(|| panic!("no {ty} stream in the recording"))
+}
+
+/// Row `row`, column `col` of an [`xdf_dump`] stream's values.
+pub fn bits_col(s: &serde_json::Value, row: usize, col: usize) -> f64 {
+    f64::from_bits(s["value_bits"][row][col].as_u64().unwrap())
+}

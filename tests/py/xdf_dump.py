@@ -29,6 +29,13 @@ out = {"header": {
     "t0": first(header, "info", "neuroloop", "bin_grid", "t0"),
     "bin_s": first(header, "info", "neuroloop", "bin_grid", "bin_s"),
 }, "streams": []}
+def labels(info):
+    """desc/channels/channel/label, as the stream header says (empty without one)."""
+    try:
+        return [(c.get("label") or [""])[0] or "" for c in info["desc"][0]["channels"][0]["channel"]]
+    except (KeyError, IndexError, TypeError):
+        return []
+
 for s in streams:
     info = s["info"]
     text = info["channel_format"][0] == "string"
@@ -43,6 +50,7 @@ for s in streams:
         "type": info["type"][0],
         "channel_format": info["channel_format"][0],
         "channel_count": int(info["channel_count"][0]),
+        "labels": labels(info),
         "footer_sample_count": int(s["footer"]["info"]["sample_count"][0]) if "footer" in s else None,
         "provenance_rig_sha256": first(info, "desc", "neuroloop", "rig_sha256"),
         "n": len(s["time_stamps"]),
