@@ -4,36 +4,14 @@
 //! later is dropped (never emitted). Everything pushed passes through [`Safety`].
 
 use crate::clock::{self, BinClock};
+use crate::events::{ControlResult, Emitted};
+use crate::schema::{control_stream_spec, OUTLET_LINGER_MS};
 use crate::safety::Safety;
 use crate::MAX_CONTROL;
 use crossbeam_queue::ArrayQueue;
 use lsl::ExPushable;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// The loop's answer for one bin.
-#[derive(Debug, Clone, Copy)]
-pub struct ControlResult {
-    pub bin: u64,
-    pub u: [f64; MAX_CONTROL],
-    /// The loop asks for the fallback (e.g. the input stream is gone).
-    pub use_fallback: bool,
-}
-
-/// What was pushed for one bin.
-#[derive(Debug, Clone, Copy)]
-pub struct Emitted {
-    pub bin: u64,
-    pub u: [f64; MAX_CONTROL],
-    /// The fallback was pushed (deadline miss or requested by the loop).
-    pub fallback: bool,
-    /// The loop's result was not there by the deadline.
-    pub deadline_miss: bool,
-    /// The enable gate was on.
-    pub enabled: bool,
-    /// Local time the sample was pushed.
-    pub pushed_at: f64,
-}
 
 /// Lock-free hand-offs between loop, emitter and telemetry.
 pub struct EmitChannels {
@@ -81,7 +59,7 @@ pub struct EmitterSetup {
     /// Emit bins 0..end_bin; set lower (e.g. on stop) to end early.
     pub end_bin: Arc<AtomicU64>,
     /// The recorder's tap (`run --record`).
-    pub record: Option<crate::record::Tap<Emitted>>,
+    pub record: Option<crate::tap::Tap<Emitted>>,
 }
 
 /// Create the Control outlet on a new thread and start emitting. Returns once the outlet exists.
@@ -106,24 +84,6 @@ pub fn start(setup: EmitterSetup) -> anyhow::Result<std::thread::JoinHandle<()>>
         Err(_) => Err(anyhow::anyhow!(
             "the emitter thread died while creating the Control outlet"
         )),
-    }
-}
-
-/// The Control stream's description (the outlet and the recording share it).
-pub fn control_stream_spec(
-    name: &str,
-    source_id: &str,
-    bin_s: f64,
-    labels: &[String],
-) -> crate::lslutil::StreamSpec {
-    crate::lslutil::StreamSpec {
-        name: name.into(),
-        stream_type: "Control".into(),
-        srate: 1.0 / bin_s,
-        format: lsl::ChannelFormat::Float32,
-        source_id: source_id.into(),
-        labels: labels.to_vec(),
-        channel_type: "control".into(),
     }
 }
 
@@ -274,9 +234,6 @@ pub fn command(
     }
     safety.apply(proposal, last, enabled, out);
 }
-
-/// How long outlets stay up after their last sample (liblsl does not flush on destroy).
-pub const OUTLET_LINGER_MS: u64 = 300;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 //! preallocated SPSC ring. Nothing is dropped silently: every rejected sample and every
 //! full-ring event is counted and reported.
 
-use crate::record::{InputTap, InputWriter};
+use crate::tap::{InputTap, InputWriter};
 use crate::rig::{Input, InputKind};
 use crate::units::UnitMap;
 use lsl::Pullable;

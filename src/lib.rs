@@ -8,6 +8,11 @@
 //! its per-stage histograms, [`sim`] is the built-in simulated rig, [`rig`] reads rig
 //! files, [`record`] writes a session to XDF, [`replay`] runs one
 //! back through the loop, and [`bench`] is the latency benchmarking harness (`neuroloop bench`).
+//!
+//! Stages never import their observers. What they share lives in leaf modules: [`events`]
+//! (the per-bin records a stage hands on), [`tap`] (the drop-and-count hand-offs to an
+//! observer) and [`schema`] (the shapes of the published and recorded streams). Only
+//! [`session`] knows both sides and wires them together.
 
 pub mod backend;
 pub mod bench;
@@ -15,6 +20,7 @@ pub mod binning;
 pub mod clock;
 pub mod control;
 pub mod emit;
+pub mod events;
 pub mod fit;
 pub mod fuzz;
 pub mod hot;
@@ -28,8 +34,10 @@ pub mod replay;
 pub mod rig;
 pub mod runloop;
 pub mod safety;
+pub mod schema;
 pub mod session;
 pub mod sim;
+pub mod tap;
 pub mod telemetry;
 pub mod units;
 

@@ -330,11 +330,11 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
         );
     }
     // Every stream replay reads by column has the shape neuroloop records.
-    let timing_channels = crate::record::TIMING_LABELS.len();
+    let timing_channels = crate::schema::TIMING_LABELS.len();
     if timing.channels != timing_channels {
         bail!("{}: the NeuroloopTiming stream has {} channels, neuroloop records {timing_channels}: not a recording of this neuroloop version, or a damaged one", path.display(), timing.channels);
     }
-    let status_channels = crate::telemetry::status_channels(mach.dims.latent, mach.dims.embed);
+    let status_channels = crate::schema::status_channels(mach.dims.latent, mach.dims.embed);
     if let Some(st) = &status {
         if st.channels != status_channels {
             bail!(
@@ -362,7 +362,7 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     let b_idx = index(&bins, false);
     let c_idx = index(&control, false);
     let s_idx = status.as_ref().map(|s| index(s, true));
-    let col = |name: &str| crate::record::TIMING_LABELS.iter().position(|l| *l == name).unwrap();
+    let col = |name: &str| crate::schema::TIMING_LABELS.iter().position(|l| *l == name).unwrap();
     let (c_started, c_has, c_want, c_miss, c_fb, c_en, c_from) =
         (col("started_at"), col("has_data"), col("want_control"), col("deadline_miss"), col("fallback"), col("enabled"), col("u_prev_from"));
 

@@ -6,42 +6,15 @@
 use crate::backend::{Backend, BinInput, BinOutput};
 use crate::binning::Binner;
 use crate::clock::{self, BinClock};
-use crate::emit::{ControlResult, EmitChannels};
+use crate::emit::EmitChannels;
+use crate::events::{BinRecord, ControlResult, LoopStatus};
 use crate::ingest::{IngestStats, SpikeConsumer};
-use crate::record::BinTap;
+use crate::tap::BinTap;
 use crate::rig::FaultConfig;
 use crate::{MAX_CONTROL, MAX_EMBED, MAX_LATENT};
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// One bin as the loop saw it (telemetry, status stream, reports).
-#[derive(Debug, Clone, Copy)]
-pub struct BinRecord {
-    pub bin: u64,
-    /// When the loop started on the bin (local clock).
-    pub started_at: f64,
-    /// When the model and controller were done.
-    pub done_at: f64,
-    pub spikes: f64,
-    pub late_spikes: u64,
-    pub future_spikes: u64,
-    pub has_data: bool,
-    /// The loop started the bin before its deadline (so the controller ran).
-    pub want_control: bool,
-    /// The controller produced a usable command.
-    pub control_valid: bool,
-    /// The result reached the emitter before the deadline.
-    pub on_time: bool,
-    /// The bin whose emitted command was u_prev (−1: none yet); replay repeats it.
-    pub u_prev_from: i64,
-    pub loglik: f64,
-    pub task_jump: i32,
-    pub embed_step: f64,
-    pub x: [f64; MAX_LATENT],
-    pub z: [f64; MAX_EMBED],
-    pub u: [f64; MAX_CONTROL],
-}
 
 pub struct LoopSetup {
     pub clock: BinClock,
@@ -62,17 +35,6 @@ pub struct LoopSetup {
     pub lookahead_bins: usize,
     /// The recorder's tap (`run --record`).
     pub record: Option<BinTap>,
-}
-
-/// The loop's progress, for the control plane and the report.
-#[derive(Debug, Default)]
-pub struct LoopStatus {
-    /// Bins processed so far.
-    pub bins_done: AtomicU64,
-    /// Spikes stamped before the session's first bin (never binned; see `Binner::before_start`).
-    pub pre_session_spikes: AtomicU64,
-    /// Spikes handed on after the last bin closed (set once ingest has stopped).
-    pub after_end_spikes: AtomicU64,
 }
 
 /// The loop asks the emitter for the fallback when the input is gone or the controller

@@ -12,7 +12,8 @@ use crate::ingest::{self, IngestSetup, IngestStats};
 use crate::model::{Dims, ModelParams};
 use crate::record::{Provenance, Recorder, RecorderSetup};
 use crate::rig::{BackendKind, ObjectiveKind, Rig};
-use crate::runloop::{self, LoopSetup, LoopStatus};
+use crate::events::LoopStatus;
+use crate::runloop::{self, LoopSetup};
 use crate::safety::Safety;
 use crate::sim::{self, SimSetup};
 use crate::telemetry::{Report, Telemetry, TelemetryConfig, TelemetryQueues, TrackingTarget};
@@ -263,8 +264,8 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             embed: dims.embed,
             control: dims.control,
             unit_labels: units.unit_labels(),
-            control_spec: emit::control_stream_spec(&rig.output.control_name, &source_id, bin_s, &labels),
-            status_spec: crate::telemetry::status_stream_spec(&rig.output.status_name, &format!("{source_id}-status"), bin_s, dims.latent, dims.embed),
+            control_spec: crate::schema::control_stream_spec(&rig.output.control_name, &source_id, bin_s, &labels),
+            status_spec: crate::schema::status_stream_spec(&rig.output.status_name, &format!("{source_id}-status"), bin_s, dims.latent, dims.embed),
             rig_name: rig.name.clone(),
             flush_s: 0.25,
             sim_truth_latent: rig.sim.as_ref().filter(|_| opts.with_sim).map(|s| s.latent_dim),

@@ -13,7 +13,7 @@ use crate::clock::{self, BinClock};
 use crate::model::hypernet::HypernetScratch;
 use crate::model::{dynamics, observation, ModelParams, Theta};
 use crate::rig::{SimConfig, SimOutput};
-use crate::telemetry::TruthRecord;
+use crate::events::TruthRecord;
 use crate::{MAX_EMBED, MAX_LATENT};
 use crossbeam_queue::ArrayQueue;
 use lsl::{ExPushable, Pullable};
@@ -56,7 +56,7 @@ pub struct SimSetup {
     pub channel_labels: Option<Vec<String>>,
     /// The session's recording: the true state and task of every bin (its task switches
     /// become the recording's Markers stream).
-    pub record: Option<crate::record::Tap<TruthRecord>>,
+    pub record: Option<crate::tap::Tap<TruthRecord>>,
 }
 
 pub struct SimHandles {

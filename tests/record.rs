@@ -136,7 +136,7 @@ fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
     let timing = xdf_stream(&d, "NeuroloopTiming");
     assert_eq!(u(&status["n"]), bins);
     assert_eq!(u(&timing["n"]), bins);
-    let col = |name: &str| neuroloop::record::TIMING_LABELS.iter().position(|l| *l == name).unwrap();
+    let col = |name: &str| neuroloop::schema::TIMING_LABELS.iter().position(|l| *l == name).unwrap();
     let (mut misses, mut fallbacks) = (0u64, 0u64);
     for k in 0..bins as usize {
         assert_eq!(bits_col(status, k, 0), k as f64);
@@ -312,8 +312,8 @@ fn recordings_with_streams_of_the_wrong_shape_are_refused_by_name() {
     let control = (3, "Control", 4, ends.clone(), vec![0.0; bins * 4]);
     let timing = |ch: usize| (5, "NeuroloopTiming", ch, ends.clone(), (0..bins).flat_map(|k| std::iter::once(k as f64).chain(std::iter::repeat(1.0).take(ch - 1))).collect::<Vec<_>>());
     let status = |ch: usize| (4, "NeuroloopStatus", ch, ends.clone(), (0..bins).flat_map(|k| std::iter::once(k as f64).chain(std::iter::repeat(0.0).take(ch - 1))).collect::<Vec<_>>());
-    let timing_channels = neuroloop::record::TIMING_LABELS.len();
-    let status_channels = neuroloop::telemetry::status_channels(4, 3);
+    let timing_channels = neuroloop::schema::TIMING_LABELS.len();
+    let status_channels = neuroloop::schema::status_channels(4, 3);
     for (name, streams, want) in [
         ("timing-narrow.xdf", vec![bins_stream.clone(), control.clone(), timing(3)], "NeuroloopTiming stream has 3 channels"),
         ("timing-wide.xdf", vec![bins_stream.clone(), control.clone(), timing(timing_channels + 5)], "NeuroloopTiming stream has"),

@@ -165,7 +165,7 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
         }
         let mut has_data = present.clone();
         if let Some(timing) = take(&mut streams, "NeuroloopTiming") {
-            let col = crate::record::TIMING_LABELS.iter().position(|l| *l == "has_data").unwrap();
+            let col = crate::schema::TIMING_LABELS.iter().position(|l| *l == "has_data").unwrap();
             for i in 0..timing.rows.len() {
                 let r = timing.rows.row(i);
                 let k = r[0];

@@ -12,7 +12,7 @@
 //!   decisions that replay needs to repeat the bin (data present, on time, gate, …).
 //!
 //! The stages hand records to the recorder thread through preallocated lock-free queues
-//! and rings ([`InputTap`], [`BinTap`], [`Tap`]); a full queue drops the record and counts
+//! and rings (`crate::tap`: [`InputTap`], [`BinTap`], [`Tap`]); a full queue drops the record and counts
 //! it (reported at the end), it never makes a stage wait. The recorder thread encodes and
 //! writes chunks every `flush_s`; a killed process leaves everything up to the last flush.
 
@@ -20,12 +20,11 @@ pub mod read;
 pub mod xdf;
 
 use crate::clock::BinClock;
-use crate::emit::Emitted;
+use crate::events::{BinRecord, Emitted, TruthRecord};
 use crate::lslutil::StreamSpec;
-use crate::runloop::BinRecord;
-use crate::telemetry::TruthRecord;
-use crossbeam_queue::ArrayQueue;
-use ringbuf::traits::{Consumer, Observer, Producer, Split};
+use crate::schema::TIMING_LABELS;
+use crate::tap::{BinTap, InputConnection, InputTap, Tap, TOKEN_SAMPLE};
+use ringbuf::traits::{Consumer, Observer, Split};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -46,147 +45,6 @@ pub const STREAM_SIM_TRUTH: u32 = 7;
 pub const TASK_MARKER_PREFIX: &str = "task=";
 /// Input streams after a reconnect to a different source get ids from here on.
 pub const STREAM_INPUT_NEXT: u32 = 10;
-
-/// The timing stream's channels, in order (times on the local clock, s; flags 0/1).
-pub const TIMING_LABELS: [&str; 14] = [
-    "bin",
-    "close_at",
-    "started_at",
-    "done_at",
-    "deadline_at",
-    "pushed_at",
-    "has_data",
-    "want_control",
-    "control_valid",
-    "on_time",
-    "deadline_miss",
-    "fallback",
-    "enabled",
-    "u_prev_from",
-];
-
-/// A bounded, lock-free hand-off to the recorder: a full queue drops and counts.
-pub struct Tap<T> {
-    pub queue: Arc<ArrayQueue<T>>,
-    pub dropped: Arc<AtomicU64>,
-}
-
-impl<T> Clone for Tap<T> {
-    fn clone(&self) -> Self {
-        Tap { queue: self.queue.clone(), dropped: self.dropped.clone() }
-    }
-}
-
-impl<T> Tap<T> {
-    pub fn new(capacity: usize) -> Tap<T> {
-        Tap { queue: Arc::new(ArrayQueue::new(capacity.max(1))), dropped: Arc::new(AtomicU64::new(0)) }
-    }
-    /// Never waits, never allocates.
-    #[inline]
-    pub fn offer(&self, item: T) {
-        if self.queue.push(item).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// The loop's tap: each bin's record and the counts it was closed with (kept in lockstep).
-pub struct BinTap {
-    records: Tap<BinRecord>,
-    counts: ringbuf::HeapProd<f64>,
-    n_units: usize,
-}
-
-impl BinTap {
-    /// Never waits, never allocates. The loop is the only producer of both, so room seen
-    /// here is still there when it pushes.
-    #[inline]
-    pub fn offer(&mut self, rec: &BinRecord, counts: &[f64]) {
-        debug_assert_eq!(counts.len(), self.n_units);
-        let q = &self.records.queue;
-        if q.len() < q.capacity() && self.counts.vacant_len() >= counts.len() {
-            self.counts.push_slice(counts);
-            let _ = q.push(*rec);
-        } else {
-            self.records.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Ingest's tap: one [`InputWriter`] per connection to the input stream.
-#[derive(Clone)]
-pub struct InputTap {
-    connections: crossbeam_channel::Sender<InputConnection>,
-    dropped: Arc<AtomicU64>,
-}
-
-/// A connection to the input stream, as the recorder gets it.
-pub struct InputConnection {
-    /// The stream's full info XML as the inlet reported it.
-    xml: String,
-    name: String,
-    uid: String,
-    format: Format,
-    channels: usize,
-    ring: ringbuf::HeapCons<f64>,
-}
-
-/// Writes one connection's samples and clock offsets into its ring.
-/// Ring layout: a sample is `[0, t, v_0 … v_{c−1}]`, a clock offset `[1, t, offset]`. Each
-/// token goes in with one `push_slice`, which publishes it whole: the recorder never sees
-/// half a token.
-pub struct InputWriter {
-    ring: ringbuf::HeapProd<f64>,
-    dropped: Arc<AtomicU64>,
-    /// One sample token, preallocated.
-    token: Vec<f64>,
-}
-
-const TOKEN_SAMPLE: f64 = 0.0;
-const TOKEN_OFFSET: f64 = 1.0;
-
-impl InputTap {
-    /// A new connection: `info` is the inlet's full stream info (with desc). Returns None (and the stream
-    /// is not recorded) for a format XDF numeric samples cannot hold (strings).
-    pub fn connect(&self, info: &lsl::StreamInfo, channels: usize) -> Option<InputWriter> {
-        let (xml, srate) = (info.to_xml().ok()?, info.nominal_srate());
-        let format = info.channel_format();
-        let format = Format::from_lsl(format).filter(|f| *f != Format::String)?;
-        // About 8 s of the stream (irregular streams: 4 M values), so a briefly starved
-        // recorder loses nothing.
-        let per_s = if srate > 0.0 { srate } else { 2000.0 };
-        let capacity = ((8.0 * per_s * (channels + 2) as f64) as usize).clamp(1 << 16, 1 << 25);
-        let (prod, cons) = ringbuf::HeapRb::<f64>::new(capacity).split();
-        let (name, uid) = (info.stream_name(), info.uid());
-        self.connections.send(InputConnection { xml, name, uid, format, channels, ring: cons }).ok()?;
-        Some(InputWriter { ring: prod, dropped: self.dropped.clone(), token: vec![0.0; 2 + channels] })
-    }
-}
-
-impl InputWriter {
-    /// A sample as received: remote timestamp, every channel.
-    #[inline]
-    pub fn sample(&mut self, t_remote: f64, values: &[f64]) {
-        debug_assert_eq!(values.len() + 2, self.token.len());
-        if self.ring.vacant_len() < self.token.len() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        self.token[0] = TOKEN_SAMPLE;
-        self.token[1] = t_remote;
-        self.token[2..].copy_from_slice(values);
-        self.ring.push_slice(&self.token);
-    }
-
-    /// A clock offset measured at local time `t` (local = remote + offset).
-    pub fn clock_offset(&mut self, t: f64, offset: f64) {
-        if self.ring.vacant_len() < 3 {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        self.ring.push_slice(&[TOKEN_OFFSET, t, offset]);
-    }
-}
 
 /// Where a recording comes from (written into the file header and every stream's desc).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -480,7 +338,7 @@ struct RecorderThread {
 impl RecorderThread {
     fn new(s: RecorderSetup, src: Sources, w: XdfWriter) -> RecorderThread {
         let n = s.n_units;
-        let status_sample = vec![0.0; crate::telemetry::status_channels(s.latent, s.embed)];
+        let status_sample = vec![0.0; crate::schema::status_channels(s.latent, s.embed)];
         let mut t = RecorderThread {
             bins: Pending::new(STREAM_BINS),
             control: Pending::new(STREAM_CONTROL),
@@ -701,7 +559,9 @@ impl RecorderThread {
         } else {
             let id = self.next_input_id;
             self.next_input_id = if id == STREAM_INPUT { STREAM_INPUT_NEXT } else { id + 1 };
-            self.w.add_stream(id, &conn.xml, conn.format, conn.channels);
+            // InputTap takes numeric streams only, and XDF holds every numeric format.
+            let Some(format) = Format::from_lsl(conn.format) else { return };
+            self.w.add_stream(id, &conn.xml, format, conn.channels);
             self.names.push((id, conn.name));
             id
         };
@@ -747,8 +607,8 @@ impl RecorderThread {
             };
             self.timing_sample(r.as_ref(), e.as_ref());
             if let Some(r) = &r {
-                let flags = crate::telemetry::status_flags(Some(r), e.as_ref());
-                crate::telemetry::fill_status_sample(&mut self.status_sample, r, flags, self.s.latent, self.s.embed);
+                let flags = crate::schema::status_flags(Some(r), e.as_ref());
+                crate::schema::fill_status_sample(&mut self.status_sample, r, flags, self.s.latent, self.s.embed);
                 self.status.timestamps.push(self.s.clock.bin_end(r.bin));
                 self.status.values.extend_from_slice(&self.status_sample);
             }

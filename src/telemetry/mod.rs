@@ -4,12 +4,12 @@
 //! lock-free queues that the hot path never waits on.
 
 use crate::clock::BinClock;
-use crate::emit::{EmitChannels, Emitted};
+use crate::emit::EmitChannels;
+use crate::events::{BinRecord, Emitted, LoopStatus, TruthRecord};
+use crate::schema::{fill_status_sample, status_channels, status_flags, status_stream_spec, OUTLET_LINGER_MS};
 use crate::ingest::{IngestNotice, IngestStats};
 use crate::latency::{BinLatency, Stage, StageLatencies};
 pub use crate::latency::Percentiles;
-use crate::runloop::{BinRecord, LoopStatus};
-use crate::{MAX_EMBED, MAX_LATENT};
 use crossbeam_queue::ArrayQueue;
 use lsl::ExPushable;
 use serde::Serialize;
@@ -22,71 +22,6 @@ mod lateness;
 use lateness::InputLateness;
 pub use evaluation::{affine_r2, r_squared};
 use evaluation::{EvalRow, Evaluation};
-
-/// Status flag bits (the Status stream's `flags` channel; DESIGN.md §4).
-pub const FLAG_FALLBACK: u32 = 1;
-pub const FLAG_DEADLINE_MISS: u32 = 1 << 1;
-/// No live input (stream gap).
-pub const FLAG_GAP: u32 = 1 << 2;
-pub const FLAG_LATE_SPIKES: u32 = 1 << 3;
-pub const FLAG_TASK_JUMP: u32 = 1 << 4;
-
-/// A bin's Status flags from what the loop and the emitter reported (either may be missing
-/// when its queue was full).
-pub fn status_flags(rec: Option<&BinRecord>, emitted: Option<&Emitted>) -> u32 {
-    let mut flags = 0;
-    if let Some(e) = emitted {
-        flags |= if e.fallback { FLAG_FALLBACK } else { 0 } | if e.deadline_miss { FLAG_DEADLINE_MISS } else { 0 };
-    }
-    if let Some(r) = rec {
-        flags |= if r.has_data { 0 } else { FLAG_GAP }
-            | if r.late_spikes > 0 { FLAG_LATE_SPIKES } else { 0 }
-            | if r.task_jump >= 0 { FLAG_TASK_JUMP } else { 0 };
-    }
-    flags
-}
-
-/// Channels of the Status stream: bin, x (d), z (e), loglik, compute_us, flags.
-pub fn status_channels(latent: usize, embed: usize) -> usize {
-    4 + latent + embed
-}
-
-/// The Status stream's description (the outlet and the recording share it).
-pub fn status_stream_spec(name: &str, source_id: &str, bin_s: f64, latent: usize, embed: usize) -> crate::lslutil::StreamSpec {
-    let mut labels = vec!["bin".to_string()];
-    labels.extend((0..latent).map(|i| format!("x{i}")));
-    labels.extend((0..embed).map(|i| format!("z{i}")));
-    labels.extend(["loglik", "compute_us", "flags"].map(String::from));
-    crate::lslutil::StreamSpec {
-        name: name.into(),
-        stream_type: "NeuroloopStatus".into(),
-        srate: 1.0 / bin_s,
-        format: lsl::ChannelFormat::Double64,
-        source_id: source_id.into(),
-        labels,
-        channel_type: "status".into(),
-    }
-}
-
-/// One Status sample (`status_channels` long) for bin `r.bin`.
-pub fn fill_status_sample(s: &mut [f64], r: &BinRecord, flags: u32, latent: usize, embed: usize) {
-    let (d, e) = (latent, embed);
-    s[0] = r.bin as f64;
-    s[1..1 + d].copy_from_slice(&r.x[..d]);
-    s[1 + d..1 + d + e].copy_from_slice(&r.z[..e]);
-    s[1 + d + e] = r.loglik;
-    s[2 + d + e] = (r.done_at - r.started_at) * 1e6;
-    s[3 + d + e] = flags as f64;
-}
-
-/// The simulator's ground truth for one bin (same bin grid as the loop).
-#[derive(Debug, Clone, Copy)]
-pub struct TruthRecord {
-    pub bin: u64,
-    pub x: [f64; MAX_LATENT],
-    pub z: [f64; MAX_EMBED],
-    pub task: usize,
-}
 
 /// What telemetry is fed through.
 pub struct TelemetryQueues {
@@ -358,7 +293,7 @@ impl Telemetry {
             self.print_line(true);
         }
         if self.status_outlet.is_some() {
-            std::thread::sleep(std::time::Duration::from_millis(crate::emit::OUTLET_LINGER_MS));
+            std::thread::sleep(std::time::Duration::from_millis(OUTLET_LINGER_MS));
         }
         if let Err(e) = self.lat.finish(crate::clock::now()) {
             eprintln!("[neuroloop] {e}");
@@ -591,6 +526,7 @@ impl Telemetry {
 mod tests {
     use super::*;
     use crate::latency::Stage;
+    use crate::{MAX_EMBED, MAX_LATENT};
 
     fn record(k: u64, clock: &BinClock) -> BinRecord {
         BinRecord {

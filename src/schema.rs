@@ -1,0 +1,100 @@
+//! The shapes of the streams neuroloop publishes and records: the Control stream, the
+//! Status stream (its channels, flag bits and sample), the recording's timing channels, and
+//! how long an outlet lingers. The outlets, the recorder and replay read them from here.
+
+use crate::events::{BinRecord, Emitted};
+
+/// The Control stream's description (the outlet and the recording share it).
+pub fn control_stream_spec(
+    name: &str,
+    source_id: &str,
+    bin_s: f64,
+    labels: &[String],
+) -> crate::lslutil::StreamSpec {
+    crate::lslutil::StreamSpec {
+        name: name.into(),
+        stream_type: "Control".into(),
+        srate: 1.0 / bin_s,
+        format: lsl::ChannelFormat::Float32,
+        source_id: source_id.into(),
+        labels: labels.to_vec(),
+        channel_type: "control".into(),
+    }
+}
+
+/// Status flag bits (the Status stream's `flags` channel; DESIGN.md §4).
+pub const FLAG_FALLBACK: u32 = 1;
+pub const FLAG_DEADLINE_MISS: u32 = 1 << 1;
+/// No live input (stream gap).
+pub const FLAG_GAP: u32 = 1 << 2;
+pub const FLAG_LATE_SPIKES: u32 = 1 << 3;
+pub const FLAG_TASK_JUMP: u32 = 1 << 4;
+
+/// A bin's Status flags from what the loop and the emitter reported (either may be missing
+/// when its queue was full).
+pub fn status_flags(rec: Option<&BinRecord>, emitted: Option<&Emitted>) -> u32 {
+    let mut flags = 0;
+    if let Some(e) = emitted {
+        flags |= if e.fallback { FLAG_FALLBACK } else { 0 } | if e.deadline_miss { FLAG_DEADLINE_MISS } else { 0 };
+    }
+    if let Some(r) = rec {
+        flags |= if r.has_data { 0 } else { FLAG_GAP }
+            | if r.late_spikes > 0 { FLAG_LATE_SPIKES } else { 0 }
+            | if r.task_jump >= 0 { FLAG_TASK_JUMP } else { 0 };
+    }
+    flags
+}
+
+/// Channels of the Status stream: bin, x (d), z (e), loglik, compute_us, flags.
+pub fn status_channels(latent: usize, embed: usize) -> usize {
+    4 + latent + embed
+}
+
+/// The Status stream's description (the outlet and the recording share it).
+pub fn status_stream_spec(name: &str, source_id: &str, bin_s: f64, latent: usize, embed: usize) -> crate::lslutil::StreamSpec {
+    let mut labels = vec!["bin".to_string()];
+    labels.extend((0..latent).map(|i| format!("x{i}")));
+    labels.extend((0..embed).map(|i| format!("z{i}")));
+    labels.extend(["loglik", "compute_us", "flags"].map(String::from));
+    crate::lslutil::StreamSpec {
+        name: name.into(),
+        stream_type: "NeuroloopStatus".into(),
+        srate: 1.0 / bin_s,
+        format: lsl::ChannelFormat::Double64,
+        source_id: source_id.into(),
+        labels,
+        channel_type: "status".into(),
+    }
+}
+
+/// One Status sample (`status_channels` long) for bin `r.bin`.
+pub fn fill_status_sample(s: &mut [f64], r: &BinRecord, flags: u32, latent: usize, embed: usize) {
+    let (d, e) = (latent, embed);
+    s[0] = r.bin as f64;
+    s[1..1 + d].copy_from_slice(&r.x[..d]);
+    s[1 + d..1 + d + e].copy_from_slice(&r.z[..e]);
+    s[1 + d + e] = r.loglik;
+    s[2 + d + e] = (r.done_at - r.started_at) * 1e6;
+    s[3 + d + e] = flags as f64;
+}
+
+/// The timing stream's channels, in order (times on the local clock, s; flags 0/1).
+pub const TIMING_LABELS: [&str; 14] = [
+    "bin",
+    "close_at",
+    "started_at",
+    "done_at",
+    "deadline_at",
+    "pushed_at",
+    "has_data",
+    "want_control",
+    "control_valid",
+    "on_time",
+    "deadline_miss",
+    "fallback",
+    "enabled",
+    "u_prev_from",
+];
+
+/// How long outlets stay up after their last sample (liblsl does not flush on destroy).
+pub const OUTLET_LINGER_MS: u64 = 300;
