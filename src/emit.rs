@@ -6,6 +6,7 @@
 use crate::clock::{self, BinClock};
 use crate::events::{ControlResult, Emitted};
 use crate::schema::{control_stream_spec, OUTLET_LINGER_MS};
+use crate::tap::FanOut;
 use crate::safety::Safety;
 use crate::MAX_CONTROL;
 use crossbeam_queue::ArrayQueue;
@@ -19,12 +20,8 @@ pub struct EmitChannels {
     pub results: ArrayQueue<ControlResult>,
     /// emitter → loop (what was actually emitted, for the next bin's prediction)
     pub feedback: ArrayQueue<Emitted>,
-    /// emitter → telemetry
-    pub telemetry: ArrayQueue<Emitted>,
     /// Results that arrived after their bin's deadline (dropped).
     pub late_results: AtomicU64,
-    /// Emitted records telemetry could not take (queue full).
-    pub telemetry_dropped: AtomicU64,
     /// Control samples pushed, fallbacks among them, and deadline misses among those —
     /// exact even when telemetry records are dropped.
     pub pushed: AtomicU64,
@@ -37,9 +34,7 @@ impl EmitChannels {
         EmitChannels {
             results: ArrayQueue::new(capacity),
             feedback: ArrayQueue::new(capacity),
-            telemetry: ArrayQueue::new(capacity),
             late_results: AtomicU64::new(0),
-            telemetry_dropped: AtomicU64::new(0),
             pushed: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             deadline_misses: AtomicU64::new(0),
@@ -58,8 +53,8 @@ pub struct EmitterSetup {
     pub channels: Arc<EmitChannels>,
     /// Emit bins 0..end_bin; set lower (e.g. on stop) to end early.
     pub end_bin: Arc<AtomicU64>,
-    /// The recorder's tap (`run --record`).
-    pub record: Option<crate::tap::Tap<Emitted>>,
+    /// What was pushed, to every observer (telemetry, the recorder).
+    pub observers: FanOut<Emitted>,
 }
 
 /// Create the Control outlet on a new thread and start emitting. Returns once the outlet exists.
@@ -158,12 +153,7 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
             pushed_at,
         };
         ch.feedback.force_push(rec);
-        if ch.telemetry.push(rec).is_err() {
-            ch.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(tap) = &s.record {
-            tap.offer(rec);
-        }
+        s.observers.offer(rec);
         k += 1;
     }
     crate::hot::leave();

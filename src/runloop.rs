@@ -9,10 +9,9 @@ use crate::clock::{self, BinClock};
 use crate::emit::EmitChannels;
 use crate::events::{BinRecord, ControlResult, LoopStatus};
 use crate::ingest::{IngestStats, SpikeConsumer};
-use crate::tap::BinTap;
+use crate::tap::{BinTap, FanOut};
 use crate::rig::FaultConfig;
 use crate::{MAX_CONTROL, MAX_EMBED, MAX_LATENT};
-use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -26,15 +25,15 @@ pub struct LoopSetup {
     pub emit: Arc<EmitChannels>,
     /// The emitter thread, to wake it when a result is ready.
     pub emitter: std::thread::Thread,
-    pub telemetry: Arc<ArrayQueue<BinRecord>>,
-    pub telemetry_dropped: Arc<AtomicU64>,
+    /// Each bin's record, to every observer (telemetry).
+    pub observers: FanOut<BinRecord>,
     /// Run bins 0..end_bin (lowered to stop early).
     pub end_bin: Arc<AtomicU64>,
     pub fault: FaultConfig,
     /// Lookahead of the binner, in bins.
     pub lookahead_bins: usize,
-    /// The recorder's tap (`run --record`).
-    pub record: Option<BinTap>,
+    /// An observer that takes each bin's counts with its record (the recorder, `run --record`).
+    pub with_counts: Option<BinTap>,
 }
 
 /// The loop asks the emitter for the fallback when the input is gone or the controller
@@ -127,10 +126,8 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
         };
         rec.x[..dims.latent].copy_from_slice(&out.x);
         rec.z[..dims.embed].copy_from_slice(&out.z);
-        if s.telemetry.push(rec).is_err() {
-            s.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(tap) = &mut s.record {
+        s.observers.offer(rec);
+        if let Some(tap) = &mut s.with_counts {
             tap.offer(&rec, &counts);
         }
         k += 1;

@@ -13,6 +13,7 @@ use crate::model::{Dims, ModelParams};
 use crate::record::{Provenance, Recorder, RecorderSetup};
 use crate::rig::{BackendKind, ObjectiveKind, Rig};
 use crate::events::LoopStatus;
+use crate::tap::FanOut;
 use crate::runloop::{self, LoopSetup};
 use crate::safety::Safety;
 use crate::sim::{self, SimSetup};
@@ -250,11 +251,9 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     // created now: a path that cannot be written stops the run before it starts.
     let mut recorder = None;
     let mut taps = None;
-    if let Some(path) = &opts.record {
-        let labels = rig.output.control_labels.clone().unwrap_or_else(|| (0..dims.control).map(|j| format!("u{j}")).collect());
-        // The Control outlet first: a simulated rig's inlet resolves it while ingest connects,
-    // and hears bin 0.
     let source_id = format!("neuroloop-{}", rig.name);
+    let labels = rig.output.control_labels.clone().unwrap_or_else(|| (0..dims.control).map(|j| format!("u{j}")).collect());
+    if let Some(path) = &opts.record {
         let setup = RecorderSetup {
             path: path.clone(),
             provenance: Provenance::of(rig, &backend_name)?,
@@ -287,11 +286,10 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             // bins still see a live stream.
             end_bin: Arc::new(AtomicU64::new(u64::MAX)),
             stop: sim_stop.clone(),
-            truth: Some(queues.truth.clone()),
+            truth: FanOut::default().with(queues.truth.clone()).with_opt(taps.as_mut().and_then(|t: &mut crate::record::RecorderTaps| t.truth.take())),
             end_to_end: Some(queues.end_to_end.clone()),
             outage: sc.dropout_bins.map(|[a, b]| (a, b)),
             channel_labels: rig.units.labels.clone(),
-            record: taps.as_mut().and_then(|t: &mut crate::record::RecorderTaps| t.truth.take()),
         })?);
     }
 
@@ -312,8 +310,6 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     })
     .with_context(|| format!("rig file {}: [input]", rig.path.display()))?;
 
-    let source_id = format!("neuroloop-{}", rig.name);
-    let labels = rig.output.control_labels.clone().unwrap_or_else(|| (0..dims.control).map(|j| format!("u{j}")).collect());
     let emitter = emit::start(EmitterSetup {
         clock: bin_clock,
         m: dims.control,
@@ -324,7 +320,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         enabled: enabled.clone(),
         channels: emit_ch.clone(),
         end_bin: end_bin.clone(),
-        record: emitted_tap,
+        observers: FanOut::default().with(queues.emitted.clone()).with_opt(emitted_tap),
     })?;
     if let Some(h) = &sim_handles {
         // The simulated rig must hear every Control sample: wait (at most until bin 0
@@ -335,7 +331,6 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     }
 
     let bins_q = queues.bins.clone();
-    let bins_dropped = queues.bins_dropped.clone();
     let telemetry_stop = Arc::new(AtomicBool::new(false));
     let telemetry_cfg = TelemetryConfig {
             clock: bin_clock,
@@ -371,12 +366,11 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             stall_s: rig.input.stall_ms * 1e-3,
             emit: emit_ch.clone(),
             emitter: emitter.thread().clone(),
-            telemetry: bins_q,
-            telemetry_dropped: bins_dropped,
+            observers: FanOut::default().with(bins_q),
             end_bin: end_bin.clone(),
             fault: rig.fault.clone(),
             lookahead_bins: 64.max((rig.timing.grace_ms / rig.timing.bin_ms).ceil() as usize + 8),
-            record: bin_tap,
+            with_counts: bin_tap,
         },
         loop_status.clone(),
     )?;
@@ -459,11 +453,11 @@ pub fn run_sim_only(rig: &Rig, truth: ModelParams, bins: Option<u64>) -> anyhow:
         control_stream: rig.output.control_name.clone(),
         end_bin,
         stop: stop.clone(),
-        truth: None,
+        truth: FanOut::default(),
         end_to_end: None,
         outage: sc.dropout_bins.map(|[a, b]| (a, b)),
         channel_labels: rig.units.labels.clone(),
-        record: None,
+        
     })?;
     eprintln!("[neuroloop] simulator publishing '{}' ({:?}); Ctrl-C to stop", sc.stream_name, sc.output);
     let _ = h.sim.join();

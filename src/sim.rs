@@ -14,8 +14,8 @@ use crate::model::hypernet::HypernetScratch;
 use crate::model::{dynamics, observation, ModelParams, Theta};
 use crate::rig::{SimConfig, SimOutput};
 use crate::events::TruthRecord;
+use crate::tap::{FanOut, Tap};
 use crate::{MAX_EMBED, MAX_LATENT};
-use crossbeam_queue::ArrayQueue;
 use lsl::{ExPushable, Pullable};
 use nalgebra::DVector;
 use neuroloop_kernels::philox;
@@ -47,16 +47,17 @@ pub struct SimSetup {
     /// Simulate bins 0..end_bin.
     pub end_bin: Arc<AtomicU64>,
     pub stop: Arc<AtomicBool>,
-    pub truth: Option<Arc<ArrayQueue<TruthRecord>>>,
-    pub end_to_end: Option<Arc<ArrayQueue<[f64; 2]>>>,
+    /// The true state and task of every bin, to every observer (telemetry's evaluation; the
+    /// recording, whose Markers stream holds the task switches).
+    pub truth: FanOut<TruthRecord>,
+    /// End-to-end latency of every Control sample the rig receives: [its timestamp (the
+    /// bin's end), received − timestamp] (s).
+    pub end_to_end: Option<Tap<[f64; 2]>>,
     /// Pause publishing (but keep simulating) for bins in [from, to): a vanished stream.
     pub outage: Option<(u64, u64)>,
     /// The rig's `[units] labels`: a simulated counts stream labels its channels with them
     /// (else `unit0`, `unit1`, …), so a rig that maps by label runs on the simulator.
     pub channel_labels: Option<Vec<String>>,
-    /// The session's recording: the true state and task of every bin (its task switches
-    /// become the recording's Markers stream).
-    pub record: Option<crate::tap::Tap<TruthRecord>>,
 }
 
 pub struct SimHandles {
@@ -93,7 +94,7 @@ fn receive_control(
     name: &str,
     latest: &Mutex<Vec<f64>>,
     stop: &AtomicBool,
-    e2e: Option<Arc<ArrayQueue<[f64; 2]>>>,
+    e2e: Option<Tap<[f64; 2]>>,
     connected: &AtomicBool,
 ) {
     let pred = format!("name='{name}' and type='Control'");
@@ -110,8 +111,8 @@ fn receive_control(
             match inlet.pull_sample_buf(&mut buf, 0.05) {
                 Ok(ts) if ts != 0.0 => {
                     let received = clock::now();
-                    if let Some(q) = &e2e {
-                        let _ = q.push([ts, received - ts]);
+                    if let Some(tap) = &e2e {
+                        tap.offer([ts, received - ts]);
                     }
                     let mut l = latest.lock().unwrap();
                     for (dst, src) in l.iter_mut().zip(&buf) {
@@ -300,16 +301,11 @@ fn run(s: SimSetup, latest_u: Arc<Mutex<Vec<f64>>>, ready: crossbeam_channel::Se
                 }
             }
         }
-        if s.truth.is_some() || s.record.is_some() {
+        if !s.truth.is_empty() {
             let mut rec = TruthRecord { bin: j, x: [0.0; MAX_LATENT], z: [0.0; MAX_EMBED], task };
             rec.x[..dims.latent].copy_from_slice(pop.x.as_slice());
             rec.z[..dims.embed].copy_from_slice(pop.params.task_library[task].as_slice());
-            if let Some(q) = &s.truth {
-                let _ = q.push(rec);
-            }
-            if let Some(tap) = &s.record {
-                tap.offer(rec);
-            }
+            s.truth.offer(rec);
         }
         j += 1;
     }

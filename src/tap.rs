@@ -34,6 +34,45 @@ impl<T> Tap<T> {
     }
 }
 
+/// One record to every observer's tap, each dropping and counting on its own. Built once
+/// at wiring time (session.rs); offering allocates nothing. Adding an observer of a stage is
+/// one more [`FanOut::with`] there.
+pub struct FanOut<T> {
+    taps: Vec<Tap<T>>,
+}
+
+impl<T> Default for FanOut<T> {
+    fn default() -> Self {
+        FanOut { taps: Vec::new() }
+    }
+}
+
+impl<T: Copy> FanOut<T> {
+    pub fn with(mut self, tap: Tap<T>) -> FanOut<T> {
+        self.taps.push(tap);
+        self
+    }
+
+    pub fn with_opt(self, tap: Option<Tap<T>>) -> FanOut<T> {
+        match tap {
+            Some(t) => self.with(t),
+            None => self,
+        }
+    }
+
+    /// Never waits, never allocates.
+    #[inline]
+    pub fn offer(&self, item: T) {
+        for t in &self.taps {
+            t.offer(item);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.taps.is_empty()
+    }
+}
+
 /// The loop's tap: each bin's record and the counts it was closed with (kept in lockstep).
 pub struct BinTap {
     pub(crate) records: Tap<BinRecord>,
@@ -132,5 +171,25 @@ impl InputWriter {
             return;
         }
         self.ring.push_slice(&[TOKEN_OFFSET, t, offset]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each observer's tap drops and counts on its own: a slow observer never costs a fast
+    /// one its records.
+    #[test]
+    fn a_fan_out_gives_every_observer_its_own_drops() {
+        let (fast, slow) = (Tap::<u64>::new(8), Tap::<u64>::new(2));
+        let out = FanOut::default().with(fast.clone()).with_opt(Some(slow.clone())).with_opt(None);
+        for k in 0..5 {
+            out.offer(k);
+        }
+        assert_eq!((fast.queue.len(), fast.dropped.load(Ordering::Relaxed)), (5, 0));
+        assert_eq!((slow.queue.len(), slow.dropped.load(Ordering::Relaxed)), (2, 3));
+        assert_eq!(slow.queue.pop(), Some(0), "the oldest are kept, the newest dropped");
+        assert!(FanOut::<u64>::default().is_empty());
     }
 }

@@ -80,6 +80,7 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
     assert_eq!(r["bins_computed"], total);
     assert_eq!(r["warmup_bins"], warmup);
     assert_eq!(r["telemetry_dropped"], 0);
+    assert_eq!((&r["truth_dropped"], &r["end_to_end_dropped"]), (&serde_json::json!(0), &serde_json::json!(0)), "the simulated rig's records all reached telemetry");
     let count = |k: &str| r[k]["count"].as_u64().unwrap();
     assert_eq!(count("compute_us"), bins, "one compute time per measured bin");
     assert_eq!(count("close_to_push_us"), bins, "one push per measured bin");

@@ -16,9 +16,9 @@ use crate::latency::{histogram, Percentiles};
 use crate::rig::Rig;
 use crate::sim::{self, SimSetup};
 use crate::events::TruthRecord;
+use crate::tap::{FanOut, Tap};
 use crate::telemetry::r_squared;
 use anyhow::{bail, Context};
-use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -140,8 +140,8 @@ pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result
     // after that, and the loop must be ready before the warm-up is over.
     let t0 = clock::now() + 6.0;
     let grid = BinClock { t0, bin_s, grace_s: rig.timing.grace_ms * 1e-3, deadline_s: rig.timing.deadline_ms * 1e-3 };
-    let e2e = Arc::new(ArrayQueue::<[f64; 2]>::new(1 << 16));
-    let truth_q = Arc::new(ArrayQueue::<TruthRecord>::new(1 << 14));
+    let e2e = Tap::<[f64; 2]>::new(1 << 16);
+    let truth_q = Tap::<TruthRecord>::new(1 << 14);
     let stop = Arc::new(AtomicBool::new(false));
     let sim_handles = sim::start(SimSetup {
         params: truth,
@@ -150,11 +150,10 @@ pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result
         control_stream: rig.output.control_name.clone(),
         end_bin: Arc::new(AtomicU64::new(u64::MAX)),
         stop: stop.clone(),
-        truth: Some(truth_q.clone()),
+        truth: FanOut::default().with(truth_q.clone()),
         end_to_end: Some(e2e.clone()),
         outage: None,
         channel_labels: rig.units.labels.clone(),
-        record: None,
     })?;
     let stop_sim = || {
         stop.store(true, Ordering::Release);
@@ -202,14 +201,14 @@ pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result
     let limit = Instant::now() + Duration::from_secs_f64(6.0 + total as f64 * bin_s + 60.0);
     let mut last_status = Instant::now();
     let drain = |e2e_h: &mut hdrhistogram::Histogram<u64>, truth_x: &mut Vec<Option<Vec<f64>>>, received: &mut u64| {
-        while let Some([ts, lat]) = e2e.pop() {
+        while let Some([ts, lat]) = e2e.queue.pop() {
             let bin = ((ts - t0) / bin_s).round() as i64 - 1;
             if bin >= o.warmup as i64 && bin < total as i64 {
                 e2e_h.saturating_record((lat * 1e6).round().max(1.0) as u64);
                 *received += 1;
             }
         }
-        while let Some(t) = truth_q.pop() {
+        while let Some(t) = truth_q.queue.pop() {
             if let Some(slot) = truth_x.get_mut(t.bin as usize) {
                 *slot = Some(t.x[..d].to_vec());
             }

@@ -6,11 +6,11 @@
 use crate::clock::BinClock;
 use crate::emit::EmitChannels;
 use crate::events::{BinRecord, Emitted, LoopStatus, TruthRecord};
+use crate::tap::Tap;
 use crate::schema::{fill_status_sample, status_channels, status_flags, status_stream_spec, OUTLET_LINGER_MS};
 use crate::ingest::{IngestNotice, IngestStats};
 use crate::latency::{BinLatency, Stage, StageLatencies};
 pub use crate::latency::Percentiles;
-use crossbeam_queue::ArrayQueue;
 use lsl::ExPushable;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -25,12 +25,13 @@ use evaluation::{EvalRow, Evaluation};
 
 /// What telemetry is fed through.
 pub struct TelemetryQueues {
-    pub bins: Arc<ArrayQueue<BinRecord>>,
-    pub bins_dropped: Arc<AtomicU64>,
+    pub bins: Tap<BinRecord>,
+    pub emitted: Tap<Emitted>,
+    /// The emitter's counters (exact even when records are dropped).
     pub emit: Arc<EmitChannels>,
-    pub truth: Arc<ArrayQueue<TruthRecord>>,
+    pub truth: Tap<TruthRecord>,
     /// End-to-end latency samples [Control sample timestamp (bin end), received − timestamp] (s).
-    pub end_to_end: Arc<ArrayQueue<[f64; 2]>>,
+    pub end_to_end: Tap<[f64; 2]>,
     pub ingest: Arc<IngestStats>,
     pub notices: crossbeam_channel::Receiver<IngestNotice>,
     pub loop_status: Arc<LoopStatus>,
@@ -46,11 +47,11 @@ impl TelemetryQueues {
     ) -> Self {
         TelemetryQueues {
             loop_status,
-            bins: Arc::new(ArrayQueue::new(capacity)),
-            bins_dropped: Arc::new(AtomicU64::new(0)),
+            bins: Tap::new(capacity),
+            emitted: Tap::new(capacity),
             emit,
-            truth: Arc::new(ArrayQueue::new(capacity)),
-            end_to_end: Arc::new(ArrayQueue::new(capacity)),
+            truth: Tap::new(capacity),
+            end_to_end: Tap::new(capacity),
             ingest,
             notices,
         }
@@ -160,6 +161,12 @@ pub struct Report {
     pub after_end_spikes: u64,
     pub ring_overflows: u64,
     pub telemetry_dropped: u64,
+    /// The simulator's truth records telemetry could not take (they leave those bins out of
+    /// the evaluation).
+    pub truth_dropped: u64,
+    /// End-to-end latency samples the simulated rig could not hand telemetry (they leave
+    /// those bins out of `end_to_end_us`).
+    pub end_to_end_dropped: u64,
     pub ingest: IngestCounts,
     /// Bins at the start left out of the latency histograms below.
     pub warmup_bins: u64,
@@ -314,13 +321,13 @@ impl Telemetry {
         }
         // Anything for a bin already finalised is too late to join; it is dropped.
         let first_open = self.first_open;
-        while let Some(r) = self.q.bins.pop() {
+        while let Some(r) = self.q.bins.queue.pop() {
             self.newest_rec = self.newest_rec.max(r.bin);
             if r.bin >= first_open {
                 self.pending.entry(r.bin).or_default().rec = Some(r);
             }
         }
-        while let Some(e) = self.q.emit.telemetry.pop() {
+        while let Some(e) = self.q.emitted.queue.pop() {
             if e.bin >= first_open {
                 self.pending.entry(e.bin).or_default().emitted = Some(e);
             } else {
@@ -329,13 +336,13 @@ impl Telemetry {
                 self.account_push(e.bin, &e, None);
             }
         }
-        while let Some(t) = self.q.truth.pop() {
+        while let Some(t) = self.q.truth.queue.pop() {
             if t.bin >= first_open {
                 self.pending.entry(t.bin).or_default().truth = Some(t);
             }
         }
         let clock = self.cfg.clock;
-        while let Some([ts, lag]) = self.q.end_to_end.pop() {
+        while let Some([ts, lag]) = self.q.end_to_end.queue.pop() {
             // The sample's timestamp is its bin's end.
             let bin = ((ts - clock.t0) / clock.bin_s).round() as i64 - 1;
             if bin >= 0 {
@@ -488,7 +495,9 @@ impl Telemetry {
             pre_session_spikes: self.q.loop_status.pre_session_spikes.load(Ordering::Relaxed),
             after_end_spikes: self.q.loop_status.after_end_spikes.load(Ordering::Acquire),
             ring_overflows: ld(&st.ring_overflows),
-            telemetry_dropped: ld(&self.q.bins_dropped) + ld(&self.q.emit.telemetry_dropped),
+            telemetry_dropped: ld(&self.q.bins.dropped) + ld(&self.q.emitted.dropped),
+            truth_dropped: ld(&self.q.truth.dropped),
+            end_to_end_dropped: ld(&self.q.end_to_end.dropped),
             ingest: IngestCounts {
                 samples: ld(&st.samples),
                 spikes: ld(&st.spikes),
@@ -569,7 +578,7 @@ mod tests {
         let (_tx, rx) = crossbeam_channel::bounded(1);
         let emit = Arc::new(EmitChannels::new(8192));
         let q = TelemetryQueues::new(8192, emit.clone(), Arc::new(IngestStats::default()), rx, Arc::new(LoopStatus::default()));
-        let bins_q = q.bins.clone();
+        let (bins_q, emitted_q) = (q.bins.queue.clone(), q.emitted.queue.clone());
         let cfg = TelemetryConfig {
             clock,
             latent: 2,
@@ -593,13 +602,13 @@ mod tests {
         for k in 0..n {
             bins_q.push(record(k, &clock)).unwrap();
             if k != stalled {
-                emit.telemetry.push(emitted(k, &clock, 0.0)).unwrap();
+                emitted_q.push(emitted(k, &clock, 0.0)).unwrap();
             }
         }
         t.poll();
         assert!(t.first_open > stalled, "bin {stalled} should have been finalised without its push");
         // The emitter finally pushes bin 7, 2.5 s late.
-        emit.telemetry.push(emitted(stalled, &clock, 2.5)).unwrap();
+        emitted_q.push(emitted(stalled, &clock, 2.5)).unwrap();
         t.poll();
         t.flush_all();
         let h = t.lat.histogram(Stage::CloseToPush);
