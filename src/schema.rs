@@ -3,6 +3,7 @@
 //! how long an outlet lingers. The outlets, the recorder and replay read them from here.
 
 use crate::events::{BinRecord, Emitted};
+use crate::{MAX_EMBED, MAX_LATENT};
 
 /// The Control stream's description (the outlet and the recording share it).
 pub fn control_stream_spec(
@@ -65,6 +66,18 @@ pub fn status_stream_spec(name: &str, source_id: &str, bin_s: f64, latent: usize
         labels,
         channel_type: "status".into(),
     }
+}
+
+/// The most channels a Status sample has (d ≤ MAX_LATENT, e ≤ MAX_EMBED).
+pub const MAX_STATUS_CHANNELS: usize = 4 + MAX_LATENT + MAX_EMBED;
+
+/// One Status sample as telemetry built and pushed it (its first `status_channels(d, e)`
+/// values), handed to the Status stream's observers: the recording holds what went out.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusSample {
+    /// Its LSL timestamp: the bin's end.
+    pub timestamp: f64,
+    pub values: [f64; MAX_STATUS_CHANNELS],
 }
 
 /// One Status sample (`status_channels` long) for bin `r.bin`.

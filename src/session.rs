@@ -239,7 +239,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     let queue_bins = ((4.0 / bin_s).ceil() as usize).max(1024);
     let emit_ch = Arc::new(EmitChannels::new(queue_bins));
     let loop_status = Arc::new(LoopStatus::default());
-    let queues = TelemetryQueues::new(queue_bins.max(1 << 14), emit_ch.clone(), ingest_stats.clone(), notice_rx, loop_status.clone());
+    let mut queues = TelemetryQueues::new(queue_bins.max(1 << 14), emit_ch.clone(), ingest_stats.clone(), notice_rx, loop_status.clone());
     let enabled = Arc::new(AtomicBool::new(rig.safety.enabled));
 
     // The clock's t0 is fixed now so the simulator and the loop share one bin grid.
@@ -294,7 +294,10 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     }
 
     let (input_tap, bin_tap, emitted_tap) = match taps {
-        Some(t) => (Some(t.input), Some(t.bins), Some(t.emitted)),
+        Some(t) => {
+            queues.status_observers = FanOut::default().with(t.status);
+            (Some(t.input), Some(t.bins), Some(t.emitted))
+        }
         None => (None, None, None),
     };
 
@@ -407,11 +410,11 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         let summary = r.finish();
         let samples: Vec<String> = summary.streams.iter().map(|s| format!("{} {}", s.name, s.samples)).collect();
         eprintln!("[neuroloop] recorded {} ({} bytes): {}", summary.path, summary.bytes, samples.join(", "));
-        let lost = summary.dropped_input_samples + summary.dropped_bins + summary.dropped_control;
+        let lost = summary.dropped_input_samples + summary.dropped_bins + summary.dropped_control + summary.dropped_status;
         if lost > 0 {
             let msg = format!(
-                "the recording lost records (its queues were full): {} input samples, {} bins, {} control samples",
-                summary.dropped_input_samples, summary.dropped_bins, summary.dropped_control
+                "the recording lost records (its queues were full): {} input samples, {} bins, {} control samples, {} status samples",
+                summary.dropped_input_samples, summary.dropped_bins, summary.dropped_control, summary.dropped_status
             );
             eprintln!("[neuroloop] warning: {msg}");
             report.notices.push(msg);

@@ -40,6 +40,8 @@ fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // What the Status outlet pushed, as an LSL inlet received it.
+    let status_inlet = record::<f64>(&rig.status);
     let report_path = dir.path().join("report.json");
     let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet", "--record", xdf.to_str().unwrap()]);
     assert!(outlet.wait_with_output().unwrap().status.success());
@@ -47,6 +49,7 @@ fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
     assert!(out.status.success());
     let r = report(&report_path);
     let seen: Value = serde_json::from_slice(&inlet.wait_with_output().unwrap().stdout).unwrap();
+    let status_seen = status_inlet.join().unwrap();
     let pushed: Vec<Vec<u64>> = serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
     let d = xdf_dump(&xdf);
 
@@ -56,7 +59,7 @@ fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
     assert_eq!(d["header"]["rig_sha256"], sha.as_str());
     assert_eq!(d["header"]["neuroloop_version"], env!("CARGO_PKG_VERSION"));
     let rec = &r["recording"];
-    assert_eq!(u(&rec["dropped_input_samples"]) + u(&rec["dropped_bins"]) + u(&rec["dropped_control"]), 0);
+    assert_eq!(u(&rec["dropped_input_samples"]) + u(&rec["dropped_bins"]) + u(&rec["dropped_control"]) + u(&rec["dropped_status"]), 0);
     for s in d["streams"].as_array().unwrap() {
         assert_eq!(u(&s["footer_sample_count"]), u(&s["n"]), "{}: the footer counts every sample", s["name"]);
         if s["type"] != "SpikeEvents" {
@@ -146,6 +149,17 @@ fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
     }
     assert_eq!(misses, u(&r["deadline_misses"]));
     assert_eq!(fallbacks, u(&r["fallbacks"]));
+    // The recorded Status stream is what the outlet pushed, bit for bit (built once, not
+    // recomputed by the recorder).
+    assert!(status_seen.len() as u64 > bins / 2, "the inlet heard {} of {bins} Status samples", status_seen.len());
+    let rec_ts = timestamps(status);
+    for (ts, v) in &status_seen {
+        let k = v[0] as usize;
+        assert_eq!(rec_ts[k].to_bits(), ts.to_bits(), "bin {k}: the recorded Status timestamp is the pushed one");
+        for (c, x) in v.iter().enumerate() {
+            assert_eq!(bits_col(status, k, c).to_bits(), x.to_bits(), "bin {k}, Status channel {c}: recorded ≠ pushed");
+        }
+    }
 }
 
 fn replay(args: &[&str]) -> (std::process::Output, Value) {

@@ -7,7 +7,7 @@
 //!   LabRecorder records it). A reconnect to a different stream opens ids 10, 11, ….
 //! - 2 **bins**: the counts each bin was closed with, live, then its late and future spikes.
 //! - 3 **Control**: what the emitter pushed (float32, timestamp = bin end).
-//! - 4 **Status**: the Status stream's samples.
+//! - 4 **Status**: the Status stream's samples, as telemetry pushed them (handed over, not recomputed).
 //! - 5 **timing**: per bin, when it closed, started, finished and was pushed, and the
 //!   decisions that replay needs to repeat the bin (data present, on time, gate, …).
 //!
@@ -22,7 +22,7 @@ pub mod xdf;
 use crate::clock::BinClock;
 use crate::events::{BinRecord, Emitted, TruthRecord};
 use crate::lslutil::StreamSpec;
-use crate::schema::TIMING_LABELS;
+use crate::schema::{StatusSample, TIMING_LABELS};
 use crate::tap::{BinTap, InputConnection, InputTap, Tap, TOKEN_SAMPLE};
 use ringbuf::traits::{Consumer, Observer, Split};
 use serde::Serialize;
@@ -130,6 +130,8 @@ pub struct RecorderTaps {
     pub emitted: Tap<Emitted>,
     /// For the simulator (when `sim_truth_latent` is set).
     pub truth: Option<Tap<TruthRecord>>,
+    /// For telemetry: the Status samples it pushed.
+    pub status: Tap<StatusSample>,
 }
 
 /// The recorder's ends.
@@ -140,6 +142,7 @@ struct Sources {
     counts: ringbuf::HeapCons<f64>,
     emitted: Tap<Emitted>,
     truth: Option<Tap<TruthRecord>>,
+    status: Tap<StatusSample>,
 }
 
 /// The end-of-run summary of a recording (in the run's report).
@@ -154,6 +157,8 @@ pub struct RecordingSummary {
     pub dropped_control: u64,
     /// Simulator truth records lost the same way (simulated rigs).
     pub dropped_truth: u64,
+    /// Status samples lost the same way.
+    pub dropped_status: u64,
     /// A write error that stopped the recording early (the file holds what came before).
     pub error: Option<String>,
     /// Samples (all streams) that came after the write error and are not in the file: the
@@ -196,6 +201,7 @@ impl Recorder {
         let records = Tap::new(bins_capacity);
         let emitted = Tap::new(bins_capacity);
         let truth = setup.sim_truth_latent.map(|_| Tap::new(bins_capacity));
+        let status = Tap::new(bins_capacity);
         let (conn_tx, conn_rx) = crossbeam_channel::unbounded();
         let input_dropped = Arc::new(AtomicU64::new(0));
         let taps = RecorderTaps {
@@ -203,8 +209,9 @@ impl Recorder {
             bins: BinTap { records: records.clone(), counts: counts_prod, n_units: setup.n_units },
             emitted: emitted.clone(),
             truth: truth.clone(),
+            status: status.clone(),
         };
-        let sources = Sources { connections: conn_rx, input_dropped, records, counts: counts_cons, emitted, truth };
+        let sources = Sources { connections: conn_rx, input_dropped, records, counts: counts_cons, emitted, truth, status };
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::Builder::new()
@@ -223,6 +230,7 @@ impl Recorder {
             streams: Vec::new(),
             dropped_input_samples: 0,
             dropped_bins: 0,
+            dropped_status: 0,
             dropped_control: 0,
             dropped_truth: 0,
             samples_lost_after_error: 0,
@@ -328,17 +336,15 @@ struct RecorderThread {
     truth: Pending,
     markers: (Vec<f64>, Vec<String>),
     last_task: Option<usize>,
-    /// Loop and emitter records not yet joined (Status and timing need both).
+    /// Loop and emitter records not yet joined (timing needs both).
     loop_recs: VecDeque<BinRecord>,
     emitted: VecDeque<Emitted>,
     counts: Vec<f64>,
-    status_sample: Vec<f64>,
 }
 
 impl RecorderThread {
     fn new(s: RecorderSetup, src: Sources, w: XdfWriter) -> RecorderThread {
         let n = s.n_units;
-        let status_sample = vec![0.0; crate::schema::status_channels(s.latent, s.embed)];
         let mut t = RecorderThread {
             bins: Pending::new(STREAM_BINS),
             control: Pending::new(STREAM_CONTROL),
@@ -348,7 +354,6 @@ impl RecorderThread {
             markers: (Vec::new(), Vec::new()),
             last_task: None,
             counts: vec![0.0; n],
-            status_sample,
             s,
             src,
             w,
@@ -489,6 +494,7 @@ impl RecorderThread {
             dropped_bins: self.src.records.dropped.load(Ordering::Relaxed),
             dropped_control: self.src.emitted.dropped.load(Ordering::Relaxed),
             dropped_truth: self.src.truth.as_ref().map_or(0, |t| t.dropped.load(Ordering::Relaxed)),
+            dropped_status: self.src.status.dropped.load(Ordering::Relaxed),
             error,
         }
     }
@@ -532,6 +538,11 @@ impl RecorderThread {
             // The outlet pushed these f32 values; the writer rounds f64 → f32 the same way.
             p.values.extend_from_slice(&e.u[..self.s.control]);
             self.emitted.push_back(e);
+        }
+        let width = crate::schema::status_channels(self.s.latent, self.s.embed);
+        while let Some(st) = self.src.status.queue.pop() {
+            self.status.timestamps.push(st.timestamp);
+            self.status.values.extend_from_slice(&st.values[..width]);
         }
         if let (Some(tap), Some(d)) = (&self.src.truth, self.s.sim_truth_latent) {
             while let Some(t) = tap.queue.pop() {
@@ -593,8 +604,8 @@ impl RecorderThread {
         }
     }
 
-    /// Pair loop and emitter records by bin (both arrive in bin order) into Status and
-    /// timing samples. `all`: also write records left without a partner.
+    /// Pair loop and emitter records by bin (both arrive in bin order) into timing
+    /// samples. `all`: also write records left without a partner.
     fn join_records(&mut self, all: bool) {
         loop {
             let (r, e) = match (self.loop_recs.front(), self.emitted.front()) {
@@ -606,12 +617,6 @@ impl RecorderThread {
                 _ => break,
             };
             self.timing_sample(r.as_ref(), e.as_ref());
-            if let Some(r) = &r {
-                let flags = crate::schema::status_flags(Some(r), e.as_ref());
-                crate::schema::fill_status_sample(&mut self.status_sample, r, flags, self.s.latent, self.s.embed);
-                self.status.timestamps.push(self.s.clock.bin_end(r.bin));
-                self.status.values.extend_from_slice(&self.status_sample);
-            }
         }
     }
 

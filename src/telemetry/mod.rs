@@ -7,7 +7,8 @@ use crate::clock::BinClock;
 use crate::emit::EmitChannels;
 use crate::events::{BinRecord, Emitted, LoopStatus, TruthRecord};
 use crate::tap::Tap;
-use crate::schema::{fill_status_sample, status_channels, status_flags, status_stream_spec, OUTLET_LINGER_MS};
+use crate::schema::{fill_status_sample, status_channels, status_flags, status_stream_spec, StatusSample, MAX_STATUS_CHANNELS, OUTLET_LINGER_MS};
+use crate::tap::FanOut;
 use crate::ingest::{IngestNotice, IngestStats};
 use crate::latency::{BinLatency, Stage, StageLatencies};
 pub use crate::latency::Percentiles;
@@ -35,6 +36,9 @@ pub struct TelemetryQueues {
     pub ingest: Arc<IngestStats>,
     pub notices: crossbeam_channel::Receiver<IngestNotice>,
     pub loop_status: Arc<LoopStatus>,
+    /// Every Status sample telemetry builds (and pushes, when its outlet exists), to the
+    /// Status stream's observers (the recorder).
+    pub status_observers: FanOut<StatusSample>,
 }
 
 impl TelemetryQueues {
@@ -54,6 +58,7 @@ impl TelemetryQueues {
             end_to_end: Tap::new(capacity),
             ingest,
             notices,
+            status_observers: FanOut::default(),
         }
     }
 }
@@ -237,6 +242,7 @@ pub struct Telemetry {
     lateness: InputLateness,
     notices: Vec<String>,
     status_outlet: Option<lsl::StreamOutlet>,
+    /// The Status sample being built (liblsl's Rust binding pushes a Vec).
     status_sample: Vec<f64>,
     last_line: f64,
 }
@@ -434,9 +440,16 @@ impl Telemetry {
                     task_true: j.truth.map(|t| t.task),
                 });
             }
-            if let Some(out) = &self.status_outlet {
+            if self.status_outlet.is_some() || !self.q.status_observers.is_empty() {
+                // Built once: what the outlet pushes is what the observers get.
+                let t = self.cfg.clock.bin_end(k);
                 fill_status_sample(&mut self.status_sample, r, flags, self.cfg.latent, self.cfg.embed);
-                let _ = out.push_sample_ex(&self.status_sample, self.cfg.clock.bin_end(k), true);
+                if let Some(out) = &self.status_outlet {
+                    let _ = out.push_sample_ex(&self.status_sample, t, true);
+                }
+                let mut pushed = StatusSample { timestamp: t, values: [0.0; MAX_STATUS_CHANNELS] };
+                pushed.values[..self.status_sample.len()].copy_from_slice(&self.status_sample);
+                self.q.status_observers.offer(pushed);
             }
         }
     }
