@@ -76,6 +76,21 @@ impl BinClock {
     pub fn bin_of(&self, t: f64) -> i64 {
         ((t - self.t0) / self.bin_s).floor() as i64
     }
+    /// The bin whose end is `ts` (Control, Status and bins samples are stamped so); see
+    /// [`bin_ending_at`].
+    #[inline]
+    pub fn bin_ending_at(&self, ts: f64) -> i64 {
+        bin_ending_at(ts, self.t0, self.bin_s)
+    }
+}
+
+/// The bin of a grid (t0, Δ) whose end is `ts`, to the nearest bin; −1 for anything before
+/// bin 0 (including a NaN stamp). Computed in f64 so an absurd stamp from a file saturates,
+/// never overflows.
+#[inline]
+pub fn bin_ending_at(ts: f64, t0: f64, bin_s: f64) -> i64 {
+    let k = ((ts - t0) / bin_s).round() - 1.0;
+    if k.is_nan() { -1 } else { k.max(-1.0) as i64 }
 }
 
 #[cfg(test)]
@@ -91,6 +106,21 @@ mod tests {
         assert_eq!(c.bin_of(99.999), -1);
         assert!((c.close(0) - 100.012).abs() < 1e-12);
         assert!((c.deadline(1) - 100.025).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bin_ending_at_is_total_over_absurd_stamps() {
+        assert_eq!(bin_ending_at(0.010, 0.0, 0.010), 0);
+        assert_eq!(bin_ending_at(0.0, 0.0, 0.010), -1);
+        let c = BinClock { t0: 100.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.003 };
+        assert_eq!(c.bin_ending_at(c.bin_end(41)), 41);
+        // Far before bin 0, NaN and ±∞: before bin 0, never an overflow (a fuzzer found
+        // `round() as i64 - 1` overflowing at i64::MIN).
+        for ts in [-1e300, f64::NEG_INFINITY, f64::NAN] {
+            assert_eq!(bin_ending_at(ts, 0.0, 0.010), -1, "{ts}");
+        }
+        assert_eq!(bin_ending_at(f64::INFINITY, 0.0, 0.010), i64::MAX);
+        assert_eq!(bin_ending_at(1.0, 0.0, f64::NAN), -1);
     }
 
     #[test]

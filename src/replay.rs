@@ -284,13 +284,6 @@ impl Progress {
     }
 }
 
-/// The bin a sample stamped at its bin's end belongs to; −1 for anything before bin 0
-/// (including a NaN stamp). Computed in f64 so an absurd stamp saturates, never overflows.
-pub(crate) fn bin_of_end(ts: f64, t0: f64, bin_s: f64) -> i64 {
-    let k = ((ts - t0) / bin_s).round() - 1.0;
-    if k.is_nan() { -1 } else { k.max(-1.0) as i64 }
-}
-
 /// One value of the recording's bin grid (`neuroloop/bin_grid/KEY` in the file header),
 /// refused unless it is a finite number (and, for `bin_s`, > 0).
 pub(crate) fn recorded_grid(file: &XDFFile, path: &Path, key: &str) -> anyhow::Result<f64> {
@@ -351,7 +344,7 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     let index = |rows: &Rows, by_column: bool| -> Vec<Option<usize>> {
         let mut idx = vec![None; n_bins];
         for i in 0..rows.len() {
-            let k = if by_column { rows.row(i)[0] as i64 } else { bin_of_end(rows.timestamps[i], clock.t0, clock.bin_s) };
+            let k = if by_column { rows.row(i)[0] as i64 } else { clock.bin_ending_at(rows.timestamps[i]) };
             if k >= 0 && (k as usize) < n_bins {
                 idx[k as usize] = Some(i);
             }
@@ -604,20 +597,14 @@ pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebin
         prev = Some((i, *t));
     }
     let t0 = first - if rig.input.kind == InputKind::Counts { period } else { 0.0 };
-    let clock = BinClock {
-        t0,
-        bin_s: rig.timing.bin_ms * 1e-3,
-        grace_s: rig.timing.grace_ms * 1e-3,
-        deadline_s: rig.timing.deadline_ms * 1e-3,
-    };
+    let clock = rig.timing.grid(t0);
     let n_bins = (((last_t - t0) / clock.bin_s).floor() as u64).saturating_add(1);
     // A wrong rig (Δ) or garbage timestamps must not ask for an absurd allocation.
     const MAX_BINS: u64 = 50_000_000;
     if n_bins.saturating_mul(n as u64) > 2_000_000_000 || n_bins > MAX_BINS {
         bail!("the stream '{name}' spans {:.0} s = {n_bins} bins of {} ms: too long to bin (wrong timestamps, or the wrong rig?)", last_t - t0, rig.timing.bin_ms);
     }
-    let lookahead = 64.max((rig.timing.grace_ms / rig.timing.bin_ms).ceil() as usize + 8);
-    let mut binner = Binner::new(clock, n, lookahead);
+    let mut binner = Binner::new(clock, n, rig.timing.lookahead_bins());
     let mut out = Rebinned {
         clock,
         n_units: n,
@@ -713,22 +700,4 @@ fn replay_spikes(path: &Path, streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOp
     report.elapsed_s = clock::now() - start;
     report.compute_us = mach.compute_us();
     Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bin_of_end;
-
-    #[test]
-    fn bin_of_end_is_total_over_absurd_stamps() {
-        assert_eq!(bin_of_end(0.010, 0.0, 0.010), 0);
-        assert_eq!(bin_of_end(0.0, 0.0, 0.010), -1);
-        // Far before bin 0, NaN and ±∞: before bin 0, never an overflow (a fuzzer found
-        // `round() as i64 - 1` overflowing at i64::MIN).
-        for ts in [-1e300, f64::NEG_INFINITY, f64::NAN] {
-            assert_eq!(bin_of_end(ts, 0.0, 0.010), -1, "{ts}");
-        }
-        assert_eq!(bin_of_end(f64::INFINITY, 0.0, 0.010), i64::MAX);
-        assert_eq!(bin_of_end(1.0, 0.0, f64::NAN), -1);
-    }
 }

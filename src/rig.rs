@@ -60,6 +60,19 @@ fn default_start_delay_ms() -> f64 {
     500.0
 }
 
+impl Timing {
+    /// The session's bin grid starting at `t0` (local clock, s).
+    pub fn grid(&self, t0: f64) -> crate::clock::BinClock {
+        crate::clock::BinClock { t0, bin_s: self.bin_ms * 1e-3, grace_s: self.grace_ms * 1e-3, deadline_s: self.deadline_ms * 1e-3 }
+    }
+
+    /// Bins the binner holds open ahead of the one closing: the grace in bins plus a margin,
+    /// at least 64 (spikes stamped further ahead are counted as future).
+    pub fn lookahead_bins(&self) -> usize {
+        64.max((self.grace_ms / self.bin_ms).ceil() as usize + 8)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InputKind {

@@ -5,7 +5,7 @@
 use crate::backend::{cpu::CpuBackend, probe::ProbeBackend, Backend};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use crate::backend::gpu::GpuBackend;
-use crate::clock::{self, BinClock};
+use crate::clock;
 use crate::control::Objective;
 use crate::emit::{self, EmitChannels, EmitterSetup};
 use crate::ingest::{self, IngestSetup, IngestStats};
@@ -244,7 +244,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
 
     // The clock's t0 is fixed now so the simulator and the loop share one bin grid.
     let t0 = clock::now() + rig.timing.start_delay_ms * 1e-3 + 1.0;
-    let bin_clock = BinClock { t0, bin_s, grace_s: rig.timing.grace_ms * 1e-3, deadline_s: rig.timing.deadline_ms * 1e-3 };
+    let bin_clock = rig.timing.grid(t0);
 
     let sim_cfg = rig.sim.clone().filter(|_| opts.with_sim);
     // The recorder starts before the stages so it sees their first records. The file is
@@ -372,7 +372,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             observers: FanOut::default().with(bins_q),
             end_bin: end_bin.clone(),
             fault: rig.fault.clone(),
-            lookahead_bins: 64.max((rig.timing.grace_ms / rig.timing.bin_ms).ceil() as usize + 8),
+            lookahead_bins: rig.timing.lookahead_bins(),
             with_counts: bin_tap,
         },
         loop_status.clone(),
@@ -435,7 +435,6 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
 /// Run only the simulated rig (a separate process from the controller).
 pub fn run_sim_only(rig: &Rig, truth: ModelParams, bins: Option<u64>) -> anyhow::Result<()> {
     let sc = rig.sim.clone().context("the rig has no [sim] section")?;
-    let bin_s = rig.timing.bin_ms * 1e-3;
     let end_bin = Arc::new(AtomicU64::new(bins.unwrap_or(u64::MAX)));
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -443,12 +442,7 @@ pub fn run_sim_only(rig: &Rig, truth: ModelParams, bins: Option<u64>) -> anyhow:
         let _ = ctrlc::set_handler(move || end_bin.store(0, Ordering::Release));
     }
     // The controller's timing from the same rig file: the simulator steps when u_{j−1} is due.
-    let clock = BinClock {
-        t0: clock::now() + 0.5,
-        bin_s,
-        grace_s: rig.timing.grace_ms * 1e-3,
-        deadline_s: rig.timing.deadline_ms * 1e-3,
-    };
+    let clock = rig.timing.grid(clock::now() + 0.5);
     let h = sim::start(SimSetup {
         params: truth,
         cfg: sc.clone(),

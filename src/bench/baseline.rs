@@ -10,7 +10,7 @@
 //! received) exactly as it does for neuroloop; the Python loop writes its own per-bin
 //! times (bin close → model done, bin close → pushed) and latent estimates to a file.
 
-use crate::clock::{self, BinClock};
+use crate::clock;
 use super::LoopSummary;
 use crate::latency::{histogram, Percentiles};
 use crate::rig::Rig;
@@ -139,7 +139,7 @@ pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result
     // Python needs a few seconds to import numpy and pylsl and to connect: bin 0 starts
     // after that, and the loop must be ready before the warm-up is over.
     let t0 = clock::now() + 6.0;
-    let grid = BinClock { t0, bin_s, grace_s: rig.timing.grace_ms * 1e-3, deadline_s: rig.timing.deadline_ms * 1e-3 };
+    let grid = rig.timing.grid(t0);
     let e2e = Tap::<[f64; 2]>::new(1 << 16);
     let truth_q = Tap::<TruthRecord>::new(1 << 14);
     let stop = Arc::new(AtomicBool::new(false));
@@ -202,7 +202,7 @@ pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result
     let mut last_status = Instant::now();
     let drain = |e2e_h: &mut hdrhistogram::Histogram<u64>, truth_x: &mut Vec<Option<Vec<f64>>>, received: &mut u64| {
         while let Some([ts, lat]) = e2e.queue.pop() {
-            let bin = ((ts - t0) / bin_s).round() as i64 - 1;
+            let bin = grid.bin_ending_at(ts);
             if bin >= o.warmup as i64 && bin < total as i64 {
                 e2e_h.saturating_record((lat * 1e6).round().max(1.0) as u64);
                 *received += 1;

@@ -11,7 +11,8 @@
 //! u_k is the command emitted for bin k: it drives x_{k+1} (README, "The model").
 
 use crate::record::{sha256_hex, TASK_MARKER_PREFIX};
-use crate::replay::{bin_of_end, header_text, recorded_grid, pick_input, rebin_spikes, streams_of, Recorded};
+use crate::clock::bin_ending_at;
+use crate::replay::{header_text, recorded_grid, pick_input, rebin_spikes, streams_of, Recorded};
 use crate::rig::Rig;
 use crate::units::UnitMap;
 use anyhow::{bail, Context};
@@ -140,7 +141,7 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
                 rig.path.display()
             );
         }
-        let k_max = (0..bins_rows.len()).map(|i| bin_of_end(bins_rows.timestamps[i], t0, bin_s)).max().unwrap_or(-1);
+        let k_max = (0..bins_rows.len()).map(|i| bin_ending_at(bins_rows.timestamps[i], t0, bin_s)).max().unwrap_or(-1);
         if k_max < 0 {
             bail!("{}: the NeuroloopBins stream has no bins", path.display());
         }
@@ -151,7 +152,7 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
         let mut counts = vec![0.0; bins * n];
         let mut present = vec![false; bins];
         for i in 0..bins_rows.len() {
-            let k = bin_of_end(bins_rows.timestamps[i], t0, bin_s);
+            let k = bin_ending_at(bins_rows.timestamps[i], t0, bin_s);
             if k < 0 {
                 continue;
             }

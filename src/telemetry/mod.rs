@@ -350,7 +350,7 @@ impl Telemetry {
         let clock = self.cfg.clock;
         while let Some([ts, lag]) = self.q.end_to_end.queue.pop() {
             // The sample's timestamp is its bin's end.
-            let bin = ((ts - clock.t0) / clock.bin_s).round() as i64 - 1;
+            let bin = clock.bin_ending_at(ts);
             if bin >= 0 {
                 self.lat.record(Stage::EndToEnd, bin as u64, lag);
             }
