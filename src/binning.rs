@@ -2,7 +2,7 @@
 //! clock. A spike whose bin has already closed is a *late spike*: counted against the bin
 //! being closed, never put into the wrong bin. Preallocated; no allocation per bin.
 
-use crate::clock::BinClock;
+use crate::clock::BinGrid;
 use crate::ingest::{SpikeConsumer, SpikeItem};
 use ringbuf::traits::Consumer;
 
@@ -19,7 +19,7 @@ pub struct BinTally {
 
 /// Accumulates counts for the bins from the next one to close up to a lookahead window.
 pub struct Binner {
-    clock: BinClock,
+    clock: BinGrid,
     n_units: usize,
     window: usize,
     /// window × n_units counts, bin j at row j % window.
@@ -35,7 +35,7 @@ pub struct Binner {
 impl Binner {
     /// `lookahead_bins` must cover spikes that arrive early relative to the bin being closed
     /// (grace plus transport jitter); 64 is plenty for any sane rig.
-    pub fn new(clock: BinClock, n_units: usize, lookahead_bins: usize) -> Binner {
+    pub fn new(clock: BinGrid, n_units: usize, lookahead_bins: usize) -> Binner {
         let window = lookahead_bins.max(2);
         Binner {
             clock,
@@ -127,8 +127,8 @@ impl Binner {
 mod tests {
     use super::*;
 
-    fn clock() -> BinClock {
-        BinClock {
+    fn clock() -> BinGrid {
+        BinGrid {
             t0: 10.0,
             bin_s: 0.01,
             grace_s: 0.002,
@@ -244,7 +244,7 @@ mod properties {
         /// unclosed at the end — checked against a plain map of bin → counts.
         #[test]
         fn every_spike_lands_in_its_own_bin_or_is_counted(plan in sessions()) {
-            let clock = BinClock { t0: 0.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.003 };
+            let clock = BinGrid { t0: 0.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.003 };
             let (n, window) = (3usize, 8usize);
             let mut b = Binner::new(clock, n, window);
             let mut expected: HashMap<u64, [f64; 3]> = HashMap::new();

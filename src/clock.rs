@@ -1,4 +1,4 @@
-//! Time on the local LSL clock, and the bin grid laid on it (DESIGN.md §1).
+//! Time on the local LSL clock, and the bin grid laid on it (docs/architecture.md).
 //!
 //! Bin k = [t0 + kΔ, t0 + (k+1)Δ). It closes at its end + grace; its control sample is
 //! due at close + deadline.
@@ -41,9 +41,10 @@ pub fn park_until(t: f64) {
     }
 }
 
-/// The bin grid.
+/// The bin grid on the local clock: bin k = [t0 + kΔ, t0 + (k+1)Δ), closed `grace_s` after
+/// its end, its Control sample due `deadline_s` after that (docs/architecture.md).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BinClock {
+pub struct BinGrid {
     /// Start of bin 0 (local clock, s).
     pub t0: f64,
     /// Δ (s).
@@ -54,7 +55,7 @@ pub struct BinClock {
     pub deadline_s: f64,
 }
 
-impl BinClock {
+impl BinGrid {
     #[inline]
     pub fn bin_start(&self, k: u64) -> f64 {
         self.t0 + k as f64 * self.bin_s
@@ -99,7 +100,7 @@ mod tests {
 
     #[test]
     fn grid_arithmetic() {
-        let c = BinClock { t0: 100.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.003 };
+        let c = BinGrid { t0: 100.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.003 };
         assert_eq!(c.bin_of(100.0), 0);
         assert_eq!(c.bin_of(100.0099), 0);
         assert_eq!(c.bin_of(100.0101), 1);
@@ -112,7 +113,7 @@ mod tests {
     fn bin_ending_at_is_total_over_absurd_stamps() {
         assert_eq!(bin_ending_at(0.010, 0.0, 0.010), 0);
         assert_eq!(bin_ending_at(0.0, 0.0, 0.010), -1);
-        let c = BinClock { t0: 100.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.003 };
+        let c = BinGrid { t0: 100.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.003 };
         assert_eq!(c.bin_ending_at(c.bin_end(41)), 41);
         // Far before bin 0, NaN and ±∞: before bin 0, never an overflow (a fuzzer found
         // `round() as i64 - 1` overflowing at i64::MIN).

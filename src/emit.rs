@@ -3,7 +3,7 @@
 //! rig's fallback is pushed at the deadline and the miss is counted; a result that comes
 //! later is dropped (never emitted). Everything pushed passes through [`Safety`].
 
-use crate::clock::{self, BinClock};
+use crate::clock::{self, BinGrid};
 use crate::events::{ControlResult, Emitted};
 use crate::schema::{control_stream_spec, OUTLET_LINGER_MS};
 use crate::tap::FanOut;
@@ -43,7 +43,7 @@ impl EmitChannels {
 }
 
 pub struct EmitterSetup {
-    pub clock: BinClock,
+    pub clock: BinGrid,
     pub m: usize,
     pub stream_name: String,
     pub source_id: String,
@@ -137,7 +137,7 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
         for j in 0..m {
             sample[j] = out[j] as f32;
         }
-        // The timestamp is the bin's end on the local clock (DESIGN.md §4).
+        // The timestamp is the bin's end on the local clock (docs/streams.md).
         let _ = outlet.push_sample_ex(&sample, s.clock.bin_end(k), true);
         let pushed_at = clock::now();
         ch.pushed.fetch_add(1, Ordering::Relaxed);

@@ -24,10 +24,11 @@ pub struct BinRecord {
     pub control_valid: bool,
     /// The result reached the emitter before the deadline.
     pub on_time: bool,
-    /// The bin whose emitted command was u_prev (−1: none yet); replay repeats it.
-    pub u_prev_from: i64,
+    /// The bin whose emitted command was u_prev (None: none yet, e.g. bin 0); replay repeats it.
+    pub u_prev_from: Option<u64>,
     pub loglik: f64,
-    pub task_jump: i32,
+    /// Task identification jumped to this library task on this bin.
+    pub task_jump: Option<u32>,
     pub embed_step: f64,
     pub x: [f64; MAX_LATENT],
     pub z: [f64; MAX_EMBED],

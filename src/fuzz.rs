@@ -8,7 +8,7 @@
 //! (`fuzz/regressions/`) in the normal test run. See docs/fuzzing.md.
 
 use crate::binning::Binner;
-use crate::clock::BinClock;
+use crate::clock::BinGrid;
 use crate::ingest::{CountsLayout, IngestStats, SampleDecoder, SpikeItem};
 use crate::rig::{InputKind, Rig, UnitsConfig};
 use crate::units::UnitMap;
@@ -97,7 +97,7 @@ pub fn lsl_samples(data: &[u8]) {
     let stats = Arc::new(IngestStats::default());
     let (tx, _rx) = crossbeam_channel::bounded(64);
     let mut decoder = SampleDecoder::new(kind, units, stats.clone(), tx, None);
-    let clock = BinClock {
+    let clock = BinGrid {
         t0: 0.0,
         bin_s: 0.01,
         grace_s: 0.002,

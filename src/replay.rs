@@ -18,7 +18,7 @@
 
 use crate::backend::{BinInput, BinOutput};
 use crate::binning::Binner;
-use crate::clock::{self, BinClock};
+use crate::clock::{self, BinGrid};
 use crate::ingest::{CountsLayout, IngestStats, SampleDecoder};
 use crate::latency::Percentiles;
 use crate::rig::{BackendKind, InputKind, Rig};
@@ -309,7 +309,7 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     let control = need(take("Control"), "Control")?;
     let status = take("NeuroloopStatus");
     let grid = |k: &str| recorded_grid(file, path, k);
-    let clock = BinClock { t0: grid("t0")?, bin_s: grid("bin_s")?, grace_s: grid("grace_s")?, deadline_s: grid("deadline_s")? };
+    let clock = BinGrid { t0: grid("t0")?, bin_s: grid("bin_s")?, grace_s: grid("grace_s")?, deadline_s: grid("deadline_s")? };
     if (clock.bin_s - rig.timing.bin_ms * 1e-3).abs() > 1e-12 {
         bail!("the recording binned at Δ = {} ms, the rig at {} ms: replay needs the rig the session ran with", clock.bin_s * 1e3, rig.timing.bin_ms);
     }
@@ -495,7 +495,7 @@ pub(crate) fn pick_input(path: &Path, mut streams: Vec<Recorded>, rig: &Rig) -> 
 /// A raw spike stream binned as the live loop bins it (the live ingest's validation and
 /// unit map, the live binner), on a grid starting where the first sample's span starts.
 pub(crate) struct Rebinned {
-    pub clock: BinClock,
+    pub clock: BinGrid,
     pub n_units: usize,
     /// Counts per bin, bins × N row-major.
     pub counts: Vec<f64>,

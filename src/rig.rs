@@ -62,8 +62,8 @@ fn default_start_delay_ms() -> f64 {
 
 impl Timing {
     /// The session's bin grid starting at `t0` (local clock, s).
-    pub fn grid(&self, t0: f64) -> crate::clock::BinClock {
-        crate::clock::BinClock { t0, bin_s: self.bin_ms * 1e-3, grace_s: self.grace_ms * 1e-3, deadline_s: self.deadline_ms * 1e-3 }
+    pub fn grid(&self, t0: f64) -> crate::clock::BinGrid {
+        crate::clock::BinGrid { t0, bin_s: self.bin_ms * 1e-3, grace_s: self.grace_ms * 1e-3, deadline_s: self.deadline_ms * 1e-3 }
     }
 
     /// Bins the binner holds open ahead of the one closing: the grace in bins plus a margin,

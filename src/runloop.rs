@@ -5,7 +5,7 @@
 
 use crate::backend::{Backend, BinInput, BinOutput};
 use crate::binning::Binner;
-use crate::clock::{self, BinClock};
+use crate::clock::{self, BinGrid};
 use crate::emit::EmitChannels;
 use crate::events::{BinRecord, ControlResult, LoopStatus};
 use crate::ingest::{IngestStats, SpikeConsumer};
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct LoopSetup {
-    pub clock: BinClock,
+    pub clock: BinGrid,
     pub backend: Box<dyn Backend>,
     pub ring: SpikeConsumer,
     pub ingest: Arc<IngestStats>,
@@ -71,7 +71,7 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
     let mut binner = Binner::new(s.clock, n, s.lookahead_bins);
     let mut counts = vec![0.0f64; n];
     let mut u_prev = vec![0.0f64; m];
-    let mut u_prev_from: i64 = -1;
+    let mut u_prev_from: Option<u64> = None;
     let mut out = BinOutput::new(&dims);
     crate::hot::enter();
     let mut k: u64 = 0;
@@ -85,7 +85,7 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
         while let Some(e) = s.emit.feedback.pop() {
             if e.bin + 1 == k {
                 u_prev.copy_from_slice(&e.u[..m]);
-                u_prev_from = e.bin as i64;
+                u_prev_from = Some(e.bin);
             }
         }
         let has_data = s.ingest.is_live(started_at, s.stall_s);
@@ -118,7 +118,7 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
             on_time,
             u_prev_from,
             loglik: out.loglik,
-            task_jump: out.task_jump.map_or(-1, |j| j as i32),
+            task_jump: out.task_jump.map(|j| j as u32),
             embed_step: out.embed_step,
             x: [0.0; MAX_LATENT],
             z: [0.0; MAX_EMBED],

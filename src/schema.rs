@@ -23,7 +23,7 @@ pub fn control_stream_spec(
     }
 }
 
-/// Status flag bits (the Status stream's `flags` channel; DESIGN.md §4).
+/// Status flag bits (the Status stream's `flags` channel; docs/streams.md).
 pub const FLAG_FALLBACK: u32 = 1;
 pub const FLAG_DEADLINE_MISS: u32 = 1 << 1;
 /// No live input (stream gap).
@@ -41,7 +41,7 @@ pub fn status_flags(rec: Option<&BinRecord>, emitted: Option<&Emitted>) -> u32 {
     if let Some(r) = rec {
         flags |= if r.has_data { 0 } else { FLAG_GAP }
             | if r.late_spikes > 0 { FLAG_LATE_SPIKES } else { 0 }
-            | if r.task_jump >= 0 { FLAG_TASK_JUMP } else { 0 };
+            | if r.task_jump.is_some() { FLAG_TASK_JUMP } else { 0 };
     }
     flags
 }
@@ -91,7 +91,9 @@ pub fn fill_status_sample(s: &mut [f64], r: &BinRecord, flags: u32, latent: usiz
     s[3 + d + e] = flags as f64;
 }
 
-/// The timing stream's channels, in order (times on the local clock, s; flags 0/1).
+/// The timing stream's channels, in order (times on the local clock, s; flags 0/1;
+/// `u_prev_from` −1 before the first emitted command; NaN where the loop's or the emitter's
+/// record for the bin is missing).
 pub const TIMING_LABELS: [&str; 14] = [
     "bin",
     "close_at",

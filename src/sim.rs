@@ -9,7 +9,7 @@
 //! spikes most of a bin of transport slack before bin j closes, so that a machine whose
 //! timers jitter by milliseconds (shared VMs, CI) still delivers whole bins.
 
-use crate::clock::{self, BinClock};
+use crate::clock::{self, BinGrid};
 use crate::model::hypernet::HypernetScratch;
 use crate::model::{dynamics, observation, ModelParams, Theta};
 use crate::rig::{SimConfig, SimOutput};
@@ -41,7 +41,7 @@ pub struct SimSetup {
     pub params: ModelParams,
     pub cfg: SimConfig,
     /// The controller's bin grid (grace and deadline included): the simulator steps on it.
-    pub clock: BinClock,
+    pub clock: BinGrid,
     /// Name of the Control stream to take stimulation from (type `Control`).
     pub control_stream: String,
     /// Simulate bins 0..end_bin.

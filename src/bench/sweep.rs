@@ -63,7 +63,7 @@ pub struct SweepOptions {
     pub status_line: bool,
 }
 
-/// The default grid (issue 4): N 96 … 10 000, d 2 … 32, P 256 … 4096, K 32 … 2048.
+/// The default grid: N 96 … 10 000, d 2 … 32, P 256 … 4096, K 32 … 2048.
 pub fn default_axes() -> Vec<(Axis, Vec<usize>)> {
     vec![
         (Axis::Units, vec![96, 384, 1024, 4096, 10_000]),

@@ -1,5 +1,5 @@
 //! Discrete-time LQR on the linearisation of the dynamics at the current estimate
-//! (DESIGN.md §2, controller `lqr`): cheap and good for small rigs.
+//! (docs/model.md, controller `lqr`): cheap and good for small rigs.
 //!
 //! Each bin: A = ∂f/∂x and B = ∂f/∂u at (x, ū), affine offset c = f(x, ū) − A x − B ū.
 //! The steady-state control holding the target is u* = argmin ‖(I − A) x* − c − B u‖² + ε‖u‖²

@@ -1,5 +1,5 @@
 //! Controllers: pursue a latent objective (target latent state or target firing rates)
-//! under actuation limits. `mppi` (default), `lqr`, `policy` (DESIGN.md §2, "Controller").
+//! under actuation limits. `mppi` (default), `lqr`, `policy` (docs/model.md, "Controller").
 //!
 //! # How the objective reaches a controller
 //!

@@ -1,4 +1,4 @@
-//! Model-predictive path integral control (DESIGN.md §2, controller `mppi`, the default).
+//! Model-predictive path integral control (docs/model.md, controller `mppi`, the default).
 //!
 //! Each bin: K sampled control sequences over a horizon of H bins around a nominal sequence
 //! U (m × H), deterministic rollouts of the dynamics from the filtered mean, softmin

@@ -1,4 +1,4 @@
-//! A learned policy network from the model file (DESIGN.md §2, controller `policy`):
+//! A learned policy network from the model file (docs/model.md, controller `policy`):
 //! u = clamp(scale · tanh(W2 ReLU(W1 [x; x*] + b1) + b2)), the seed's
 //! `Sequential(Linear(2d, hp), ReLU(), Linear(hp, m), Tanh())` controller.
 //!

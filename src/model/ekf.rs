@@ -1,5 +1,5 @@
 //! Point-process extended Kalman filter (Eden, Frank, Barbieri, Solo & Brown 2004) for the
-//! latent state, in information form (DESIGN.md §2, "Filter").
+//! latent state, in information form (docs/model.md, "Filter").
 //!
 //! Predict: x⁻ = f(x, u; θ), P⁻ = F P Fᵀ + diag(Q) with F = ∂f/∂x.
 //! Update (one Newton / Laplace step from x⁻ on the Gaussian prior × Poisson likelihood):

@@ -1,4 +1,4 @@
-//! Online embedding update (DESIGN.md §2, "Online embedding update").
+//! Online embedding update (docs/model.md, "Online embedding update").
 //!
 //! Each bin, after the filter's update, the task embedding z takes one normalised
 //! gradient-ascent step on the one-bin objective

@@ -1,4 +1,4 @@
-//! The model file: safetensors with PyTorch `state_dict` tensor names (DESIGN.md §2,
+//! The model file: safetensors with PyTorch `state_dict` tensor names (docs/model.md,
 //! "Model file"), so a model trained in PyTorch can be written with
 //! `safetensors.torch.save_file(model.state_dict(), path, metadata=...)` and loaded as is.
 //!

@@ -3,7 +3,7 @@
 //! Each generator is `Linear(e→h) → ReLU → Linear(h→out)` (PyTorch layout, see
 //! [`Generator`]). The forward pass keeps its pre-activations in a [`HypernetScratch`] so
 //! the online embedding update can back-propagate dL/dθ to dL/dz in one allocation-free
-//! pass per bin (DESIGN.md §2, "Online embedding update").
+//! pass per bin (docs/model.md, "Online embedding update").
 
 use super::{Dims, Generator, Hypernet, Theta};
 use nalgebra::{DMatrix, DVector};

@@ -1,4 +1,4 @@
-//! The neurocybernetic state-space model (DESIGN.md §2).
+//! The neurocybernetic state-space model (docs/model.md).
 //!
 //! Latent dynamics whose weights θ(z) = (W_hh, W_xu, b) are generated from a task
 //! embedding z by a hypernetwork, Poisson spiking observations, a point-process EKF for

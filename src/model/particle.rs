@@ -1,4 +1,4 @@
-//! Bootstrap particle filter for the latent state (DESIGN.md §2, "Particle filter"): the
+//! Bootstrap particle filter for the latent state (docs/model.md, "Particle filter"): the
 //! option for strongly nonlinear regimes, and the CPU reference of the GPU's particle
 //! kernels (same Philox draws, same order of operations).
 //!

@@ -1,5 +1,5 @@
 //! Task identification against the model file's library of task embeddings
-//! (DESIGN.md §2, "Optional task identification").
+//! (docs/model.md, "Optional task identification").
 //!
 //! θ_j = θ(z_j) is decoded once per library entry at construction. Each bin, every
 //! candidate predicts x⁻_j = f(x_{k−1}, u; θ_j) from the filter's previous mean and is

@@ -19,7 +19,7 @@
 pub mod read;
 pub mod xdf;
 
-use crate::clock::BinClock;
+use crate::clock::BinGrid;
 use crate::events::{BinRecord, Emitted, TruthRecord};
 use crate::lslutil::StreamSpec;
 use crate::schema::{StatusSample, TIMING_LABELS};
@@ -106,7 +106,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub struct RecorderSetup {
     pub path: PathBuf,
     pub provenance: Provenance,
-    pub clock: BinClock,
+    pub clock: BinGrid,
     pub n_units: usize,
     pub latent: usize,
     pub embed: usize,
@@ -626,7 +626,7 @@ impl RecorderThread {
         let b = |v: bool| v as u8 as f64;
         let nan = f64::NAN;
         let (started, done, has_data, want, valid, on_time, from) = match r {
-            Some(r) => (r.started_at, r.done_at, b(r.has_data), b(r.want_control), b(r.control_valid), b(r.on_time), r.u_prev_from as f64),
+            Some(r) => (r.started_at, r.done_at, b(r.has_data), b(r.want_control), b(r.control_valid), b(r.on_time), r.u_prev_from.map_or(-1.0, |b| b as f64)),
             None => (nan, nan, nan, nan, nan, nan, nan),
         };
         let (pushed, miss, fallback, enabled) = match e {

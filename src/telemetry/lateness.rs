@@ -3,7 +3,7 @@
 //! not fit the stream (grace too short, or a counts stream stamped off the bins' grid), and
 //! the operator is told once what to change, with the numbers measured.
 
-use crate::clock::BinClock;
+use crate::clock::BinGrid;
 
 /// How late input arrives relative to the end of the bin it belongs to.
 #[derive(Default)]
@@ -27,7 +27,7 @@ const MIN_SAMPLES: u64 = 50;
 
 impl InputLateness {
     /// One measured sample: stamped at `t`, arrived at `arrival`, binned at `t_binned`.
-    pub fn add(&mut self, clock: &BinClock, t: f64, arrival: f64, t_binned: f64) {
+    pub fn add(&mut self, clock: &BinGrid, t: f64, arrival: f64, t_binned: f64) {
         let bin = clock.bin_of(t_binned);
         if bin < 0 {
             return;
@@ -47,7 +47,7 @@ impl InputLateness {
 
     /// The notice, once, when a large share of the spikes so far was late: `late` of them
     /// (the binner's count: against when the loop really closed each bin) besides `binned`.
-    pub fn notice(&mut self, clock: &BinClock, late: f64, binned: f64) -> Option<String> {
+    pub fn notice(&mut self, clock: &BinGrid, late: f64, binned: f64) -> Option<String> {
         let total = late + binned;
         if self.notified || self.samples < MIN_SAMPLES || total < MIN_SPIKES || late < LATE_SHARE * total {
             return None;
@@ -90,8 +90,8 @@ fn quantile(values: &[f64], q: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn clock() -> BinClock {
-        BinClock { t0: 100.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.005 }
+    fn clock() -> BinGrid {
+        BinGrid { t0: 100.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.005 }
     }
 
     /// A counts stream stamped 4 ms after each bin's end, arriving 0.5 ms after its stamp.

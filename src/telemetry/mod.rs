@@ -3,7 +3,7 @@
 //! Status stream; and builds the end-of-run report. Runs on its own thread, fed through
 //! lock-free queues that the hot path never waits on.
 
-use crate::clock::BinClock;
+use crate::clock::BinGrid;
 use crate::emit::EmitChannels;
 use crate::events::{BinRecord, Emitted, LoopStatus, TruthRecord};
 use crate::tap::Tap;
@@ -72,7 +72,7 @@ pub enum TrackingTarget {
 }
 
 pub struct TelemetryConfig {
-    pub clock: BinClock,
+    pub clock: BinGrid,
     pub latent: usize,
     pub embed: usize,
     /// The simulator's latent dimension (its truth records' length; may differ from a
@@ -550,7 +550,7 @@ mod tests {
     use crate::latency::Stage;
     use crate::{MAX_EMBED, MAX_LATENT};
 
-    fn record(k: u64, clock: &BinClock) -> BinRecord {
+    fn record(k: u64, clock: &BinGrid) -> BinRecord {
         BinRecord {
             bin: k,
             started_at: clock.close(k),
@@ -562,9 +562,9 @@ mod tests {
             want_control: true,
             control_valid: true,
             on_time: true,
-            u_prev_from: k as i64 - 1,
+            u_prev_from: k.checked_sub(1),
             loglik: 0.0,
-            task_jump: -1,
+            task_jump: None,
             embed_step: 0.0,
             x: [0.0; MAX_LATENT],
             z: [0.0; MAX_EMBED],
@@ -572,7 +572,7 @@ mod tests {
         }
     }
 
-    fn emitted(k: u64, clock: &BinClock, late_s: f64) -> Emitted {
+    fn emitted(k: u64, clock: &BinGrid, late_s: f64) -> Emitted {
         Emitted {
             bin: k,
             u: [0.0; crate::MAX_CONTROL],
@@ -587,7 +587,7 @@ mod tests {
     /// finalised the bin. That push is the worst latency of the run and must still count.
     #[test]
     fn a_push_that_comes_after_its_bin_was_finalised_still_counts() {
-        let clock = BinClock { t0: 100.0, bin_s: 1e-3, grace_s: 5e-4, deadline_s: 4e-4 };
+        let clock = BinGrid { t0: 100.0, bin_s: 1e-3, grace_s: 5e-4, deadline_s: 4e-4 };
         let (_tx, rx) = crossbeam_channel::bounded(1);
         let emit = Arc::new(EmitChannels::new(8192));
         let q = TelemetryQueues::new(8192, emit.clone(), Arc::new(IngestStats::default()), rx, Arc::new(LoopStatus::default()));
