@@ -1,6 +1,8 @@
 //! Small allocation-free linear-algebra helpers shared by the model and the controllers.
 
-use nalgebra::DMatrix;
+use nalgebra::allocator::Allocator;
+use nalgebra::constraint::{SameNumberOfRows, ShapeConstraint};
+use nalgebra::{Cholesky, DMatrix, DefaultAllocator, Dim, Dyn, Matrix, StorageMut};
 
 /// c = α·a·b + β·c computed column by column with `gemv` (allocation-free for any size,
 /// unlike nalgebra's `gemm`, see the module docs).
@@ -11,6 +13,48 @@ pub fn gemm_nn(c: &mut DMatrix<f64>, alpha: f64, a: &DMatrix<f64>, b: &DMatrix<f
     for j in 0..b.ncols() {
         c.column_mut(j).gemv(alpha, a, &b.column(j), beta);
     }
+}
+
+/// Solves M X = rhs in place for a symmetric positive definite M that `fill` writes into
+/// `buf`, factoring in `buf`'s storage (no allocation). If the factorisation fails, retries
+/// with a growing ridge on the diagonal (relative to M's mean diagonal). Returns false
+/// (rhs untouched) if even the largest ridge fails.
+pub fn spd_solve_mut<R2: Dim, C2: Dim, S2: StorageMut<f64, R2, C2>>(
+    buf: &mut DMatrix<f64>,
+    fill: impl Fn(&mut DMatrix<f64>),
+    rhs: &mut Matrix<f64, R2, C2, S2>,
+) -> bool
+where
+    ShapeConstraint: SameNumberOfRows<R2, Dyn>,
+    DefaultAllocator: Allocator<Dyn, Dyn>,
+{
+    const RIDGES: [f64; 6] = [0.0, 1e-12, 1e-10, 1e-8, 1e-6, 1e-3];
+    let n = buf.nrows();
+    for &rel in RIDGES.iter() {
+        fill(buf);
+        if rel > 0.0 {
+            let mean_diag = (0..n).map(|i| buf[(i, i)].abs()).sum::<f64>() / n.max(1) as f64;
+            let ridge = rel * mean_diag.max(1e-300) + rel * 1e-12;
+            for i in 0..n {
+                buf[(i, i)] += ridge;
+            }
+        }
+        let m = std::mem::replace(buf, DMatrix::zeros(0, 0));
+        let chol = Cholesky::new_unchecked(m);
+        let l = chol.l_dirty();
+        let ok = (0..n).all(|i| {
+            let v = l[(i, i)];
+            v.is_finite() && v > 0.0
+        });
+        if ok {
+            chol.solve_mut(rhs);
+        }
+        *buf = chol.unpack_dirty();
+        if ok {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@
 //! [`ObjectiveTarget`](super::ObjectiveTarget) (computed once per objective change).
 
 use crate::linalg::gemm_nn;
-use super::{spd_solve_mut, ActuationLimits, ControlContext, ControllerConfig, ObjectiveTarget, Objective};
+use super::{ActuationLimits, ControlContext, ControllerConfig, ObjectiveTarget, Objective};
+use crate::linalg::spd_solve_mut;
 use crate::model::{dynamics, Dims};
 use nalgebra::{DMatrix, DVector};
 
