@@ -60,6 +60,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nalgebra::DVector;
 
     #[test]
     fn gemm_nn_matches_the_operator() {
@@ -69,5 +70,18 @@ mod tests {
         gemm_nn(&mut c, 2.0, &a, &b, 0.5);
         let want = (&a * &b) * 2.0 + DMatrix::from_element(7, 6, 0.5);
         assert!((c - want).abs().max() < 1e-12);
+    }
+
+    #[test]
+    fn spd_solve_recovers_from_singular_matrix() {
+        let mut buf = DMatrix::zeros(2, 2);
+        let mut rhs = DVector::from_vec(vec![1.0, 1.0]);
+        // Rank one: [[1,1],[1,1]]; the ridge makes it solvable.
+        assert!(spd_solve_mut(&mut buf, |m| m.fill(1.0), &mut rhs));
+        assert!(rhs.iter().all(|v| v.is_finite()));
+        assert_eq!(buf.shape(), (2, 2));
+        let mut rhs = DVector::from_vec(vec![2.0, 3.0]);
+        assert!(spd_solve_mut(&mut buf, |m| m.copy_from(&DMatrix::from_row_slice(2, 2, &[2.0, 0.0, 0.0, 3.0])), &mut rhs));
+        assert!((rhs[0] - 1.0).abs() < 1e-12 && (rhs[1] - 1.0).abs() < 1e-12);
     }
 }
