@@ -406,6 +406,12 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     }
     telemetry_stop.store(true, Ordering::Release);
     let mut report = telemetry_handle.join().map_err(|_| anyhow::anyhow!("the telemetry thread panicked"))?;
+    report.device_errors = loop_end.backend.stats().device_errors;
+    if report.device_errors > 0 {
+        let msg = format!("the {} backend failed on {} bins (each got the fallback; their x and z are NaN)", report.backend, report.device_errors);
+        eprintln!("[neuroloop] warning: {msg}");
+        report.notices.push(msg);
+    }
     if let Some(r) = recorder {
         let summary = r.finish();
         let samples: Vec<String> = summary.streams.iter().map(|s| format!("{} {}", s.name, s.samples)).collect();

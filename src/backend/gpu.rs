@@ -15,7 +15,7 @@
 //! fallback like any other. cubecl's client allocates small host-side objects per launch
 //! and per read-back, so unlike the CPU backend this `step` is not allocation-free.
 
-use super::{Backend, BinInput, BinOutput};
+use super::{Backend, BackendStats, BinInput, BinOutput};
 use crate::control::{ControllerKind, Objective, ObjectiveTarget};
 use crate::model::{Dims, ModelParams};
 use crate::rig::Rig;
@@ -326,8 +326,11 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         out.task_jump = None;
         out.embed_step = 0.0;
         if self.device.read_out(&mut self.out_buf).is_err() {
-            // Nothing trustworthy came back: the emitter's fallback covers this bin.
+            // Nothing trustworthy came back: the emitter's fallback covers this bin, and the
+            // state is unknown (NaN), not the previous bin's.
             self.device_errors += 1;
+            out.x.iter_mut().chain(out.z.iter_mut()).for_each(|v| *v = f64::NAN);
+            out.loglik = f64::NAN;
             return;
         }
         let tail = m + d + e;
@@ -351,6 +354,14 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             }
             out.control_valid = out.u.iter().all(|v| v.is_finite());
         }
+    }
+
+    fn step_allocates(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> BackendStats {
+        BackendStats { device_errors: self.device_errors }
     }
 
     fn set_objective(&mut self, objective: Objective) {

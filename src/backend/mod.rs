@@ -55,12 +55,31 @@ impl BinOutput {
     }
 }
 
-/// The per-bin model and controller. `step` is the hot path: it must not allocate,
-/// lock, log or do I/O.
+/// What a backend counted over a run, for the report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Bins whose device work failed (a GPU read-back error): each became a fallback, with
+    /// x, z and the log-likelihood reported as NaN.
+    pub device_errors: u64,
+}
+
+/// The per-bin model and controller. `step` runs on the loop thread, the hot path: it must
+/// not lock, log or do I/O, and it must not allocate unless [`Backend::step_allocates`]
+/// says so. The CPU and probe backends are allocation-free (tests/hot_path_alloc.rs runs
+/// both under a counting allocator); the GPU backend is not (cubecl's client allocates
+/// small host-side objects per launch and read-back).
 pub trait Backend: Send {
     fn name(&self) -> &'static str;
     fn dims(&self) -> Dims;
     fn step(&mut self, input: &BinInput, out: &mut BinOutput);
     /// Change the controller's objective (control plane; may allocate).
     fn set_objective(&mut self, objective: Objective);
+    /// Whether `step` allocates (false: it is held to allocation-free by the tests).
+    fn step_allocates(&self) -> bool {
+        false
+    }
+    /// What the backend counted so far.
+    fn stats(&self) -> BackendStats {
+        BackendStats::default()
+    }
 }

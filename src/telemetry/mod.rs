@@ -316,7 +316,9 @@ impl Telemetry {
                     _ => self.gaps.push([k, k]),
                 }
             }
-            if let (true, Some(enabled)) = (r.has_data, enabled) {
+            // A bin whose state is unknown (NaN: a failed GPU read-back) is not evaluated.
+            let state_known = r.x[..self.cfg.latent].iter().all(|v| v.is_finite());
+            if let (true, Some(enabled), true) = (r.has_data, enabled, state_known) {
                 self.eval.add(EvalRow {
                     enabled,
                     x: &r.x[..self.cfg.latent],
@@ -394,6 +396,7 @@ impl Telemetry {
             after_end_spikes: self.q.loop_status.after_end_spikes.load(Ordering::Acquire),
             ring_overflows: ld(&st.ring_overflows),
             telemetry_dropped: ld(&self.q.bins.dropped) + ld(&self.q.emitted.dropped),
+            device_errors: 0,
             truth_dropped: ld(&self.q.truth.dropped),
             end_to_end_dropped: ld(&self.q.end_to_end.dropped),
             ingest: IngestCounts {

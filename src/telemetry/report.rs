@@ -75,6 +75,8 @@ pub struct Report {
     pub after_end_spikes: u64,
     pub ring_overflows: u64,
     pub telemetry_dropped: u64,
+    /// Bins whose device work failed (GPU backends; each got the fallback).
+    pub device_errors: u64,
     /// The simulator's truth records telemetry could not take (they leave those bins out of
     /// the evaluation).
     pub truth_dropped: u64,
