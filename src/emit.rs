@@ -14,7 +14,8 @@ use lsl::ExPushable;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Lock-free hand-offs between loop, emitter and telemetry.
+/// The loop ↔ emitter hand-offs (lock-free), and the emitter's counters, which telemetry
+/// reads for the report (its records reach observers through `EmitterSetup::observers`).
 pub struct EmitChannels {
     /// loop → emitter
     pub results: ArrayQueue<ControlResult>,

@@ -334,7 +334,7 @@ impl Ingest {
         let mut full = (self.decoder.units.by_label() || self.record.is_some()).then(|| inlet.info(timeout_s.max(1.0)).ok()).flatten();
         if self.decoder.units.by_label() {
             let Some(info) = full.as_mut() else {
-                return Err(ConnectError::NotFound(format!("{description}: its description (channel labels) could not be read")));
+                return Err(ConnectError::Refused(format!("{description}: its description (channel labels) could not be read; [units] labels needs it")));
             };
             let labels = crate::lslutil::channel_labels(info);
             self.decoder.units = self.decoder.units.bind_labels(&labels, channels).map_err(|e| ConnectError::Refused(format!("{description}: {e}")))?;
@@ -583,18 +583,22 @@ impl SampleDecoder {
     }
 
     fn handle_counts(&mut self, conn: CountsLayout, t: f64, buf: &[f64], sink: &mut impl FnMut(SpikeItem) -> bool) {
-        if let Some(c) = buf.iter().position(|v| !v.is_finite()) {
+        // Only the channels the rig maps are checked: a stream may carry others (e.g. an
+        // analog channel beside the units of a map by label), which are not the model's.
+        let units = &self.units;
+        let bad = |pred: &dyn Fn(f64) -> bool| (0..buf.len()).find(|&c| pred(buf[c]) && units.lookup(c as i64, 0).is_some());
+        if let Some(c) = bad(&|v| !v.is_finite()) {
             self.stats.nonfinite.fetch_add(1, Ordering::Relaxed);
             self.reject(Rejection::NonFinite, || format!("a counts sample with NaN/inf in channel {c} (at t={t:.6}) was rejected whole"));
             return;
         }
-        if let Some(c) = buf.iter().position(|v| *v < 0.0) {
+        if let Some(c) = bad(&|v| v < 0.0) {
             self.stats.invalid.fetch_add(1, Ordering::Relaxed);
             self.reject(Rejection::Invalid, || format!("a counts sample with a negative value in channel {c} (at t={t:.6}) was rejected whole"));
             return;
         }
         if !conn.rates {
-            if let Some(c) = buf.iter().position(|v| v.fract() != 0.0) {
+            if let Some(c) = bad(&|v| v.fract() != 0.0) {
                 self.stats.invalid.fetch_add(1, Ordering::Relaxed);
                 let v = buf[c];
                 self.reject(Rejection::Fractional, || {
@@ -609,7 +613,7 @@ impl SampleDecoder {
         }
         // Above MAX_CHANNEL_RATE_HZ over the sample's interval it is not spike counts.
         let limit = if conn.rates { MAX_CHANNEL_RATE_HZ } else { (MAX_CHANNEL_RATE_HZ * conn.period).ceil().max(1.0) };
-        if let Some(c) = buf.iter().position(|v| *v > limit) {
+        if let Some(c) = bad(&|v| v > limit) {
             self.stats.invalid.fetch_add(1, Ordering::Relaxed);
             let (v, period_ms) = (buf[c], conn.period * 1e3);
             self.reject(Rejection::Implausible, || {

@@ -424,6 +424,9 @@ impl Rig {
             (_, Some(m)) if m.is_empty() => return Err(self.invalid("units.map", "must not be empty")),
             _ => {}
         }
+        if u.merge_sorted && u.channels.is_none() {
+            return Err(self.invalid("units.merge_sorted", "applies only with `channels` (sorted units of channel c ↦ model unit c)"));
+        }
         if let Some(labels) = &u.labels {
             if self.input.kind != InputKind::Counts {
                 return Err(self.invalid(
@@ -438,6 +441,9 @@ impl Rig {
             for (i, l) in labels.iter().enumerate() {
                 if l.trim().is_empty() {
                     return Err(self.invalid("units.labels", format!("entry {i} is empty")));
+                }
+                if l.trim() != l {
+                    return Err(self.invalid("units.labels", format!("entry {i} '{l}' has leading or trailing spaces (labels are matched exactly)")));
                 }
                 if !seen.insert(l.as_str()) {
                     return Err(self.invalid("units.labels", format!("entry {i} '{l}' appears twice")));

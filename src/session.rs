@@ -416,11 +416,11 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         let summary = r.finish();
         let samples: Vec<String> = summary.streams.iter().map(|s| format!("{} {}", s.name, s.samples)).collect();
         eprintln!("[neuroloop] recorded {} ({} bytes): {}", summary.path, summary.bytes, samples.join(", "));
-        let lost = summary.dropped_input_samples + summary.dropped_bins + summary.dropped_control + summary.dropped_status;
+        let lost = summary.dropped_input_samples + summary.dropped_bins + summary.dropped_control + summary.dropped_status + summary.dropped_truth;
         if lost > 0 {
             let msg = format!(
-                "the recording lost records (its queues were full): {} input samples, {} bins, {} control samples, {} status samples",
-                summary.dropped_input_samples, summary.dropped_bins, summary.dropped_control, summary.dropped_status
+                "the recording lost records (its queues were full): {} input samples, {} bins, {} control samples, {} status samples, {} simulator truth records",
+                summary.dropped_input_samples, summary.dropped_bins, summary.dropped_control, summary.dropped_status, summary.dropped_truth
             );
             eprintln!("[neuroloop] warning: {msg}");
             report.notices.push(msg);

@@ -1,7 +1,8 @@
 //! Taps: how a stage hands records to an observer without ever waiting. Each is a
 //! preallocated lock-free queue or ring; when it is full the record is dropped and counted
-//! (the observer reports the count), never blocking the stage. The recorder is today's
-//! observer of all three; a stage holds an `Option` of its tap and knows nothing more.
+//! (the observer reports the count), never blocking the stage. A stage holds a [`FanOut`]
+//! of its observers' taps (or, for the recorder's input and counts taps, an `Option`) and
+//! knows nothing more of them; session.rs builds and hands them out.
 
 use crate::events::BinRecord;
 use crossbeam_queue::ArrayQueue;

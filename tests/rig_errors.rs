@@ -184,6 +184,10 @@ fn a_map_by_label_is_checked_before_any_stream() {
     assert!(err.contains("units.labels") && err.contains("'e3' appears twice"), "{err}");
     let err = check(&edit(&counts, "[units]\nchannels = 96\n", &by_label.replace("\"e7\", ", "")));
     assert!(err.contains("95") && err.contains("96"), "the model's N is checked against the labels: {err}");
+    let err = check(&edit(&counts, "[units]\nchannels = 96\n", &by_label.replace("\"e7\"", "\"e7 \"")));
+    assert!(err.contains("units.labels") && err.contains("trailing spaces"), "{err}");
+    let err = check(&edit(&counts, "[units]\nchannels = 96\n", &format!("{by_label}merge_sorted = true\n")));
+    assert!(err.contains("units.merge_sorted"), "{err}");
     let events = SimRig::new("rigerr").toml("lqr", "events", "events", "", "");
     let err = check(&edit(&events, "[units]\nchannels = 96\n", &by_label));
     assert!(err.contains("units.labels") && err.contains("counts stream"), "{err}");

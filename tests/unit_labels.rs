@@ -67,11 +67,19 @@ fn counts_mapped_by_label_land_on_the_labelled_units_live_recorded_and_replayed(
     let rig_path = label_rig(dir.path(), &rig);
     // 98 channels: an unmapped "ref" first, the rig's labels in reverse order, an unmapped
     // "aux" last. The channel labelled elec<k> carries k mod 4 spikes per sample; the two
-    // unmapped ones carry 3 each, which must reach no unit.
+    // unmapped ones carry what no counts channel may (NaN, a fraction: say, an analog
+    // channel beside the units), which must neither reach a unit nor reject the sample.
     let mut labels = vec!["ref".to_string()];
     labels.extend(rig_labels().into_iter().rev());
     labels.push("aux".into());
-    let sample: Vec<f32> = labels.iter().map(|l| l.strip_prefix("elec").map_or(3.0, |k| (k.parse::<usize>().unwrap() % 4) as f32)).collect();
+    let sample: Vec<f32> = labels
+        .iter()
+        .map(|l| match l.strip_prefix("elec") {
+            Some(k) => (k.parse::<usize>().unwrap() % 4) as f32,
+            None if l == "ref" => f32::NAN,
+            None => 0.5,
+        })
+        .collect();
     let pusher = outlet(rig.spikes.clone(), Some(labels), Some(sample), 0);
     let (xdf, report_path) = (dir.path().join("run.xdf"), dir.path().join("report.json"));
     let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--record", xdf.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
@@ -82,6 +90,7 @@ fn counts_mapped_by_label_land_on_the_labelled_units_live_recorded_and_replayed(
     let per_sample: u64 = (0..N as u64).map(|k| k % 4).sum();
     assert_eq!(r["ingest"]["spikes"].as_u64().unwrap(), SAMPLES as u64 * per_sample, "every mapped count kept, none of the unmapped channels'");
     assert_eq!(r["ingest"]["unknown_units"], 0);
+    assert_eq!((&r["ingest"]["nonfinite"], &r["ingest"]["invalid"]), (&serde_json::json!(0), &serde_json::json!(0)), "unmapped channels are not checked");
 
     // The recording's bins hold each unit's own counts, and say which label each unit is.
     let d = xdf_dump(&xdf);

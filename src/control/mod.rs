@@ -1,5 +1,5 @@
 //! Controllers: pursue a latent objective (target latent state or target firing rates)
-//! under actuation limits. `mppi` (default), `lqr`, `policy` (docs/model.md, "Controller").
+//! under actuation limits. `mppi` (default), `lqr`, `policy`, `probe` (docs/model.md).
 //!
 //! # How the objective reaches a controller
 //!

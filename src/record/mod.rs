@@ -568,10 +568,11 @@ impl RecorderThread {
         let id = if same {
             self.input.as_ref().unwrap().id
         } else {
+            // InputTap takes numeric streams only, and XDF holds every numeric format (were it
+            // not so, the writer's ring fills and counts its samples as dropped).
+            let Some(format) = Format::from_lsl(conn.format) else { return };
             let id = self.next_input_id;
             self.next_input_id = if id == STREAM_INPUT { STREAM_INPUT_NEXT } else { id + 1 };
-            // InputTap takes numeric streams only, and XDF holds every numeric format.
-            let Some(format) = Format::from_lsl(conn.format) else { return };
             self.w.add_stream(id, &conn.xml, format, conn.channels);
             self.names.push((id, conn.name));
             id
