@@ -325,14 +325,6 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         end_bin: end_bin.clone(),
         observers: FanOut::default().with(queues.emitted.clone()).with_opt(emitted_tap),
     })?;
-    if let Some(h) = &sim_handles {
-        // The simulated rig must hear every Control sample: wait (at most until bin 0
-        // starts) for its inlet to subscribe to the outlet that now exists.
-        while !h.control_connected.load(Ordering::Acquire) && clock::now() < t0 {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    }
-
     let bins_q = queues.bins.clone();
     let telemetry_stop = Arc::new(AtomicBool::new(false));
     let telemetry_cfg = TelemetryConfig {
@@ -359,6 +351,15 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             .name("neuroloop-telemetry".into())
             .spawn(move || Telemetry::new(telemetry_cfg, queues).run(s))?
     };
+    // Telemetry (and with it the Status outlet) is up before this wait, so the Status
+    // stream's consumers get the same lead before bin 0 as the Control stream's.
+    if let Some(h) = &sim_handles {
+        // The simulated rig must hear every Control sample: wait (at most until bin 0
+        // starts) for its inlet to subscribe to the outlet that now exists.
+        while !h.control_connected.load(Ordering::Acquire) && clock::now() < t0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 
     let loop_handle = runloop::start(
         LoopSetup {

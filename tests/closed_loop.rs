@@ -146,7 +146,7 @@ fn one_sample_per_bin_with_a_slow_model() {
     // The Status stream says so too: [bin, x (4), z (3), loglik, compute_us, flags], flags
     // bit 0 = fallback, bit 1 = deadline miss.
     let status = status_rx.join().unwrap();
-    assert_eq!(status.len(), 300, "one Status sample per bin");
+    assert_eq!(status.len(), 300, "one Status sample per bin; received bins {:?} … {:?}", status.first().map(|s| s.1[0]), status.last().map(|s| s.1[0]));
     for (k, (_, s)) in status.iter().enumerate() {
         assert_eq!(s.len(), 11);
         assert_eq!(s[0], k as f64, "Status samples in bin order");
