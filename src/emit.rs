@@ -4,7 +4,7 @@
 //! later is dropped (never emitted). Everything pushed passes through [`Safety`].
 
 use crate::clock::{self, BinGrid};
-use crate::events::{ControlResult, Emitted};
+use crate::events::{ControlResult, Emitted, Pushed};
 use crate::schema::{control_stream_spec, OUTLET_LINGER_MS};
 use crate::tap::FanOut;
 use crate::safety::Safety;
@@ -93,9 +93,7 @@ fn control_outlet(s: &EmitterSetup) -> Result<lsl::StreamOutlet, String> {
 
 fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
     let m = s.m;
-    let mut last = [0.0f64; MAX_CONTROL];
-    let mut proposal = [0.0f64; MAX_CONTROL];
-    let mut out = [0.0f64; MAX_CONTROL];
+    let mut core = EmitCore::new(s.safety, m);
     let mut sample: Vec<f32> = vec![0.0; m];
     let mut pending: Option<ControlResult> = None;
     let ch = &s.channels;
@@ -104,37 +102,24 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
     while k < s.end_bin.load(Ordering::Acquire) {
         let deadline = s.clock.deadline(k);
         // Wait for bin k's result or its deadline, whichever comes first.
-        let (fallback, miss) = loop {
+        let (pushed, used) = loop {
             let r = pending.take().or_else(|| ch.results.pop());
             match decide(k, r.as_ref(), clock::now(), deadline) {
                 Decision::Discard => {
                     ch.late_results.fetch_add(1, Ordering::Relaxed);
                 }
-                Decision::Emit {
-                    use_result,
-                    fallback,
-                    miss,
-                    keep,
-                } => {
+                Decision::Emit { pushed, keep } => {
                     if keep {
                         pending = r;
-                    } else if use_result {
-                        proposal[..m].copy_from_slice(&r.expect("a used result").u[..m]);
+                        break (pushed, None);
                     }
-                    break (fallback, miss);
+                    break (pushed, r);
                 }
                 Decision::Wait => clock::park_until(deadline),
             }
         };
         let enabled = s.enabled.load(Ordering::Relaxed);
-        command(
-            &s.safety,
-            &mut proposal[..m],
-            fallback,
-            &last[..m],
-            enabled,
-            &mut out[..m],
-        );
+        let out = core.command(pushed, used.as_ref(), enabled);
         for j in 0..m {
             sample[j] = out[j] as f32;
         }
@@ -142,17 +127,9 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
         let _ = outlet.push_sample_ex(&sample, s.clock.bin_end(k), true);
         let pushed_at = clock::now();
         ch.pushed.fetch_add(1, Ordering::Relaxed);
-        ch.fallbacks.fetch_add(fallback as u64, Ordering::Relaxed);
-        ch.deadline_misses.fetch_add(miss as u64, Ordering::Relaxed);
-        last[..m].copy_from_slice(&out[..m]);
-        let rec = Emitted {
-            bin: k,
-            u: out,
-            fallback,
-            deadline_miss: miss,
-            enabled,
-            pushed_at,
-        };
+        ch.fallbacks.fetch_add(pushed.fallback() as u64, Ordering::Relaxed);
+        ch.deadline_misses.fetch_add(pushed.deadline_miss() as u64, Ordering::Relaxed);
+        let rec = Emitted { bin: k, u: core.last_full(), pushed, enabled, pushed_at };
         ch.feedback.force_push(rec);
         s.observers.offer(rec);
         k += 1;
@@ -170,15 +147,10 @@ pub enum Decision {
     /// A result for a bin already emitted (it came after its deadline): count it as a late
     /// result, and look at the next one.
     Discard,
-    /// Push bin k now: the result's command (`use_result`) unless it asks for the fallback,
-    /// or the fallback; `miss` when no result for k came by the deadline; `keep` the result,
-    /// which is for a later bin (the loop skipped k).
-    Emit {
-        use_result: bool,
-        fallback: bool,
-        miss: bool,
-        keep: bool,
-    },
+    /// Push bin k now, as `pushed` says (the result's command, the fallback it asked for, or
+    /// the fallback for a miss); `keep` the result, which is for a later bin (the loop
+    /// skipped k).
+    Emit { pushed: Pushed, keep: bool },
     /// Nothing for bin k yet and its deadline is ahead: wait for a result or the deadline.
     Wait,
 }
@@ -187,30 +159,51 @@ pub enum Decision {
 pub fn decide(k: u64, result: Option<&ControlResult>, now: f64, deadline: f64) -> Decision {
     match result {
         Some(r) if r.bin < k => Decision::Discard,
-        Some(r) if r.bin > k => Decision::Emit {
-            use_result: false,
-            fallback: true,
-            miss: true,
-            keep: true,
-        },
-        Some(r) => Decision::Emit {
-            use_result: true,
-            fallback: r.use_fallback,
-            miss: false,
-            keep: false,
-        },
-        None if now >= deadline => Decision::Emit {
-            use_result: false,
-            fallback: true,
-            miss: true,
-            keep: false,
-        },
+        Some(r) if r.bin > k => Decision::Emit { pushed: Pushed::MissedDeadline, keep: true },
+        Some(r) if r.proposal.wants_fallback() => Decision::Emit { pushed: Pushed::RequestedFallback, keep: false },
+        Some(_) => Decision::Emit { pushed: Pushed::Command, keep: false },
+        None if now >= deadline => Decision::Emit { pushed: Pushed::MissedDeadline, keep: false },
         None => Decision::Wait,
     }
 }
 
+/// The emitter's state from bin to bin (the last command pushed) and its buffers: turns a
+/// decision into the command pushed, through the safety layer. The live emitter and
+/// `neuroloop replay` both run it.
+pub struct EmitCore {
+    safety: Safety,
+    m: usize,
+    last: [f64; MAX_CONTROL],
+    proposal: [f64; MAX_CONTROL],
+    out: [f64; MAX_CONTROL],
+}
+
+impl EmitCore {
+    pub fn new(safety: Safety, m: usize) -> EmitCore {
+        EmitCore { safety, m, last: [0.0; MAX_CONTROL], proposal: [0.0; MAX_CONTROL], out: [0.0; MAX_CONTROL] }
+    }
+
+    /// The command for the bin `pushed` decides, from `result` (the bin's own, when it came
+    /// in time) or the fallback, with the enable gate as it is now. It becomes the last
+    /// command (for the maximum step and a "hold" fallback).
+    pub fn command(&mut self, pushed: Pushed, result: Option<&ControlResult>, enabled: bool) -> &[f64] {
+        let m = self.m;
+        if let (Pushed::Command, Some(r)) = (pushed, result) {
+            self.proposal[..m].copy_from_slice(&r.u[..m]);
+        }
+        command(&self.safety, &mut self.proposal[..m], pushed.fallback(), &self.last[..m], enabled, &mut self.out[..m]);
+        self.last[..m].copy_from_slice(&self.out[..m]);
+        &self.out[..m]
+    }
+
+    /// The last command, padded to the record's width.
+    pub fn last_full(&self) -> [f64; MAX_CONTROL] {
+        self.last
+    }
+}
+
 /// The command pushed for a bin: the loop's proposal, or the fallback, through the safety
-/// layer. `neuroloop replay` repeats exactly this.
+/// layer.
 #[inline]
 pub fn command(
     safety: &Safety,
@@ -229,51 +222,32 @@ pub fn command(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Proposal;
     use proptest::prelude::*;
 
     fn result(bin: u64, use_fallback: bool) -> ControlResult {
         let mut u = [0.0; MAX_CONTROL];
         u[0] = bin as f64;
-        ControlResult {
-            bin,
-            u,
-            use_fallback,
-        }
+        let proposal = if use_fallback { Proposal::Gap } else { Proposal::Command };
+        ControlResult { bin, u, proposal }
     }
 
     /// The deadline protocol, case by case.
     #[test]
     fn decisions_for_on_time_late_early_skipped_and_missing_results() {
-        let emit = |use_result, fallback, miss, keep| Decision::Emit {
-            use_result,
-            fallback,
-            miss,
-            keep,
-        };
+        let emit = |pushed, keep| Decision::Emit { pushed, keep };
         // on time: the result's command
-        assert_eq!(
-            decide(5, Some(&result(5, false)), 1.0, 2.0),
-            emit(true, false, false, false)
-        );
+        assert_eq!(decide(5, Some(&result(5, false)), 1.0, 2.0), emit(Pushed::Command, false));
         // on time, but the loop asks for the fallback (a gap)
-        assert_eq!(
-            decide(5, Some(&result(5, true)), 1.0, 2.0),
-            emit(true, true, false, false)
-        );
+        assert_eq!(decide(5, Some(&result(5, true)), 1.0, 2.0), emit(Pushed::RequestedFallback, false));
         // a result for a bin already pushed (it came after its deadline): dropped
-        assert_eq!(
-            decide(5, Some(&result(4, false)), 1.0, 2.0),
-            Decision::Discard
-        );
+        assert_eq!(decide(5, Some(&result(4, false)), 1.0, 2.0), Decision::Discard);
         // the loop skipped bin 5: the fallback now, the result kept for bin 6
-        assert_eq!(
-            decide(5, Some(&result(6, false)), 1.0, 2.0),
-            emit(false, true, true, true)
-        );
+        assert_eq!(decide(5, Some(&result(6, false)), 1.0, 2.0), emit(Pushed::MissedDeadline, true));
         // nothing yet, deadline ahead: wait; at or past the deadline: the fallback, a miss
         assert_eq!(decide(5, None, 1.0, 2.0), Decision::Wait);
-        assert_eq!(decide(5, None, 2.0, 2.0), emit(false, true, true, false));
-        assert_eq!(decide(5, None, 9.0, 2.0), emit(false, true, true, false));
+        assert_eq!(decide(5, None, 2.0, 2.0), emit(Pushed::MissedDeadline, false));
+        assert_eq!(decide(5, None, 9.0, 2.0), emit(Pushed::MissedDeadline, false));
     }
 
     /// One bin's result from the loop: absent (skipped, or too late to be sent), or visible to
@@ -316,10 +290,10 @@ mod tests {
                     });
                     match decide(k, r.as_ref(), now, deadline(k)) {
                         Decision::Discard => late += 1,
-                        Decision::Emit { use_result, fallback, miss, keep } => {
-                            prop_assert!(!(use_result && miss));
+                        Decision::Emit { pushed: p, keep } => {
+                            let use_result = p != Pushed::MissedDeadline;
                             if keep { pending = r; }
-                            pushed.push((k, fallback, use_result.then(|| r.unwrap().bin)));
+                            pushed.push((k, p.fallback(), use_result.then(|| r.unwrap().bin)));
                             prop_assert!(now <= deadline(k).max(started), "bin {} pushed after its deadline", k);
                             break;
                         }

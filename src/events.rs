@@ -6,6 +6,70 @@
 use crate::{MAX_CONTROL, MAX_EMBED, MAX_LATENT};
 use std::sync::atomic::AtomicU64;
 
+/// What the loop proposes for a bin: a command, or (two reasons) the fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proposal {
+    /// The controller's command.
+    Command,
+    /// No live input (a stream gap longer than `stall_ms`): the model predicted only.
+    Gap,
+    /// Live input, but no usable command: the bin started past its deadline (the controller
+    /// did not run) or the controller's result was not usable (e.g. not finite).
+    NoCommand,
+}
+
+impl Proposal {
+    /// The loop asks the emitter for the fallback.
+    #[inline]
+    pub fn wants_fallback(self) -> bool {
+        self != Proposal::Command
+    }
+    pub fn has_data(self) -> bool {
+        self != Proposal::Gap
+    }
+}
+
+/// When the loop's result for a bin was ready, against the bin's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Done before the deadline: handed to the emitter.
+    OnTime,
+    /// Started before the deadline (the controller ran), done after it: dropped.
+    FinishedLate,
+    /// Started after the deadline: the model ran, the controller did not; dropped.
+    StartedLate,
+}
+
+impl Delivery {
+    /// The controller ran (the bin started before its deadline).
+    pub fn wanted_control(self) -> bool {
+        self != Delivery::StartedLate
+    }
+    pub fn on_time(self) -> bool {
+        self == Delivery::OnTime
+    }
+}
+
+/// What the emitter pushed for a bin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// The loop's command (through the safety layer).
+    Command,
+    /// The fallback, because the loop asked for it (its result came in time).
+    RequestedFallback,
+    /// The fallback at the deadline: no result for the bin came in time (a deadline miss).
+    MissedDeadline,
+}
+
+impl Pushed {
+    pub fn fallback(self) -> bool {
+        self != Pushed::Command
+    }
+    pub fn deadline_miss(self) -> bool {
+        self == Pushed::MissedDeadline
+    }
+}
+
 /// One bin as the loop saw it (telemetry, status stream, reports).
 #[derive(Debug, Clone, Copy)]
 pub struct BinRecord {
@@ -17,13 +81,8 @@ pub struct BinRecord {
     pub spikes: f64,
     pub late_spikes: u64,
     pub future_spikes: u64,
-    pub has_data: bool,
-    /// The loop started the bin before its deadline (so the controller ran).
-    pub want_control: bool,
-    /// The controller produced a usable command.
-    pub control_valid: bool,
-    /// The result reached the emitter before the deadline.
-    pub on_time: bool,
+    pub proposal: Proposal,
+    pub delivery: Delivery,
     /// The bin whose emitted command was u_prev (None: none yet, e.g. bin 0); replay repeats it.
     pub u_prev_from: Option<u64>,
     pub loglik: f64,
@@ -35,13 +94,18 @@ pub struct BinRecord {
     pub u: [f64; MAX_CONTROL],
 }
 
+impl BinRecord {
+    pub fn has_data(&self) -> bool {
+        self.proposal.has_data()
+    }
+}
+
 /// The loop's answer for one bin.
 #[derive(Debug, Clone, Copy)]
 pub struct ControlResult {
     pub bin: u64,
     pub u: [f64; MAX_CONTROL],
-    /// The loop asks for the fallback (e.g. the input stream is gone).
-    pub use_fallback: bool,
+    pub proposal: Proposal,
 }
 
 /// What was pushed for one bin.
@@ -49,14 +113,21 @@ pub struct ControlResult {
 pub struct Emitted {
     pub bin: u64,
     pub u: [f64; MAX_CONTROL],
-    /// The fallback was pushed (deadline miss or requested by the loop).
-    pub fallback: bool,
-    /// The loop's result was not there by the deadline.
-    pub deadline_miss: bool,
+    pub pushed: Pushed,
     /// The enable gate was on.
     pub enabled: bool,
     /// Local time the sample was pushed.
     pub pushed_at: f64,
+}
+
+/// One bin's records joined by telemetry (either side may be missing when its queue was
+/// full, or when the emitter ran far behind): what the recorder's timing stream is
+/// written from, so the recording and the report account each bin the same way.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinedBin {
+    pub bin: u64,
+    pub rec: Option<BinRecord>,
+    pub emitted: Option<Emitted>,
 }
 
 /// The simulator's ground truth for one bin (same bin grid as the loop).

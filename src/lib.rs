@@ -41,6 +41,11 @@ pub mod tap;
 pub mod telemetry;
 pub mod units;
 
+/// The library's unit tests count allocations (the controllers' "no allocation per bin").
+#[cfg(test)]
+#[global_allocator]
+static COUNTING_ALLOC: hot::CountingAlloc = hot::CountingAlloc;
+
 /// An error and its causes on one line, each said once: errors that already print their
 /// source (`cannot read rig file X: No such file or directory (os error 2)`) do not get it
 /// repeated after them, as `{:#}` would.

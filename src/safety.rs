@@ -64,6 +64,13 @@ impl Safety {
         })
     }
 
+    /// Bounds [lo, hi] on every channel, a maximum step and a "hold" fallback (tests of the
+    /// stages that push through the safety layer).
+    #[cfg(test)]
+    pub(crate) fn for_tests(m: usize, lo: f64, hi: f64, max_step: f64) -> Safety {
+        Safety { lower: vec![lo; m], upper: vec![hi; m], max_step, fallback: FallbackKind::Hold, fallback_vector: vec![0.0; m] }
+    }
+
     pub fn lower(&self) -> &[f64] {
         &self.lower
     }

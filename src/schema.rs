@@ -2,7 +2,8 @@
 //! Status stream (its channels, flag bits and sample), the recording's timing channels, and
 //! how long an outlet lingers. The outlets, the recorder and replay read them from here.
 
-use crate::events::{BinRecord, Emitted};
+use crate::clock::BinGrid;
+use crate::events::{BinRecord, Emitted, JoinedBin, Proposal};
 use crate::{MAX_EMBED, MAX_LATENT};
 
 /// The Control stream's description (the outlet and the recording share it).
@@ -36,10 +37,10 @@ pub const FLAG_TASK_JUMP: u32 = 1 << 4;
 pub fn status_flags(rec: Option<&BinRecord>, emitted: Option<&Emitted>) -> u32 {
     let mut flags = 0;
     if let Some(e) = emitted {
-        flags |= if e.fallback { FLAG_FALLBACK } else { 0 } | if e.deadline_miss { FLAG_DEADLINE_MISS } else { 0 };
+        flags |= if e.pushed.fallback() { FLAG_FALLBACK } else { 0 } | if e.pushed.deadline_miss() { FLAG_DEADLINE_MISS } else { 0 };
     }
     if let Some(r) = rec {
-        flags |= if r.has_data { 0 } else { FLAG_GAP }
+        flags |= if r.has_data() { 0 } else { FLAG_GAP }
             | if r.late_spikes > 0 { FLAG_LATE_SPIKES } else { 0 }
             | if r.task_jump.is_some() { FLAG_TASK_JUMP } else { 0 };
     }
@@ -110,6 +111,30 @@ pub const TIMING_LABELS: [&str; 14] = [
     "enabled",
     "u_prev_from",
 ];
+
+/// One bin's timing row ([`TIMING_LABELS`]) from the loop's and the emitter's records.
+pub fn timing_row(c: &BinGrid, j: &JoinedBin) -> [f64; TIMING_LABELS.len()] {
+    let k = j.bin;
+    let b = |v: bool| v as u8 as f64;
+    let nan = f64::NAN;
+    let (started, done, has_data, want, valid, on_time, from) = match &j.rec {
+        Some(r) => (
+            r.started_at,
+            r.done_at,
+            b(r.has_data()),
+            b(r.delivery.wanted_control()),
+            b(r.proposal == Proposal::Command),
+            b(r.delivery.on_time()),
+            r.u_prev_from.map_or(-1.0, |b| b as f64),
+        ),
+        None => (nan, nan, nan, nan, nan, nan, nan),
+    };
+    let (pushed, miss, fallback, enabled) = match &j.emitted {
+        Some(e) => (e.pushed_at, b(e.pushed.deadline_miss()), b(e.pushed.fallback()), b(e.enabled)),
+        None => (nan, nan, nan, nan),
+    };
+    [k as f64, c.close(k), started, done, c.deadline(k), pushed, has_data, want, valid, on_time, miss, fallback, enabled, from]
+}
 
 /// How long outlets stay up after their last sample (liblsl does not flush on destroy).
 pub const OUTLET_LINGER_MS: u64 = 300;

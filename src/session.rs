@@ -2,7 +2,7 @@
 //! (binning, backend) → emitter, with telemetry on the side and the control plane on
 //! the calling thread.
 
-use crate::backend::{cpu::CpuBackend, probe::ProbeBackend, Backend};
+use crate::backend::{cpu::CpuBackend, probe::ProbeBackend, Backend, BackendConfig};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use crate::backend::gpu::GpuBackend;
 use crate::clock;
@@ -127,24 +127,37 @@ pub fn objective(rig: &Rig, params: &ModelParams) -> anyhow::Result<Objective> {
     })
 }
 
+/// The rig's settings for a backend, resolved and checked against the model.
+pub fn backend_config(rig: &Rig, params: &ModelParams) -> anyhow::Result<BackendConfig> {
+    let safety = Safety::from_rig(rig, params.dims.control)?;
+    Ok(BackendConfig {
+        filter: rig.model.filter_choice(),
+        embedding: rig.model.embedding.clone(),
+        task_id: rig.model.task_id.clone(),
+        controller: rig.controller.clone(),
+        objective: objective(rig, params)?,
+        lower: safety.lower().to_vec(),
+        upper: safety.upper().to_vec(),
+    })
+}
+
 /// Build the backend the rig selects.
 pub fn backend(rig: &Rig, params: ModelParams) -> anyhow::Result<Box<dyn Backend>> {
-    let obj = objective(rig, &params)?;
-    let safety = Safety::from_rig(rig, params.dims.control)?;
-    let (lo, hi) = (safety.lower(), safety.upper());
+    let cfg = backend_config(rig, &params)?;
+    let in_rig = || format!("rig file {}", rig.path.display());
     match rig.model.backend {
-        BackendKind::Cpu => Ok(Box::new(CpuBackend::new(params, rig, obj, lo, hi)?)),
+        BackendKind::Cpu => Ok(Box::new(CpuBackend::new(params, &cfg).with_context(in_rig)?)),
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => {
             use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
             let dev = WgpuDevice::DefaultDevice;
-            Ok(Box::new(GpuBackend::<WgpuRuntime>::new("wgpu", &dev, params, rig, obj, lo, hi)?))
+            Ok(Box::new(GpuBackend::<WgpuRuntime>::new("wgpu", &dev, params, &cfg).with_context(in_rig)?))
         }
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
             use cubecl::cuda::{CudaDevice, CudaRuntime};
             let dev = CudaDevice::new(0);
-            Ok(Box::new(GpuBackend::<CudaRuntime>::new("cuda", &dev, params, rig, obj, lo, hi)?))
+            Ok(Box::new(GpuBackend::<CudaRuntime>::new("cuda", &dev, params, &cfg).with_context(in_rig)?))
         }
         #[allow(unreachable_patterns)]
         other => bail!(
@@ -209,7 +222,8 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         });
     }
     let safety = Safety::from_rig(rig, dims.control)?;
-    let backend = model.backend(rig)?;
+    // Fault injection (rig [fault]) wraps the backend; the loop itself has no test branch.
+    let backend = crate::backend::fault::SlowEvery::wrap(model.backend(rig)?, &rig.fault);
     let backend_name = backend.name().to_string();
     eprintln!(
         "[neuroloop] liblsl {}; rig '{}': N={} d={} e={} m={}, Δ={} ms, grace {} ms, deadline {} ms, backend {}, model: {}",
@@ -296,6 +310,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     let (input_tap, bin_tap, emitted_tap) = match taps {
         Some(t) => {
             queues.status_observers = FanOut::default().with(t.status);
+            queues.joined_observers = FanOut::default().with(t.joined);
             (Some(t.input), Some(t.bins), Some(t.emitted))
         }
         None => (None, None, None),
@@ -372,7 +387,6 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             emitter: emitter.thread().clone(),
             observers: FanOut::default().with(bins_q),
             end_bin: end_bin.clone(),
-            fault: rig.fault.clone(),
             lookahead_bins: rig.timing.lookahead_bins(),
             with_counts: bin_tap,
         },
@@ -417,11 +431,16 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         let summary = r.finish();
         let samples: Vec<String> = summary.streams.iter().map(|s| format!("{} {}", s.name, s.samples)).collect();
         eprintln!("[neuroloop] recorded {} ({} bytes): {}", summary.path, summary.bytes, samples.join(", "));
-        let lost = summary.dropped_input_samples + summary.dropped_bins + summary.dropped_control + summary.dropped_status + summary.dropped_truth;
+        let lost = summary.dropped_input_samples
+            + summary.dropped_bins
+            + summary.dropped_control
+            + summary.dropped_status
+            + summary.dropped_timing
+            + summary.dropped_truth;
         if lost > 0 {
             let msg = format!(
-                "the recording lost records (its queues were full): {} input samples, {} bins, {} control samples, {} status samples, {} simulator truth records",
-                summary.dropped_input_samples, summary.dropped_bins, summary.dropped_control, summary.dropped_status, summary.dropped_truth
+                "the recording lost records (its queues were full): {} input samples, {} bins, {} control samples, {} status samples, {} timing rows, {} simulator truth records",
+                summary.dropped_input_samples, summary.dropped_bins, summary.dropped_control, summary.dropped_status, summary.dropped_timing, summary.dropped_truth
             );
             eprintln!("[neuroloop] warning: {msg}");
             report.notices.push(msg);

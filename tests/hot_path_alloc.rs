@@ -11,51 +11,16 @@ use neuroloop::model::taskid::{TaskIdConfig, TaskIdentifier};
 use neuroloop::model::{Dims, ModelParams, Theta};
 use neuroloop::rig::Rig;
 use neuroloop::session::{self, RunOptions};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 mod common;
 
-struct Counting;
-/// Allocations on hot threads, all threads together.
-static HOT_ALLOCS: AtomicU64 = AtomicU64::new(0);
-thread_local! {
-    /// Allocations while hot, this thread only.
-    static MY_HOT_ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    if neuroloop::hot::is_hot() {
-        HOT_ALLOCS.fetch_add(1, Ordering::Relaxed);
-        let _ = MY_HOT_ALLOCS.try_with(|c| c.set(c.get() + 1));
-    }
-}
-
-fn my_hot_allocs() -> u64 {
-    MY_HOT_ALLOCS.with(|c| c.get())
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        count();
-        System.alloc(l)
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        count();
-        System.alloc_zeroed(l)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        System.dealloc(p, l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        count();
-        System.realloc(p, l, n)
-    }
-}
-
 #[global_allocator]
-static A: Counting = Counting;
+static A: neuroloop::hot::CountingAlloc = neuroloop::hot::CountingAlloc;
+
+/// Allocations while hot, this thread only.
+fn my_hot_allocs() -> u64 {
+    neuroloop::hot::thread_hot_allocations()
+}
 
 #[test]
 fn hot_path_does_not_allocate() {
@@ -66,7 +31,7 @@ fn hot_path_does_not_allocate() {
     neuroloop::hot::leave();
     assert!(my_hot_allocs() > before, "the counting allocator does not see hot allocations");
     drop(v);
-    let start = HOT_ALLOCS.load(Ordering::Relaxed);
+    let start = neuroloop::hot::hot_allocations();
 
     // d = 8 as well: nalgebra's matrix products allocate above 5×5 (see linalg.rs).
     for (controller, latent) in [("mppi", 4), ("lqr", 4), ("mppi", 8), ("lqr", 8)] {
@@ -85,7 +50,7 @@ fn hot_path_does_not_allocate() {
         let recording = report.recording.as_ref().expect("recorded");
         assert!(recording.streams.iter().any(|s| s.samples == 300), "the recording has every bin");
         assert!(report.ingest.spikes > 0);
-        assert_eq!(HOT_ALLOCS.load(Ordering::Relaxed) - start, 0, "{controller}, d = {latent}: the loop or emitter allocated on the hot path");
+        assert_eq!(neuroloop::hot::hot_allocations() - start, 0, "{controller}, d = {latent}: the loop or emitter allocated on the hot path");
     }
     // An identification session: the probe in place of a model, recording on.
     let dir = tempfile::tempdir().unwrap();
@@ -100,7 +65,7 @@ fn hot_path_does_not_allocate() {
     let report = session::run(&rig, &RunOptions { bins: Some(300), with_sim: true, record: Some(xdf), ..Default::default() }).unwrap();
     assert_eq!(report.bins, 300);
     assert!(report.ingest.spikes > 0);
-    assert_eq!(HOT_ALLOCS.load(Ordering::Relaxed) - start, 0, "probe session: the loop or emitter allocated on the hot path");
+    assert_eq!(neuroloop::hot::hot_allocations() - start, 0, "probe session: the loop or emitter allocated on the hot path");
 }
 
 /// The model's per-bin functions, driven directly for many bins (jumps, skipped updates,
@@ -149,4 +114,53 @@ fn per_bin_model_path_does_not_allocate() {
     assert!(ekf.x.iter().all(|v| v.is_finite()));
     assert!(ekf.jitter_events > 0, "the jitter path was not exercised");
   }
+}
+
+/// Every backend that says its `step` is allocation-free (`Backend::step_allocates`) is held
+/// to it, bin by bin, through the real construction path (`session::backend`); the CPU
+/// backend (EKF and particle filter, each controller) and the probe must say so.
+#[test]
+fn backends_that_claim_an_allocation_free_step_do_not_allocate() {
+    use neuroloop::backend::{BinInput, BinOutput};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = common::SimRig::new("alloc-backends");
+    let cases = [("mppi", false), ("lqr", false), ("mppi", true), ("lqr", true)];
+    for (controller, particles) in cases {
+        let extra = if particles { "[model.particles]\ncount = 256" } else { "[model.task_id]\nenabled = true" };
+        let mut text = sim.toml(controller, "events", "events", "switch_every_s = 1.0", extra);
+        if particles {
+            text = text.replace("backend = \"cpu\"", "backend = \"cpu\"\nfilter = \"particles\"");
+        }
+        let rig = Rig::load(&common::write(dir.path(), "rig.toml", &text)).unwrap();
+        let model = session::SessionModel::resolve(&rig).unwrap();
+        let mut backend = model.backend(&rig).unwrap();
+        assert!(!backend.step_allocates(), "the cpu backend ({controller}, particles {particles}) must be allocation-free");
+        let dims = backend.dims();
+        let mut out = BinOutput::new(&dims);
+        let counts: Vec<f64> = (0..dims.n_units).map(|i| (i % 3) as f64).collect();
+        let u_prev = vec![0.1; dims.control];
+        let before = my_hot_allocs();
+        neuroloop::hot::enter();
+        for k in 0..300u64 {
+            let input = BinInput { bin: k, counts: &counts, u_prev: &u_prev, has_data: k % 17 != 5, want_control: k % 23 != 7 };
+            backend.step(&input, &mut out);
+        }
+        neuroloop::hot::leave();
+        assert_eq!(my_hot_allocs() - before, 0, "{} backend ({controller}, particles {particles}) allocated in step", backend.name());
+    }
+    // The probe (an identification session).
+    let text = std::fs::read_to_string(common::repo().join("rigs/sim-utah96-probe.toml")).unwrap();
+    let rig = Rig::load(&common::write(dir.path(), "probe.toml", &text)).unwrap();
+    let mut probe = session::SessionModel::resolve(&rig).unwrap().backend(&rig).unwrap();
+    assert!(!probe.step_allocates());
+    let dims = probe.dims();
+    let mut out = BinOutput::new(&dims);
+    let (counts, u_prev) = (vec![1.0; dims.n_units], vec![0.0; dims.control]);
+    let before = my_hot_allocs();
+    neuroloop::hot::enter();
+    for k in 0..300u64 {
+        probe.step(&BinInput { bin: k, counts: &counts, u_prev: &u_prev, has_data: true, want_control: true }, &mut out);
+    }
+    neuroloop::hot::leave();
+    assert_eq!(my_hot_allocs() - before, 0, "the probe allocated in step");
 }

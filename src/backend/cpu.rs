@@ -6,16 +6,13 @@
 //! re-decode θ(z) → task identification over the library → controller. Everything is
 //! preallocated in `new`; `step` does not allocate.
 
-use super::{Backend, BinInput, BinOutput};
+use super::{Backend, BackendConfig, BinInput, BinOutput};
 use crate::control::{ActuationLimits, ControlContext, Controller, Objective};
-use crate::model::ekf::PointProcessEkf;
 use crate::model::embedding::{EmbeddingConfig, EmbeddingUpdater};
+use crate::model::filter::LatentFilter;
 use crate::model::hypernet::HypernetScratch;
-use crate::model::observation::{log_rates, poisson_loglik};
-use crate::model::particle::ParticleFilter;
-use crate::model::taskid::{TaskIdConfig, TaskIdentifier};
+use crate::model::taskid::TaskIdentifier;
 use crate::model::{Dims, ModelParams, Theta};
-use crate::rig::{FilterKind, Rig};
 use anyhow::anyhow;
 use nalgebra::DVector;
 
@@ -24,15 +21,7 @@ pub struct CpuBackend {
     z: DVector<f64>,
     theta: Theta,
     hyper: HypernetScratch,
-    ekf: PointProcessEkf,
-    /// Replaces the EKF when the rig sets `filter = "particles"` (the EKF's `x_prev` is then
-    /// unused; the particle filter keeps its own).
-    particles: Option<ParticleFilter>,
-    /// x⁻ = f(x_{k−1}, u; θ) and log-rates at it (the particle filter's reported
-    /// log-likelihood is log p(y | x⁻), as the EKF's).
-    x_pred: DVector<f64>,
-    tanh_a: DVector<f64>,
-    eta: DVector<f64>,
+    filter: LatentFilter,
     embed_cfg: EmbeddingConfig,
     embed: EmbeddingUpdater,
     taskid: Option<TaskIdentifier>,
@@ -44,44 +33,28 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    pub fn new(params: ModelParams, rig: &Rig, objective: Objective, lower: &[f64], upper: &[f64]) -> anyhow::Result<CpuBackend> {
+    pub fn new(params: ModelParams, cfg: &BackendConfig) -> anyhow::Result<CpuBackend> {
         let dims = params.dims;
-        let file = rig.path.display();
-        let mut controller =
-            Controller::new(&rig.controller, &dims, &params).map_err(|e| anyhow!("rig file {file}: [controller]: {e}"))?;
-        controller.set_objective(&objective, &params).map_err(|e| anyhow!("rig file {file}: [objective]: {e}"))?;
-        let task_cfg: &TaskIdConfig = &rig.model.task_id;
-        let taskid = if task_cfg.enabled && !params.task_library.is_empty() {
-            Some(TaskIdentifier::new(&params, task_cfg.clone()))
-        } else {
-            None
-        };
+        let mut controller = Controller::new(&cfg.controller, &dims, &params).map_err(|e| anyhow!("[controller]: {e}"))?;
+        controller.set_objective(&cfg.objective, &params).map_err(|e| anyhow!("[objective]: {e}"))?;
+        let taskid = (cfg.task_id.enabled && !params.task_library.is_empty()).then(|| TaskIdentifier::new(&params, cfg.task_id.clone()));
         let mut hyper = HypernetScratch::new(&dims);
         let mut theta = Theta::zeros(&dims);
         let z = params.z_init.clone();
         params.hypernet.decode(&z, &mut theta, &mut hyper);
-        let mut ekf = PointProcessEkf::new(&dims, params.initial_state_var);
-        ekf.reset(&DVector::zeros(dims.latent), params.initial_state_var);
-        let particles = (rig.model.filter == FilterKind::Particles).then(|| {
-            ParticleFilter::new(&dims, rig.model.particles.clone(), &DVector::zeros(dims.latent), params.initial_state_var)
-        });
         Ok(CpuBackend {
-            particles,
-            x_pred: DVector::zeros(dims.latent),
-            tanh_a: DVector::zeros(dims.latent),
-            eta: DVector::zeros(dims.n_units),
-            embed: EmbeddingUpdater::new(&dims, rig.model.embedding.clone()),
-            embed_cfg: rig.model.embedding.clone(),
+            filter: LatentFilter::new(&cfg.filter, &params),
+            embed: EmbeddingUpdater::new(&dims, cfg.embedding.clone()),
+            embed_cfg: cfg.embedding.clone(),
             taskid,
             controller,
-            objective,
-            limits: ActuationLimits { lo: DVector::from_column_slice(lower), hi: DVector::from_column_slice(upper) },
+            objective: cfg.objective.clone(),
+            limits: ActuationLimits { lo: DVector::from_column_slice(&cfg.lower), hi: DVector::from_column_slice(&cfg.upper) },
             u_prev: DVector::zeros(dims.control),
             u: DVector::zeros(dims.control),
             z,
             theta,
             hyper,
-            ekf,
             params,
         })
     }
@@ -99,26 +72,12 @@ impl Backend for CpuBackend {
     fn step(&mut self, input: &BinInput, out: &mut BinOutput) {
         let p = &self.params;
         self.u_prev.as_mut_slice().copy_from_slice(input.u_prev);
-        match &mut self.particles {
-            None => self.ekf.predict(&self.theta, p.alpha, &p.process_noise, &self.u_prev),
-            Some(pf) => pf.predict(&self.theta, p.alpha, &p.process_noise, &self.u_prev, input.bin),
-        }
+        self.filter.predict(p, &self.theta, &self.u_prev, input.bin);
         out.task_jump = None;
         out.embed_step = 0.0;
         if input.has_data {
-            out.loglik = match &mut self.particles {
-                None => self.ekf.update(&p.obs_c, &p.obs_d, p.log_rate_max, p.bin_s, input.counts),
-                Some(pf) => {
-                    crate::model::dynamics::step(&self.theta, p.alpha, &pf.x_prev, &self.u_prev, &mut self.x_pred, &mut self.tanh_a);
-                    log_rates(&p.obs_c, &p.obs_d, p.log_rate_max, &self.x_pred, &mut self.eta);
-                    pf.update(&p.obs_c, &p.obs_d, p.log_rate_max, p.bin_s, input.counts, input.bin);
-                    poisson_loglik(input.counts, &self.eta, p.bin_s)
-                }
-            };
-            let x_prev = match &self.particles {
-                None => &self.ekf.x_prev,
-                Some(pf) => &pf.x_prev,
-            };
+            out.loglik = self.filter.update(p, &self.theta, &self.u_prev, input.counts, input.bin);
+            let x_prev = self.filter.x_prev();
             if self.embed_cfg.enabled {
                 out.embed_step =
                     self.embed.step(p, &mut self.z, &mut self.theta, x_prev, &self.u_prev, input.counts, &mut self.hyper);
@@ -134,16 +93,10 @@ impl Backend for CpuBackend {
                 }
             }
         } else {
-            match &mut self.particles {
-                None => self.ekf.skip_update(),
-                Some(pf) => pf.skip_update(),
-            }
+            self.filter.skip_update();
             out.loglik = 0.0;
         }
-        let x = match &self.particles {
-            None => &self.ekf.x,
-            Some(pf) => &pf.x,
-        };
+        let x = self.filter.x();
         out.control_valid = false;
         if input.want_control && input.has_data {
             let ctx = ControlContext { params: p, theta: &self.theta, x, u_prev: &self.u_prev, bin: input.bin };
@@ -166,6 +119,7 @@ impl Backend for CpuBackend {
 mod tests {
     use super::*;
     use crate::backend::BinOutput;
+    use crate::rig::Rig;
 
     fn sim_rig(controller: &str) -> Rig {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rigs/sim-utah96.toml")).unwrap();
@@ -184,9 +138,8 @@ mod tests {
             let rig = sim_rig(controller);
             let params = crate::sim::truth_model(rig.sim.as_ref().unwrap(), 0.01);
             let dims = params.dims;
-            let obj = crate::session::objective(&rig, &params).unwrap();
-            let m = dims.control;
-            let mut b = CpuBackend::new(params, &rig, obj, &vec![-1.0; m], &vec![1.0; m]).unwrap();
+            let cfg = crate::session::backend_config(&rig, &params).unwrap();
+            let mut b = CpuBackend::new(params, &cfg).unwrap();
             let mut out = BinOutput::new(&dims);
             let counts: Vec<f64> = (0..dims.n_units).map(|i| (i % 3 == 0) as u8 as f64).collect();
             let u_prev = vec![0.0; dims.control];

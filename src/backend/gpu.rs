@@ -15,11 +15,11 @@
 //! fallback like any other. cubecl's client allocates small host-side objects per launch
 //! and per read-back, so unlike the CPU backend this `step` is not allocation-free.
 
-use super::{Backend, BackendStats, BinInput, BinOutput};
+use super::{Backend, BackendConfig, BackendStats, BinInput, BinOutput};
 use crate::control::{ControllerKind, Objective, ObjectiveTarget};
+use crate::model::filter::FilterChoice;
 use crate::model::{Dims, ModelParams};
-use crate::rig::Rig;
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use cubecl::Runtime;
 use neuroloop_kernels::layout::{self as lay, Layout, Shape};
 use neuroloop_kernels::runner::DeviceModel;
@@ -182,39 +182,33 @@ pub struct GpuBackend<R: Runtime> {
 }
 
 impl<R: Runtime> GpuBackend<R> {
-    pub fn new(
-        name: &'static str,
-        device: &R::Device,
-        params: ModelParams,
-        rig: &Rig,
-        objective: Objective,
-        lower: &[f64],
-        upper: &[f64],
-    ) -> anyhow::Result<Self> {
-        let file = rig.path.display();
-        if rig.controller.kind != ControllerKind::Mppi {
+    pub fn new(name: &'static str, device: &R::Device, params: ModelParams, cfg: &BackendConfig) -> anyhow::Result<Self> {
+        if cfg.controller.kind != ControllerKind::Mppi {
             bail!(
-                "rig file {file}: [controller] kind = \"{:?}\" runs on the cpu backend only; the {name} backend runs mppi \
+                "[controller] kind = \"{:?}\" runs on the cpu backend only; the {name} backend runs mppi \
                  (use kind = \"mppi\", or backend = \"cpu\")",
-                rig.controller.kind
+                cfg.controller.kind
             );
         }
-        if let Objective::Rates(r) = &objective {
+        if let Objective::Rates(r) = &cfg.objective {
             if r.len() != params.dims.n_units {
-                bail!("rig file {file}: [objective] has {} target rates, the model has {} units", r.len(), params.dims.n_units);
+                bail!("[objective] has {} target rates, the model has {} units", r.len(), params.dims.n_units);
             }
         }
+        let particles = match &cfg.filter {
+            FilterChoice::Ekf => None,
+            FilterChoice::Particles(p) => Some(p),
+        };
         let packed = pack(&DeviceConfig {
             params: &params,
-            embedding: &rig.model.embedding,
-            task_id: &rig.model.task_id,
-            controller: &rig.controller,
-            objective: &objective,
-            lower,
-            upper,
-            particles: (rig.model.filter == crate::rig::FilterKind::Particles).then_some(&rig.model.particles),
-        })
-        .map_err(|e| anyhow!("rig file {file}: {e}"))?;
+            embedding: &cfg.embedding,
+            task_id: &cfg.task_id,
+            controller: &cfg.controller,
+            objective: &cfg.objective,
+            lower: &cfg.lower,
+            upper: &cfg.upper,
+            particles,
+        })?;
         let shape = packed.layout.shape;
         let device = open_device::<R>(name, device, packed)?;
         Ok(GpuBackend {
@@ -222,7 +216,7 @@ impl<R: Runtime> GpuBackend<R> {
             dims: params.dims,
             params,
             device,
-            particles: rig.model.filter == crate::rig::FilterKind::Particles,
+            particles: particles.is_some(),
             bin_buf: vec![0.0; shape.bin_len()],
             out_buf: vec![0.0; shape.out_len()],
             device_errors: 0,

@@ -3,12 +3,31 @@
 //! implement the same trait.
 
 pub mod cpu;
+pub mod fault;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod gpu;
 pub mod probe;
 
-use crate::control::Objective;
+use crate::control::{ControllerConfig, Objective};
+use crate::model::embedding::EmbeddingConfig;
+use crate::model::filter::FilterChoice;
+use crate::model::taskid::TaskIdConfig;
 use crate::model::Dims;
+
+/// What a backend is built from besides the model: the rig's settings, resolved and checked
+/// against the model by the session (`session::backend_config`), which names the rig file
+/// in its errors. A backend's own errors name only the setting.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub filter: FilterChoice,
+    pub embedding: EmbeddingConfig,
+    pub task_id: TaskIdConfig,
+    pub controller: ControllerConfig,
+    pub objective: Objective,
+    /// The safety layer's bounds per control channel (the controller plans within them).
+    pub lower: Vec<f64>,
+    pub upper: Vec<f64>,
+}
 
 /// What the loop hands the backend for one bin.
 pub struct BinInput<'a> {

@@ -1,42 +1,13 @@
-//! Shared test fixtures and an allocation counter for the "no allocation per bin" rule.
+//! Shared test fixtures of the controllers, and the allocation count for the "no allocation per bin" rule.
 
 use super::*;
 use nalgebra::DMatrix;
 use crate::model::{Generator, Hypernet};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 
-/// Counts allocations made by the current thread (tests run on several threads).
-pub struct CountingAlloc;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        System.alloc_zeroed(layout)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
-
-/// Allocations made by this thread so far.
+/// Allocations made by this thread so far (the library's unit tests run with
+/// `hot::CountingAlloc` installed, lib.rs).
 pub fn allocations() -> u64 {
-    ALLOCS.with(|c| c.get())
+    crate::hot::thread_allocations()
 }
 
 fn empty_gen(e: usize, out: usize) -> Generator {

@@ -137,12 +137,17 @@ pub struct TaskIdentification {
 pub fn task_identification(data: &FitData, p: &ModelParams, rig: &crate::rig::Rig) -> anyhow::Result<TaskIdentification> {
     use crate::backend::{cpu::CpuBackend, Backend, BinInput, BinOutput};
     let d = p.dims.latent;
-    let mut r = rig.clone();
-    // Only the filter, the embedding update and task identification run: no controller.
-    r.controller = crate::control::ControllerConfig { kind: crate::control::ControllerKind::Lqr, ..Default::default() };
-    r.objective = Some(crate::rig::ObjectiveConfig { kind: crate::rig::ObjectiveKind::Latent, target: vec![0.0; d] });
-    r.model.task_id.enabled = true;
     let m = p.dims.control;
+    // Only the filter, the embedding update and task identification run: no controller.
+    let cfg = crate::backend::BackendConfig {
+        filter: rig.model.filter_choice(),
+        embedding: rig.model.embedding.clone(),
+        task_id: crate::model::taskid::TaskIdConfig { enabled: true, ..rig.model.task_id.clone() },
+        controller: crate::control::ControllerConfig { kind: crate::control::ControllerKind::Lqr, ..Default::default() },
+        objective: crate::control::Objective::Latent(DVector::zeros(d)),
+        lower: vec![-1e9; m],
+        upper: vec![1e9; m],
+    };
     let lib = &p.task_library;
     let nearest = |z: &[f64]| {
         (0..lib.len())
@@ -156,8 +161,7 @@ pub fn task_identification(data: &FitData, p: &ModelParams, rig: &crate::rig::Ri
     let (mut right, mut scored) = (0usize, 0usize);
     let mut switches = Vec::new();
     for f in &data.files {
-        let obj = crate::control::Objective::Latent(DVector::zeros(d));
-        let mut b = CpuBackend::new(p.clone(), &r, obj, &vec![-1e9; m], &vec![1e9; m])?;
+        let mut b = CpuBackend::new(p.clone(), &cfg)?;
         let mut out = BinOutput::new(&p.dims);
         let n = data.n_units;
         let zeros = vec![0.0; m];

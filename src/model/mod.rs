@@ -11,6 +11,7 @@ pub mod dynamics;
 pub mod ekf;
 pub mod embedding;
 pub mod file;
+pub mod filter;
 pub mod hypernet;
 pub mod observation;
 pub mod particle;

@@ -5,21 +5,22 @@
 
 use crate::clock::BinGrid;
 use crate::emit::EmitChannels;
-use crate::events::{BinRecord, Emitted, LoopStatus, TruthRecord};
-use crate::tap::Tap;
-use crate::schema::{fill_status_sample, status_channels, status_flags, status_stream_spec, StatusSample, MAX_STATUS_CHANNELS, OUTLET_LINGER_MS};
-use crate::tap::FanOut;
+use crate::events::{BinRecord, Emitted, JoinedBin, LoopStatus, TruthRecord};
 use crate::ingest::{IngestNotice, IngestStats};
 use crate::latency::{Stage, StageLatencies};
+use crate::schema::{fill_status_sample, status_channels, status_flags, status_stream_spec, StatusSample, MAX_STATUS_CHANNELS, OUTLET_LINGER_MS};
+use crate::tap::{FanOut, Tap};
 pub use crate::latency::Percentiles;
 use lsl::ExPushable;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub mod evaluation;
+pub mod join;
 mod lateness;
 pub mod report;
+mod status_line;
+use join::{BinJoiner, Parts};
 pub use report::{IngestCounts, Reidentification, Report, Tracking};
 use lateness::InputLateness;
 pub use evaluation::{affine_r2, r_squared};
@@ -40,6 +41,9 @@ pub struct TelemetryQueues {
     /// Every Status sample telemetry builds (and pushes, when its outlet exists), to the
     /// Status stream's observers (the recorder).
     pub status_observers: FanOut<StatusSample>,
+    /// Every bin as telemetry joined it (loop and emitter records), in bin order, to its
+    /// observers (the recorder's timing stream).
+    pub joined_observers: FanOut<JoinedBin>,
 }
 
 impl TelemetryQueues {
@@ -60,6 +64,7 @@ impl TelemetryQueues {
             ingest,
             notices,
             status_observers: FanOut::default(),
+            joined_observers: FanOut::default(),
         }
     }
 }
@@ -97,21 +102,10 @@ pub struct TelemetryConfig {
     pub interval_log: Option<std::path::PathBuf>,
 }
 
-#[derive(Default)]
-struct Joined {
-    rec: Option<BinRecord>,
-    emitted: Option<Emitted>,
-    truth: Option<TruthRecord>,
-}
-
 pub struct Telemetry {
     cfg: TelemetryConfig,
     q: TelemetryQueues,
-    pending: BTreeMap<u64, Joined>,
-    /// Bins below this are finalised.
-    first_open: u64,
-    /// The newest bin the loop has reported.
-    newest_rec: u64,
+    joiner: BinJoiner,
     lat: StageLatencies,
     ingest_early: u64,
     bins: u64,
@@ -132,6 +126,11 @@ pub struct Telemetry {
     last_line: f64,
 }
 
+/// Bins the joiner waits for a bin's missing parts: a second of bins, and at least 50.
+fn join_horizon(clock: &BinGrid) -> u64 {
+    ((1.0 / clock.bin_s).ceil() as u64).max(50)
+}
+
 impl Telemetry {
     pub fn new(cfg: TelemetryConfig, q: TelemetryQueues) -> Telemetry {
         let eval = Evaluation::new(cfg.latent, cfg.truth_latent, cfg.target.clone(), cfg.settle_bins, cfg.library.clone());
@@ -139,11 +138,9 @@ impl Telemetry {
             lat: StageLatencies::new(cfg.warmup_bins, cfg.keep_series),
             ingest_early: 0,
             status_sample: vec![0.0; status_channels(cfg.latent, cfg.embed)],
+            joiner: BinJoiner::new(cfg.expect_truth, join_horizon(&cfg.clock)),
             cfg,
             q,
-            pending: BTreeMap::new(),
-            first_open: 0,
-            newest_rec: 0,
             bins: 0,
             fallbacks: 0,
             misses: 0,
@@ -210,27 +207,18 @@ impl Telemetry {
             eprintln!("[neuroloop] {msg}");
             self.notices.push(msg);
         }
-        // Anything for a bin already finalised is too late to join; it is dropped.
-        let first_open = self.first_open;
         while let Some(r) = self.q.bins.queue.pop() {
-            self.newest_rec = self.newest_rec.max(r.bin);
-            if r.bin >= first_open {
-                self.pending.entry(r.bin).or_default().rec = Some(r);
-            }
+            self.joiner.add_record(r);
         }
         while let Some(e) = self.q.emitted.queue.pop() {
-            if e.bin >= first_open {
-                self.pending.entry(e.bin).or_default().emitted = Some(e);
-            } else {
+            if let Some(late) = self.joiner.add_emitted(e) {
                 // Its bin was finalised without it (the emitter ran far behind the loop): its
                 // push, fallback and miss still count — they are the worst latencies.
-                self.account_push(e.bin, &e, None);
+                self.account_push(late.bin, &late, None);
             }
         }
         while let Some(t) = self.q.truth.queue.pop() {
-            if t.bin >= first_open {
-                self.pending.entry(t.bin).or_default().truth = Some(t);
-            }
+            self.joiner.add_truth(t);
         }
         let clock = self.cfg.clock;
         while let Some([ts, lag]) = self.q.end_to_end.queue.pop() {
@@ -253,19 +241,8 @@ impl Telemetry {
             self.notices.push(msg);
         }
         self.lat.tick(crate::clock::now());
-        // Finalise bins in order once complete. A bin still incomplete when the loop is a
-        // second (and at least 50 bins) past it (truth lags, the emitter stalls, or a record
-        // was dropped on a full queue) is finalised with what it has. Measured against the
-        // loop, not the emitter or the simulator, which run ahead of a stalled loop.
-        let horizon = ((1.0 / clock.bin_s).ceil() as u64).max(50);
-        while let Some((&k, j)) = self.pending.iter().next() {
-            let complete = j.rec.is_some() && j.emitted.is_some() && (!self.cfg.expect_truth || j.truth.is_some());
-            if !(complete || self.newest_rec > k + horizon) {
-                break;
-            }
-            let j = self.pending.remove(&k).unwrap();
-            self.first_open = k + 1;
-            self.finalise(k, j);
+        while let Some((k, parts)) = self.joiner.next_ready() {
+            self.finalise(k, parts);
         }
         if self.cfg.status_line && crate::clock::now() - self.last_line > 1.0 {
             self.print_line(false);
@@ -273,28 +250,27 @@ impl Telemetry {
     }
 
     fn flush_all(&mut self) {
-        let keys: Vec<u64> = self.pending.keys().copied().collect();
-        for k in keys {
-            let j = self.pending.remove(&k).unwrap();
-            self.finalise(k, j);
+        while let Some((k, parts)) = self.joiner.next_any() {
+            self.finalise(k, parts);
         }
     }
 
     /// Counts bin k's push: fallback, deadline miss, and its latencies.
     fn account_push(&mut self, k: u64, e: &Emitted, rec: Option<&BinRecord>) {
-        self.fallbacks += e.fallback as u64;
-        self.misses += e.deadline_miss as u64;
-        self.measured_misses += (e.deadline_miss && self.lat.counts(k)) as u64;
+        self.fallbacks += e.pushed.fallback() as u64;
+        self.misses += e.pushed.deadline_miss() as u64;
+        self.measured_misses += (e.pushed.deadline_miss() && self.lat.counts(k)) as u64;
         self.lat.record(Stage::CloseToPush, k, e.pushed_at - self.cfg.clock.close(k));
-        if let Some(r) = rec.filter(|r| r.on_time) {
+        if let Some(r) = rec.filter(|r| r.delivery.on_time()) {
             self.lat.record(Stage::DoneToPush, k, e.pushed_at - r.done_at);
         }
     }
 
-    fn finalise(&mut self, k: u64, j: Joined) {
+    fn finalise(&mut self, k: u64, j: Parts) {
         if j.rec.is_none() && j.emitted.is_none() {
             return; // the simulator's truth for a bin the loop never ran
         }
+        self.q.joined_observers.offer(JoinedBin { bin: k, rec: j.rec, emitted: j.emitted });
         self.bins += 1;
         let flags = status_flags(j.rec.as_ref(), j.emitted.as_ref());
         // Without the emitted record (dropped on a full queue) the gate state is unknown:
@@ -309,7 +285,7 @@ impl Telemetry {
             self.late_spikes += r.late_spikes;
             self.binned_spikes += r.spikes;
             self.future_spikes += r.future_spikes;
-            if !r.has_data {
+            if !r.has_data() {
                 self.gap_bins += 1;
                 match self.gaps.last_mut() {
                     Some(g) if g[1] + 1 == k => g[1] = k,
@@ -318,7 +294,7 @@ impl Telemetry {
             }
             // A bin whose state is unknown (NaN: a failed GPU read-back) is not evaluated.
             let state_known = r.x[..self.cfg.latent].iter().all(|v| v.is_finite());
-            if let (true, Some(enabled), true) = (r.has_data, enabled, state_known) {
+            if let (true, Some(enabled), true) = (r.has_data(), enabled, state_known) {
                 self.eval.add(EvalRow {
                     enabled,
                     x: &r.x[..self.cfg.latent],
@@ -343,33 +319,8 @@ impl Telemetry {
 
     fn print_line(&mut self, last: bool) {
         self.last_line = crate::clock::now();
-        let us = |stage, q| self.lat.quantile_us(stage, q);
-        let r2 = self.eval.recent_latent_r2().map_or("-".into(), |v| format!("{v:.3}"));
-        let tr = self.eval.tracking();
-        let track = match tr.as_ref().map(|t| (&t.closed_loop_mse, &t.open_loop_mse)).unwrap_or((&None, &None)) {
-            (Some(c), Some(o)) => format!(" | track closed {c:.3} open {o:.3}"),
-            (Some(c), None) => format!(" | track {c:.3}"),
-            _ => String::new(),
-        };
-        let e2e = if !self.lat.histogram(Stage::EndToEnd).is_empty() {
-            format!(" | e2e p50 {:.0} p99 {:.0} µs", us(Stage::EndToEnd, 0.5), us(Stage::EndToEnd, 0.99))
-        } else {
-            String::new()
-        };
-        eprintln!(
-            "[neuroloop] {}bins {} | misses {} fallbacks {} gaps {} | compute p50 {:.0} p99 {:.0} max {:.0} µs{} | R² {}{}",
-            if last { "final: " } else { "" },
-            self.bins,
-            self.misses,
-            self.fallbacks,
-            self.gap_bins,
-            us(Stage::Compute, 0.5),
-            us(Stage::Compute, 0.99),
-            us(Stage::Compute, 1.0),
-            e2e,
-            r2,
-            track
-        );
+        let counts = status_line::Counts { bins: self.bins, misses: self.misses, fallbacks: self.fallbacks, gap_bins: self.gap_bins };
+        eprintln!("{}", status_line::line(last, &counts, &self.lat, &self.eval));
     }
 
     fn report(&mut self) -> Report {
@@ -446,10 +397,8 @@ mod tests {
             spikes: 0.0,
             late_spikes: 0,
             future_spikes: 0,
-            has_data: true,
-            want_control: true,
-            control_valid: true,
-            on_time: true,
+            proposal: crate::events::Proposal::Command,
+            delivery: crate::events::Delivery::OnTime,
             u_prev_from: k.checked_sub(1),
             loglik: 0.0,
             task_jump: None,
@@ -464,8 +413,7 @@ mod tests {
         Emitted {
             bin: k,
             u: [0.0; crate::MAX_CONTROL],
-            fallback: late_s > 0.0,
-            deadline_miss: late_s > 0.0,
+            pushed: if late_s > 0.0 { crate::events::Pushed::MissedDeadline } else { crate::events::Pushed::Command },
             enabled: true,
             pushed_at: clock.deadline(k) + late_s,
         }
@@ -507,7 +455,7 @@ mod tests {
             }
         }
         t.poll();
-        assert!(t.first_open > stalled, "bin {stalled} should have been finalised without its push");
+        assert!(t.joiner.first_open() > stalled, "bin {stalled} should have been finalised without its push");
         // The emitter finally pushes bin 7, 2.5 s late.
         emitted_q.push(emitted(stalled, &clock, 2.5)).unwrap();
         t.poll();

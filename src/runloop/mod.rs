@@ -3,15 +3,16 @@
 //! emitter, and send a record to telemetry. Nothing here allocates, locks a contended
 //! mutex, logs or does I/O (see tests/hot_path_alloc.rs).
 
-use crate::backend::{Backend, BinInput, BinOutput};
+pub mod loop_core;
+
+use crate::backend::Backend;
 use crate::binning::Binner;
 use crate::clock::{self, BinGrid};
 use crate::emit::EmitChannels;
-use crate::events::{BinRecord, ControlResult, LoopStatus};
+use crate::events::{BinRecord, LoopStatus};
 use crate::ingest::{IngestStats, SpikeConsumer};
 use crate::tap::{BinTap, FanOut};
-use crate::rig::FaultConfig;
-use crate::{MAX_CONTROL, MAX_EMBED, MAX_LATENT};
+use loop_core::{BinStart, LoopCore};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -29,18 +30,10 @@ pub struct LoopSetup {
     pub observers: FanOut<BinRecord>,
     /// Run bins 0..end_bin (lowered to stop early).
     pub end_bin: Arc<AtomicU64>,
-    pub fault: FaultConfig,
     /// Lookahead of the binner, in bins.
     pub lookahead_bins: usize,
     /// An observer that takes each bin's counts with its record (the recorder, `run --record`).
     pub with_counts: Option<BinTap>,
-}
-
-/// The loop asks the emitter for the fallback when the input is gone or the controller
-/// gave no usable command (`neuroloop replay` decides the same way).
-#[inline]
-pub fn wants_fallback(has_data: bool, out: &BinOutput) -> bool {
-    !has_data || !out.control_valid
 }
 
 /// What the loop hands back when its last bin is done: the backend, and the binner with its
@@ -66,13 +59,13 @@ pub fn start(setup: LoopSetup, status: Arc<LoopStatus>) -> std::io::Result<std::
 }
 
 fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
-    let dims = s.backend.dims();
+    let mut core = LoopCore::new(s.backend);
+    let dims = core.dims();
     let (n, m) = (dims.n_units, dims.control);
     let mut binner = Binner::new(s.clock, n, s.lookahead_bins);
     let mut counts = vec![0.0f64; n];
     let mut u_prev = vec![0.0f64; m];
     let mut u_prev_from: Option<u64> = None;
-    let mut out = BinOutput::new(&dims);
     crate::hot::enter();
     let mut k: u64 = 0;
     while k < s.end_bin.load(Ordering::Acquire) {
@@ -88,44 +81,23 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
                 u_prev_from = Some(e.bin);
             }
         }
-        let has_data = s.ingest.is_live(started_at, s.stall_s);
         let deadline = s.clock.deadline(k);
-        let want_control = started_at < deadline;
-        let input = BinInput { bin: k, counts: &counts, u_prev: &u_prev, has_data, want_control };
-        s.backend.step(&input, &mut out);
-        if s.fault.slow_every > 0 && k % s.fault.slow_every == s.fault.slow_every - 1 {
-            clock::sleep_until(clock::now() + s.fault.slow_ms * 1e-3);
-        }
+        let start = BinStart {
+            bin: k,
+            started_at,
+            has_data: s.ingest.is_live(started_at, s.stall_s),
+            want_control: loop_core::wants_control(started_at, deadline),
+            u_prev_from,
+        };
+        let result = core.step(&start, &counts, &u_prev);
         let done_at = clock::now();
-        let on_time = done_at < deadline;
-        let mut result = ControlResult { bin: k, u: [0.0; MAX_CONTROL], use_fallback: wants_fallback(has_data, &out) };
-        result.u[..m].copy_from_slice(&out.u);
-        if on_time {
+        let delivery = loop_core::delivery(start.want_control, done_at, deadline);
+        if delivery.on_time() {
             // Never blocks: capacity covers many bins and the emitter drains every bin.
             let _ = s.emit.results.push(result);
             s.emitter.unpark();
         }
-        let mut rec = BinRecord {
-            bin: k,
-            started_at,
-            done_at,
-            spikes: tally.spikes,
-            late_spikes: tally.late_spikes,
-            future_spikes: tally.future_spikes,
-            has_data,
-            want_control,
-            control_valid: out.control_valid,
-            on_time,
-            u_prev_from,
-            loglik: out.loglik,
-            task_jump: out.task_jump.map(|j| j as u32),
-            embed_step: out.embed_step,
-            x: [0.0; MAX_LATENT],
-            z: [0.0; MAX_EMBED],
-            u: result.u,
-        };
-        rec.x[..dims.latent].copy_from_slice(&out.x);
-        rec.z[..dims.embed].copy_from_slice(&out.z);
+        let rec = core.record(&start, &result, &tally, done_at, delivery);
         s.observers.offer(rec);
         if let Some(tap) = &mut s.with_counts {
             tap.offer(&rec, &counts);
@@ -134,5 +106,5 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
         status.bins_done.store(k, Ordering::Release);
     }
     crate::hot::leave();
-    LoopEnd { backend: s.backend, binner, ring: s.ring }
+    LoopEnd { backend: core.into_backend(), binner, ring: s.ring }
 }

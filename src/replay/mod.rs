@@ -1,0 +1,433 @@
+//! `neuroloop replay FILE.xdf --rig R`: push a recording back through the loop, offline.
+//!
+//! Two sources:
+//! - **recorded bins** (a `neuroloop run --record` file): each bin's counts as they were
+//!   formed live go through the live loop's and emitter's own per-bin code
+//!   ([`LoopCore`], [`decide`], [`EmitCore`]), repeating the live
+//!   run's timing decisions (stream gaps, bins started past their deadline, deadline
+//!   misses, the enable gate, which emitted command was u_prev) from its timing stream. On
+//!   the CPU backend the Control stream comes out bit for bit; the first differing bin is
+//!   reported otherwise.
+//! - **a raw spike stream** (a LabRecorder file, or `--from spikes`): the samples go through
+//!   the live ingest's validation and unit map and the live binner (rebin.rs), on
+//!   a bin grid starting at the first sample, with timestamps mapped by the file's clock
+//!   offsets.
+//!
+//! As fast as possible by default; `--realtime` paces bins at Δ (and then, for a spike
+//! stream, a bin that starts or ends past its deadline gets the fallback, as live).
+
+mod rebin;
+mod streams;
+
+pub(crate) use rebin::{pick_input, rebin_spikes};
+pub(crate) use streams::{header_text, recorded_grid, streams_of, Recorded, Rows};
+
+use crate::clock::{self, BinGrid};
+use crate::emit::{decide, Decision, EmitCore};
+use crate::events::{ControlResult, Pushed};
+use crate::latency::Percentiles;
+use crate::rig::{BackendKind, Rig};
+use crate::runloop::loop_core::{self, BinStart, LoopCore};
+use crate::safety::Safety;
+use anyhow::{bail, Context};
+use serde::Serialize;
+use std::path::Path;
+use xdf::XDFFile;
+
+/// Which of a recording's streams drive the replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaySource {
+    /// Recorded bins when the file has them, else the raw spike stream.
+    Auto,
+    Bins,
+    Spikes,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    pub source: ReplaySource,
+    /// Pace bins at Δ instead of running as fast as possible.
+    pub realtime: bool,
+    /// Run this backend instead of the rig's (bit-for-bit holds on the CPU backend).
+    pub backend: Option<BackendKind>,
+    pub status_line: bool,
+}
+
+/// The first Control sample that came out differently.
+#[derive(Debug, Clone, Serialize)]
+pub struct Difference {
+    pub bin: u64,
+    pub channel: usize,
+    pub recorded: f32,
+    pub replayed: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    pub file: String,
+    /// "recorded bins" or the spike stream's name.
+    pub source: String,
+    pub backend: String,
+    pub realtime: bool,
+    pub bins: u64,
+    /// Recorded Control samples compared (recorded-bins replay).
+    pub compared: u64,
+    /// Every compared Control sample identical, bit for bit (None: nothing to compare).
+    pub identical: Option<bool>,
+    pub first_difference: Option<Difference>,
+    pub differing_bins: u64,
+    /// Largest |x_replayed − x_recorded| over the Status stream (recorded-bins replay).
+    pub latent_max_abs_difference: Option<f64>,
+    pub fallbacks: u64,
+    pub gap_bins: u64,
+    /// Spikes in the bins replayed.
+    pub spikes: f64,
+    /// Spikes that fell in bins already closed (spike-stream replay; recorded bins carry
+    /// the live run's own count).
+    pub late_spikes: u64,
+    /// Samples the ingest checks rejected or could not map (spike-stream replay).
+    pub rejected_samples: u64,
+    /// Backend step time per bin (µs).
+    pub compute_us: Option<Percentiles>,
+    pub elapsed_s: f64,
+    /// The rig file's hash equals the one the recording names (None: the file names none).
+    pub rig_matches_recording: Option<bool>,
+    pub notices: Vec<String>,
+}
+
+pub fn replay(path: &Path, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<ReplayReport> {
+    let opened = crate::record::read::open(path)?;
+    let file = opened.file;
+    let mut rig = rig.clone();
+    if let Some(b) = opts.backend {
+        rig.model.backend = b;
+    }
+    let streams = streams_of(&file);
+    let has_bins = streams.iter().any(|s| s.stream_type == "NeuroloopBins");
+    let source = match opts.source {
+        ReplaySource::Auto if has_bins => ReplaySource::Bins,
+        ReplaySource::Auto => ReplaySource::Spikes,
+        s => s,
+    };
+    let mut notices = Vec::new();
+    if let Some(t) = opened.truncated {
+        eprintln!("[neuroloop] replay: {t}");
+        notices.push(t);
+    }
+    let recorded_sha = header_text(&file, &["neuroloop", "rig", "sha256"]);
+    let rig_matches_recording = match &recorded_sha {
+        Some(sha) => {
+            let ours = crate::record::sha256_hex(&std::fs::read(&rig.path).unwrap_or_default());
+            let same = &ours == sha;
+            if !same {
+                let msg = format!(
+                    "the rig file {} is not the one the recording ran with (sha256 {} vs {}); a bit-for-bit match is not expected",
+                    rig.path.display(),
+                    &ours[..12],
+                    &sha[..sha.len().min(12)]
+                );
+                eprintln!("[neuroloop] warning: {msg}");
+                notices.push(msg);
+            }
+            Some(same)
+        }
+        None => None,
+    };
+    if opts.backend.is_none() && rig.model.backend != BackendKind::Cpu && source == ReplaySource::Bins {
+        notices.push(format!("backend {}: a bit-for-bit match is only expected on the CPU backend (--backend cpu)", rig.model.backend.name()));
+    }
+    let mut r = match source {
+        ReplaySource::Bins => replay_bins(path, &file, streams, &rig, opts)?,
+        _ => replay_spikes(path, streams, &rig, opts)?,
+    };
+    r.rig_matches_recording = rig_matches_recording;
+    notices.append(&mut r.notices);
+    r.notices = notices;
+    Ok(r)
+}
+
+/// The live loop's and emitter's per-bin code ([`LoopCore`], [`decide`], [`EmitCore`]),
+/// driven by the recording's decisions instead of a clock.
+struct Machine {
+    core: LoopCore,
+    emit: EmitCore,
+    n: usize,
+    m: usize,
+    dims: crate::model::Dims,
+    hist: hdrhistogram::Histogram<u64>,
+}
+
+impl Machine {
+    fn new(rig: &Rig) -> anyhow::Result<Machine> {
+        let model = crate::session::SessionModel::resolve(rig)?;
+        model.check(rig)?;
+        let dims = model.dims();
+        let safety = Safety::from_rig(rig, dims.control)?;
+        let backend = model.backend(rig)?;
+        Ok(Machine {
+            core: LoopCore::new(backend),
+            emit: EmitCore::new(safety, dims.control),
+            n: dims.n_units,
+            m: dims.control,
+            dims,
+            hist: hdrhistogram::Histogram::new(3).expect("histogram"),
+        })
+    }
+
+    fn backend_name(&self) -> &'static str {
+        self.core.backend().name()
+    }
+
+    /// One bin through the loop's code: the backend and the loop's proposal.
+    fn step(&mut self, start: &BinStart, counts: &[f64], u_prev: &[f64]) -> ControlResult {
+        let t = clock::now();
+        let result = self.core.step(start, counts, u_prev);
+        let _ = self.hist.record(((clock::now() - t) * 1e6).max(1.0) as u64);
+        result
+    }
+
+    /// The emitter's decision for bin k, whose result (when the loop had one) reached the
+    /// emitter in time or not, and the command it pushes.
+    fn emit(&mut self, k: u64, result: Option<&ControlResult>, in_time: bool, enabled: bool) -> (Pushed, &[f64]) {
+        let offered = result.filter(|_| in_time);
+        // The emitter looks at the result in time, or gives up on the bin at its deadline.
+        let pushed = match decide(k, offered, 0.0, 0.0) {
+            Decision::Emit { pushed, .. } => pushed,
+            // Not reached: bin k's own result is emitted, and without one the deadline has come.
+            Decision::Discard | Decision::Wait => Pushed::MissedDeadline,
+        };
+        (pushed, self.emit.command(pushed, offered, enabled))
+    }
+
+    fn compute_us(&self) -> Option<Percentiles> {
+        (!self.hist.is_empty()).then(|| Percentiles::of(&self.hist))
+    }
+}
+
+/// Prints a progress line about once a second.
+struct Progress {
+    on: bool,
+    last: f64,
+    total: u64,
+}
+
+impl Progress {
+    fn tick(&mut self, k: u64) {
+        if self.on && clock::now() - self.last > 1.0 {
+            self.last = clock::now();
+            eprintln!("[neuroloop] replay: bin {k} of {}", self.total);
+        }
+    }
+}
+
+fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<ReplayReport> {
+    let mut take = |ty: &str| {
+        let i = streams.iter().position(|s| s.stream_type == ty);
+        i.map(|i| streams.swap_remove(i).rows)
+    };
+    let need = |r: Option<Rows>, ty: &str| {
+        r.with_context(|| format!("{}: no {ty} stream; was it recorded by `neuroloop run --record`?", path.display()))
+    };
+    let bins = need(take("NeuroloopBins"), "NeuroloopBins")?;
+    let timing = need(take("NeuroloopTiming"), "NeuroloopTiming")?;
+    let control = need(take("Control"), "Control")?;
+    let status = take("NeuroloopStatus");
+    let grid = |k: &str| recorded_grid(file, path, k);
+    let clock = BinGrid { t0: grid("t0")?, bin_s: grid("bin_s")?, grace_s: grid("grace_s")?, deadline_s: grid("deadline_s")? };
+    if (clock.bin_s - rig.timing.bin_ms * 1e-3).abs() > 1e-12 {
+        bail!("the recording binned at Δ = {} ms, the rig at {} ms: replay needs the rig the session ran with", clock.bin_s * 1e3, rig.timing.bin_ms);
+    }
+    let mut mach = Machine::new(rig)?;
+    let (n, m) = (mach.n, mach.m);
+    if bins.channels != n + 2 || control.channels != m {
+        bail!(
+            "the recording has N = {} units and m = {} control channels, the rig's model N = {n}, m = {m}: replay needs the rig the session ran with",
+            bins.channels.saturating_sub(2),
+            control.channels
+        );
+    }
+    // Every stream replay reads by column has the shape neuroloop records.
+    let timing_channels = crate::schema::TIMING_LABELS.len();
+    if timing.channels != timing_channels {
+        bail!("{}: the NeuroloopTiming stream has {} channels, neuroloop records {timing_channels}: not a recording of this neuroloop version, or a damaged one", path.display(), timing.channels);
+    }
+    let status_channels = crate::schema::status_channels(mach.dims.latent, mach.dims.embed);
+    if let Some(st) = &status {
+        if st.channels != status_channels {
+            bail!(
+                "{}: the NeuroloopStatus stream has {} channels; with the rig's model (d = {}, e = {}) neuroloop records {status_channels}: replay needs the rig the session ran with",
+                path.display(),
+                st.channels,
+                mach.dims.latent,
+                mach.dims.embed
+            );
+        }
+    }
+    // Index every stream by bin.
+    let n_bins = timing.len();
+    let index = |rows: &Rows, by_column: bool| -> Vec<Option<usize>> {
+        let mut idx = vec![None; n_bins];
+        for i in 0..rows.len() {
+            let k = if by_column { rows.row(i)[0] as i64 } else { clock.bin_ending_at(rows.timestamps[i]) };
+            if k >= 0 && (k as usize) < n_bins {
+                idx[k as usize] = Some(i);
+            }
+        }
+        idx
+    };
+    let t_idx = index(&timing, true);
+    let b_idx = index(&bins, false);
+    let c_idx = index(&control, false);
+    let s_idx = status.as_ref().map(|s| index(s, true));
+    let col = |name: &str| crate::schema::TIMING_LABELS.iter().position(|l| *l == name).unwrap();
+    let (c_started, c_has, c_want, c_miss, c_fb, c_en, c_from) =
+        (col("started_at"), col("has_data"), col("want_control"), col("deadline_miss"), col("fallback"), col("enabled"), col("u_prev_from"));
+
+    let mut emitted = vec![0.0f64; n_bins * m];
+    let mut u_prev = vec![0.0f64; m];
+    let mut counts = vec![0.0f64; n];
+    let mut report = empty_report(path, "recorded bins", mach.backend_name(), opts.realtime);
+    let mut latent_diff: Option<f64> = None;
+    let mut progress = Progress { on: opts.status_line, last: clock::now(), total: n_bins as u64 };
+    let start = clock::now();
+    let pace_t0 = clock::now() + 0.05;
+    for k in 0..n_bins {
+        progress.tick(k as u64);
+        let Some(ti) = t_idx[k] else {
+            bail!("the recording has no timing row for bin {k} (its records were dropped while recording): replay cannot go on past bin {k}");
+        };
+        let t = timing.row(ti);
+        if opts.realtime {
+            clock::sleep_until(pace_t0 + (k as f64 + 1.0) * clock.bin_s + clock.grace_s);
+        }
+        // NaN started_at: the loop never ran this bin (the run was stopped while it was
+        // behind); the emitter pushed the fallback.
+        let loop_ran = t[c_started].is_finite();
+        let mut result = None;
+        if loop_ran {
+            let Some(bi) = b_idx[k] else { bail!("the recording has no bins row for bin {k}: replay cannot go on past bin {k}") };
+            counts.copy_from_slice(&bins.row(bi)[..n]);
+            report.late_spikes += bins.row(bi)[n] as u64;
+            report.spikes += counts.iter().sum::<f64>();
+            // The emitted command the live loop had as u_prev (none: zeros).
+            let from = t[c_from];
+            let u_prev_from = (from >= 0.0 && (from as usize) < k).then_some(from as u64);
+            match u_prev_from {
+                Some(j) => u_prev.copy_from_slice(&emitted[j as usize * m..(j as usize + 1) * m]),
+                None => u_prev.fill(0.0),
+            }
+            let bin_start = BinStart { bin: k as u64, started_at: t[c_started], has_data: t[c_has] == 1.0, want_control: t[c_want] == 1.0, u_prev_from };
+            result = Some(mach.step(&bin_start, &counts, &u_prev));
+            report.gap_bins += !bin_start.has_data as u64;
+            if let (Some(st), Some(si)) = (&status, s_idx.as_ref().and_then(|ix| ix[k])) {
+                let rec = st.row(si);
+                let x = &mach.core.output().x;
+                let diff = (0..x.len()).map(|i| (rec[1 + i] - x[i]).abs()).fold(0.0, f64::max);
+                latent_diff = Some(latent_diff.map_or(diff, |v: f64| v.max(diff)));
+            }
+        }
+        // The live emitter's side as recorded: the result reached it in time unless it
+        // missed the deadline.
+        let in_time = t[c_miss] != 1.0;
+        let (pushed, cmd) = mach.emit(k as u64, result.as_ref(), in_time, t[c_en] == 1.0);
+        let fallback = pushed.fallback();
+        if t[c_fb].is_finite() && (t[c_fb] == 1.0) != fallback && report.notices.len() < 10 {
+            report.notices.push(format!("bin {k}: the live emitter's fallback decision was {}, replay's is {fallback}", t[c_fb] == 1.0));
+        }
+        report.fallbacks += fallback as u64;
+        emitted[k * m..(k + 1) * m].copy_from_slice(cmd);
+        if let Some(ci) = c_idx[k] {
+            report.compared += 1;
+            let rec = control.row(ci);
+            let mut differs = false;
+            for j in 0..m {
+                let (a, b) = (rec[j] as f32, emitted[k * m + j] as f32);
+                if a.to_bits() != b.to_bits() {
+                    differs = true;
+                    report.first_difference.get_or_insert(Difference { bin: k as u64, channel: j, recorded: a, replayed: b });
+                }
+            }
+            report.differing_bins += differs as u64;
+        }
+        report.bins += 1;
+    }
+    report.elapsed_s = clock::now() - start;
+    report.identical = (report.compared > 0).then_some(report.differing_bins == 0);
+    report.latent_max_abs_difference = latent_diff;
+    report.compute_us = mach.compute_us();
+    let missing = n_bins as u64 - report.compared;
+    if missing > 0 {
+        report.notices.push(format!("{missing} bins have no recorded Control sample to compare"));
+    }
+    Ok(report)
+}
+
+fn empty_report(path: &Path, source: &str, backend: &str, realtime: bool) -> ReplayReport {
+    ReplayReport {
+        file: path.display().to_string(),
+        source: source.into(),
+        backend: backend.into(),
+        realtime,
+        bins: 0,
+        compared: 0,
+        identical: None,
+        first_difference: None,
+        differing_bins: 0,
+        latent_max_abs_difference: None,
+        fallbacks: 0,
+        gap_bins: 0,
+        spikes: 0.0,
+        late_spikes: 0,
+        rejected_samples: 0,
+        compute_us: None,
+        elapsed_s: 0.0,
+        rig_matches_recording: None,
+        notices: Vec::new(),
+    }
+}
+
+fn replay_spikes(path: &Path, streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<ReplayReport> {
+    let stream = pick_input(path, streams, rig)?;
+    let binned = rebin_spikes(&stream, rig).with_context(|| path.display().to_string())?;
+    let mut mach = Machine::new(rig)?;
+    let (n, m) = (mach.n, mach.m);
+    if n != binned.n_units {
+        bail!("the rig's [units] maps {} units, its model has {n}", binned.n_units);
+    }
+    let clock = binned.clock;
+    let n_bins = binned.bins() as u64;
+    let mut last = vec![0.0f64; m];
+    let mut report = empty_report(path, &stream.name, mach.backend_name(), opts.realtime);
+    let mut progress = Progress { on: opts.status_line, last: clock::now(), total: n_bins };
+    let start = clock::now();
+    // Paced: bin k closes at pace_t0 + close(k), and its deadline follows as live.
+    let pace_t0 = clock::now() + 0.05 - clock.t0;
+    for k in 0..n_bins {
+        progress.tick(k);
+        let deadline = if opts.realtime { pace_t0 + clock.deadline(k) } else { f64::INFINITY };
+        if opts.realtime {
+            clock::sleep_until(pace_t0 + clock.close(k));
+        }
+        let started_at = clock::now();
+        let ku = k as usize;
+        let counts = &binned.counts[ku * n..(ku + 1) * n];
+        let has_data = binned.has_data[ku];
+        // The previous bin's command drove this bin, as live.
+        let want_control = loop_core::wants_control(started_at, deadline);
+        let bin_start = BinStart { bin: k, started_at, has_data, want_control, u_prev_from: k.checked_sub(1) };
+        let result = mach.step(&bin_start, counts, &last);
+        let in_time = loop_core::delivery(want_control, clock::now(), deadline).on_time();
+        let (pushed, cmd) = mach.emit(k, Some(&result), in_time, rig.safety.enabled);
+        last.copy_from_slice(cmd);
+        report.fallbacks += pushed.fallback() as u64;
+        report.gap_bins += !has_data as u64;
+        report.bins += 1;
+    }
+    report.spikes = binned.spikes;
+    report.late_spikes = binned.late_spikes;
+    report.rejected_samples = binned.rejected_samples;
+    report.notices.extend(binned.notices);
+    report.elapsed_s = clock::now() - start;
+    report.compute_us = mach.compute_us();
+    Ok(report)
+}

@@ -1,0 +1,113 @@
+//! Rig files (TOML): everything that differs between rigs — streams, unit map, timing,
+//! safety limits, model, backend, controller, objective — in one reviewed file.
+//!
+//! Unknown keys and out-of-range values are errors that name the key and the file.
+
+use crate::control::ControllerConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+mod sections;
+mod validate;
+pub use sections::*;
+
+/// A rig file, parsed and validated.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rig {
+    /// Human-readable rig name (used in stream names and reports).
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub timing: Timing,
+    pub input: Input,
+    pub units: UnitsConfig,
+    #[serde(default)]
+    pub output: Output,
+    /// Optional only for an identification session (`[controller] kind = "probe"`).
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub controller: ControllerConfig,
+    /// Required, except for an identification session (the probe pursues no objective).
+    #[serde(default)]
+    pub objective: Option<ObjectiveConfig>,
+    pub safety: SafetyConfig,
+    /// The built-in simulated rig; when present, `neuroloop run` starts it in-process.
+    #[serde(default)]
+    pub sim: Option<SimConfig>,
+    /// Fault injection, for testing the deadline machinery on a real loop.
+    #[serde(default)]
+    pub fault: FaultConfig,
+    /// Where the file was read from (not part of the file).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RigError {
+    #[error("cannot read rig file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("rig file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("rig file {path}: `{key}` {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+impl Rig {
+    /// Read, parse and validate a rig file.
+    pub fn load(path: &Path) -> Result<Rig, RigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RigError::Io { path: path.into(), source })?;
+        Rig::parse(&text, path)
+    }
+
+    /// Parse and validate a rig file's text; `path` names it in errors and resolves the
+    /// paths it holds (the model file).
+    pub fn parse(text: &str, path: &Path) -> Result<Rig, RigError> {
+        let mut rig: Rig =
+            toml::from_str(text).map_err(|e| RigError::Parse { path: path.into(), message: e.to_string() })?;
+        rig.path = path.to_path_buf();
+        rig.validate()?;
+        Ok(rig)
+    }
+
+    pub(crate) fn invalid(&self, key: &str, message: impl Into<String>) -> RigError {
+        RigError::Invalid { path: self.path.clone(), key: key.into(), message: message.into() }
+    }
+
+    /// An identification session: the probe drives the rig, no model runs.
+    pub fn is_probe(&self) -> bool {
+        self.controller.kind == crate::control::ControllerKind::Probe
+    }
+
+    /// m as the rig file gives it (`output.control_dim`, else the number of
+    /// `output.control_labels`), if it does.
+    pub fn control_dim(&self) -> Option<usize> {
+        self.output.control_dim.or(self.output.control_labels.as_ref().map(|l| l.len()))
+    }
+
+    /// The objective; an error naming the key when the rig file has none.
+    pub fn objective(&self) -> Result<&ObjectiveConfig, RigError> {
+        self.objective.as_ref().ok_or_else(|| self.invalid("objective", "is required for a model-based controller"))
+    }
+
+    /// The model path resolved against the rig file's folder.
+    pub fn model_path(&self) -> Option<PathBuf> {
+        self.model.path.as_ref().map(|p| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                self.path.parent().unwrap_or(Path::new(".")).join(p)
+            }
+        })
+    }
+
+    /// Expand a per-channel list that may be given as one value for all channels.
+    pub fn broadcast(&self, key: &str, values: &[f64], len: usize) -> Result<Vec<f64>, RigError> {
+        match values.len() {
+            1 => Ok(vec![values[0]; len]),
+            n if n == len => Ok(values.to_vec()),
+            n => Err(self.invalid(key, format!("has {n} values; the model needs {len} (or 1 for all)"))),
+        }
+    }
+}

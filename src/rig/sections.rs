@@ -1,0 +1,328 @@
+//! The rig file's sections, as serde reads them (defaults and the keys each takes).
+
+use crate::model::embedding::EmbeddingConfig;
+use crate::model::particle::ParticleConfig;
+use crate::model::taskid::TaskIdConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// Bin width Δ in milliseconds.
+    pub bin_ms: f64,
+    /// Transport allowance after a bin ends before it closes (ms).
+    pub grace_ms: f64,
+    /// Time after a bin closes by which its control sample is pushed (ms); < bin_ms.
+    pub deadline_ms: f64,
+    /// Delay between start-up and the first bin (ms), so streams are connected first.
+    #[serde(default = "default_start_delay_ms")]
+    pub start_delay_ms: f64,
+}
+fn default_start_delay_ms() -> f64 {
+    500.0
+}
+
+impl Timing {
+    /// The session's bin grid starting at `t0` (local clock, s).
+    pub fn grid(&self, t0: f64) -> crate::clock::BinGrid {
+        crate::clock::BinGrid { t0, bin_s: self.bin_ms * 1e-3, grace_s: self.grace_ms * 1e-3, deadline_s: self.deadline_ms * 1e-3 }
+    }
+
+    /// Bins the binner holds open ahead of the one closing: the grace in bins plus a margin,
+    /// at least 64 (spikes stamped further ahead are counted as future).
+    pub fn lookahead_bins(&self) -> usize {
+        64.max((self.grace_ms / self.bin_ms).ceil() as usize + 8)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// One sample per spike: column 0 = channel, column 1 (optional) = unit.
+    Events,
+    /// Regular-rate samples, one channel per unit, each the counts since the previous sample.
+    Counts,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub kind: InputKind,
+    /// Stream name to resolve (optional).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Stream type to resolve; default `SpikeEvents` for events, `SpikeCounts` for counts.
+    #[serde(default, rename = "type")]
+    pub stream_type: Option<String>,
+    /// Stream source_id to resolve (optional).
+    #[serde(default)]
+    pub source_id: Option<String>,
+    /// How long to wait for the stream at start-up (s).
+    #[serde(default = "default_resolve_timeout_s")]
+    pub resolve_timeout_s: f64,
+    /// No sample for this long marks the stream as gone: fallbacks are emitted until it returns (ms).
+    #[serde(default = "default_stall_ms")]
+    pub stall_ms: f64,
+    /// Capacity of the ingest → loop ring, in spikes.
+    #[serde(default = "default_ring_capacity")]
+    pub ring_capacity: usize,
+    /// For counts streams of type `SpikingRates`: values are rates in Hz, converted to
+    /// counts with the stream's sample period. Set automatically from the stream type.
+    #[serde(default)]
+    pub values_are_rates: Option<bool>,
+}
+fn default_resolve_timeout_s() -> f64 {
+    10.0
+}
+fn default_stall_ms() -> f64 {
+    250.0
+}
+fn default_ring_capacity() -> usize {
+    1 << 16
+}
+
+impl Input {
+    /// The LSL resolve predicate (XPath) for this input.
+    pub fn predicate(&self) -> String {
+        let mut parts = Vec::new();
+        let ty = self.stream_type.clone().unwrap_or_else(|| match self.kind {
+            InputKind::Events => "SpikeEvents".into(),
+            InputKind::Counts => "SpikeCounts".into(),
+        });
+        parts.push(format!("type='{}'", ty));
+        if let Some(n) = &self.name {
+            parts.push(format!("name='{}'", n));
+        }
+        if let Some(s) = &self.source_id {
+            parts.push(format!("source_id='{}'", s));
+        }
+        parts.join(" and ")
+    }
+}
+
+/// How (channel, unit) pairs on the input stream map to model units. Exactly one of
+/// `channels`, `map` and `labels`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitsConfig {
+    /// Shorthand: channels 0..channels, unit 0 (unsorted) ↦ model units 0..channels.
+    #[serde(default)]
+    pub channels: Option<usize>,
+    /// With `channels`: also map sorted units (c, u>0) onto model unit c.
+    #[serde(default)]
+    pub merge_sorted: bool,
+    /// Explicit map: entry i = [channel, unit] ↦ model unit i.
+    #[serde(default)]
+    pub map: Option<Vec<[u32; 2]>>,
+    /// By label (counts streams): entry i = a `desc/channels/channel/label` of the input
+    /// stream ↦ model unit i, resolved when the stream connects, wherever the channel sits.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    #[serde(default = "default_control_name")]
+    pub control_name: String,
+    #[serde(default = "default_status_name")]
+    pub status_name: String,
+    /// Control channel labels (length m); default u0, u1, ...
+    #[serde(default)]
+    pub control_labels: Option<Vec<String>>,
+    /// m, the number of control channels, for a session without a model (the probe);
+    /// with a model, m comes from the model (and must match if given).
+    #[serde(default)]
+    pub control_dim: Option<usize>,
+}
+fn default_control_name() -> String {
+    "neuroloop-control".into()
+}
+fn default_status_name() -> String {
+    "neuroloop-status".into()
+}
+impl Default for Output {
+    fn default() -> Self {
+        Output { control_name: default_control_name(), status_name: default_status_name(), control_labels: None, control_dim: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+impl BackendKind {
+    /// The name rig files and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+
+    /// The backend a rig file or command line names.
+    pub fn parse(name: &str) -> Option<BackendKind> {
+        [BackendKind::Cpu, BackendKind::Wgpu, BackendKind::Cuda].into_iter().find(|b| b.name() == name)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model file (safetensors), relative to the rig file. Omit in a simulated rig to use
+    /// the simulator's true model.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default = "default_backend")]
+    pub backend: BackendKind,
+    #[serde(default)]
+    pub embedding: EmbeddingConfig,
+    #[serde(default)]
+    pub task_id: TaskIdConfig,
+    /// Latent-state filter: the point-process EKF (default) or a particle filter.
+    #[serde(default)]
+    pub filter: FilterKind,
+    #[serde(default)]
+    pub particles: ParticleConfig,
+}
+
+impl ModelConfig {
+    /// The filter the backend runs, with its settings.
+    pub fn filter_choice(&self) -> crate::model::filter::FilterChoice {
+        match self.filter {
+            FilterKind::Ekf => crate::model::filter::FilterChoice::Ekf,
+            FilterKind::Particles => crate::model::filter::FilterChoice::Particles(self.particles.clone()),
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            path: None,
+            backend: default_backend(),
+            embedding: EmbeddingConfig::default(),
+            task_id: TaskIdConfig::default(),
+            filter: FilterKind::default(),
+            particles: ParticleConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterKind {
+    #[default]
+    Ekf,
+    Particles,
+}
+
+fn default_backend() -> BackendKind {
+    BackendKind::Cpu
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectiveKind {
+    Latent,
+    Rates,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    pub kind: ObjectiveKind,
+    /// Latent target (d values) or target rates in Hz (N values, or one value for all units).
+    pub target: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FallbackKind {
+    /// Repeat the last emitted command.
+    Hold,
+    /// Emit zeros.
+    Zero,
+    /// Emit `fallback_vector`.
+    Vector,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyConfig {
+    /// Lower bound per control channel (m values, or one for all).
+    pub lower: Vec<f64>,
+    /// Upper bound per control channel (m values, or one for all).
+    pub upper: Vec<f64>,
+    /// Maximum change of any channel between consecutive bins.
+    pub max_step: f64,
+    /// The enable gate: when false the loop runs but only the safe zero command is emitted.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    pub fallback: FallbackKind,
+    #[serde(default)]
+    pub fallback_vector: Option<Vec<f64>>,
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SimOutput {
+    Events,
+    Counts,
+}
+
+/// The built-in simulated rig: a ground-truth population of the model class.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub n_units: usize,
+    pub latent_dim: usize,
+    pub embed_dim: usize,
+    pub control_dim: usize,
+    #[serde(default = "default_hidden")]
+    pub hidden_dim: usize,
+    /// Number of task embeddings in the library.
+    pub tasks: usize,
+    /// Switch to the next task every this many seconds (0 = never).
+    #[serde(default)]
+    pub switch_every_s: f64,
+    pub output: SimOutput,
+    /// Stream name the simulator publishes (type SpikeEvents / SpikeCounts).
+    #[serde(default = "default_sim_stream")]
+    pub stream_name: String,
+    /// Alternate open-loop and closed-loop blocks of this many bins (0 = always closed),
+    /// to measure tracking error with and without control in the same run.
+    #[serde(default)]
+    pub open_loop_block_bins: u64,
+    /// Simulate a dropout: the spike stream vanishes from the network for bins [from, to).
+    #[serde(default)]
+    pub dropout_bins: Option<[u64; 2]>,
+}
+fn default_hidden() -> usize {
+    16
+}
+fn default_sim_stream() -> String {
+    "neuroloop-sim".into()
+}
+
+/// Fault injection: make the model slow on purpose.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultConfig {
+    /// Every `slow_every`-th bin takes `slow_ms` extra compute time (0 = off).
+    #[serde(default)]
+    pub slow_every: u64,
+    #[serde(default)]
+    pub slow_ms: f64,
+}
+
