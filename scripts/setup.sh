@@ -5,7 +5,8 @@
 #     interop tests and the Python baselines, and pyxdf and labrecorder, the XDF reader and
 #     recorder the recording tests check neuroloop's XDF files against, and safetensors (the
 #     fit tests load a model file written from numpy with PyTorch's module names),
-#   - liblsl 1.18 copied from the pylsl wheel into .liblsl/, which .cargo/config.toml links.
+#   - liblsl 1.18 copied from the pylsl wheel into .liblsl/, which .cargo/config.toml links,
+#   - rustfmt and clippy, if the toolchain lacks them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# rustfmt and clippy (the test command checks formatting and lints): part of rustup's default
+# profile; added here where a minimal profile left them out.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+        echo "setup: adding the rustfmt and clippy components"
+        rustup component add rustfmt clippy
+    else
+        echo "setup: cargo fmt and cargo clippy are needed (install rustfmt and clippy for this toolchain)" >&2
+        exit 1
+    fi
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -223,7 +223,10 @@ mod properties {
 
     /// What happens between two closes: spikes arrive (any time: before bin 0, in closed
     /// bins, in open ones, far ahead), then bin `next + skip` closes.
-    fn sessions() -> impl Strategy<Value = Vec<(Vec<(f64, u32, u8)>, u8)>> {
+    /// Per close: the spikes that arrive (t, unit, count), and how many bins to skip.
+    type Session = Vec<(Vec<(f64, u32, u8)>, u8)>;
+
+    fn sessions() -> impl Strategy<Value = Session> {
         let spike = (
             prop_oneof![8 => -0.02f64..0.5, 1 => -1e6f64..1e6],
             0u32..3,

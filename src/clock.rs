@@ -13,7 +13,8 @@ pub fn now() -> f64 {
 }
 
 /// Sleep until local-clock time `t`. Sleeps coarsely, then yields through the last
-/// stretch, because the OS timer overshoots by 50–100 µs. Allocation-free.
+/// stretch, because an OS sleep can overshoot by tens of µs (timer slack; bench/RESULTS.md
+/// has this project's measurements). Allocation-free.
 pub fn sleep_until(t: f64) {
     const SPIN_S: f64 = 150e-6;
     loop {

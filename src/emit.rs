@@ -14,33 +14,30 @@ use lsl::ExPushable;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// The loop ↔ emitter hand-offs (lock-free), and the emitter's counters, which telemetry
-/// reads for the report (its records reach observers through `EmitterSetup::observers`).
-pub struct EmitChannels {
+/// The loop ↔ emitter hand-offs (lock-free, preallocated).
+pub struct EmitQueues {
     /// loop → emitter
     pub results: ArrayQueue<ControlResult>,
     /// emitter → loop (what was actually emitted, for the next bin's prediction)
     pub feedback: ArrayQueue<Emitted>,
+}
+
+impl EmitQueues {
+    pub fn new(capacity: usize) -> EmitQueues {
+        EmitQueues { results: ArrayQueue::new(capacity), feedback: ArrayQueue::new(capacity) }
+    }
+}
+
+/// The emitter's counts, exact even when observers' records are dropped (the report reads
+/// them).
+#[derive(Debug, Default)]
+pub struct EmitCounts {
     /// Results that arrived after their bin's deadline (dropped).
     pub late_results: AtomicU64,
-    /// Control samples pushed, fallbacks among them, and deadline misses among those —
-    /// exact even when telemetry records are dropped.
+    /// Control samples pushed, fallbacks among them, and deadline misses among those.
     pub pushed: AtomicU64,
     pub fallbacks: AtomicU64,
     pub deadline_misses: AtomicU64,
-}
-
-impl EmitChannels {
-    pub fn new(capacity: usize) -> EmitChannels {
-        EmitChannels {
-            results: ArrayQueue::new(capacity),
-            feedback: ArrayQueue::new(capacity),
-            late_results: AtomicU64::new(0),
-            pushed: AtomicU64::new(0),
-            fallbacks: AtomicU64::new(0),
-            deadline_misses: AtomicU64::new(0),
-        }
-    }
 }
 
 pub struct EmitterSetup {
@@ -51,7 +48,8 @@ pub struct EmitterSetup {
     pub labels: Vec<String>,
     pub safety: Safety,
     pub enabled: Arc<AtomicBool>,
-    pub channels: Arc<EmitChannels>,
+    pub queues: Arc<EmitQueues>,
+    pub counts: Arc<EmitCounts>,
     /// Emit bins 0..end_bin; set lower (e.g. on stop) to end early.
     pub end_bin: Arc<AtomicU64>,
     /// What was pushed, to every observer (telemetry, the recorder).
@@ -96,7 +94,7 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
     let mut core = EmitCore::new(s.safety, m);
     let mut sample: Vec<f32> = vec![0.0; m];
     let mut pending: Option<ControlResult> = None;
-    let ch = &s.channels;
+    let (ch, counts) = (&s.queues, &s.counts);
     crate::hot::enter();
     let mut k: u64 = 0;
     while k < s.end_bin.load(Ordering::Acquire) {
@@ -106,7 +104,7 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
             let r = pending.take().or_else(|| ch.results.pop());
             match decide(k, r.as_ref(), clock::now(), deadline) {
                 Decision::Discard => {
-                    ch.late_results.fetch_add(1, Ordering::Relaxed);
+                    counts.late_results.fetch_add(1, Ordering::Relaxed);
                 }
                 Decision::Emit { pushed, keep } => {
                     if keep {
@@ -126,9 +124,9 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
         // The timestamp is the bin's end on the local clock (docs/streams.md).
         let _ = outlet.push_sample_ex(&sample, s.clock.bin_end(k), true);
         let pushed_at = clock::now();
-        ch.pushed.fetch_add(1, Ordering::Relaxed);
-        ch.fallbacks.fetch_add(pushed.fallback() as u64, Ordering::Relaxed);
-        ch.deadline_misses.fetch_add(pushed.deadline_miss() as u64, Ordering::Relaxed);
+        counts.pushed.fetch_add(1, Ordering::Relaxed);
+        counts.fallbacks.fetch_add(pushed.fallback() as u64, Ordering::Relaxed);
+        counts.deadline_misses.fetch_add(pushed.deadline_miss() as u64, Ordering::Relaxed);
         let rec = Emitted { bin: k, u: core.last_full(), pushed, enabled, pushed_at };
         ch.feedback.force_push(rec);
         s.observers.offer(rec);

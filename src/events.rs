@@ -1,5 +1,5 @@
-//! The per-bin records the stages hand on: the loop's [`BinRecord`] and [`ControlResult`],
-//! the emitter's [`Emitted`], the simulator's [`TruthRecord`], and the loop's progress.
+//! The per-bin records the stages hand on: the loop's [`LoopBin`] and [`ControlResult`],
+//! the emitter's [`Emitted`], the simulator's [`TruthBin`], and the loop's progress.
 //! Plain `Copy` data with no behaviour, so that stages and their observers (telemetry,
 //! recording, the control plane) share them without importing each other.
 
@@ -72,7 +72,7 @@ impl Pushed {
 
 /// One bin as the loop saw it (telemetry, status stream, reports).
 #[derive(Debug, Clone, Copy)]
-pub struct BinRecord {
+pub struct LoopBin {
     pub bin: u64,
     /// When the loop started on the bin (local clock).
     pub started_at: f64,
@@ -94,7 +94,7 @@ pub struct BinRecord {
     pub u: [f64; MAX_CONTROL],
 }
 
-impl BinRecord {
+impl LoopBin {
     pub fn has_data(&self) -> bool {
         self.proposal.has_data()
     }
@@ -126,13 +126,13 @@ pub struct Emitted {
 #[derive(Debug, Clone, Copy)]
 pub struct JoinedBin {
     pub bin: u64,
-    pub rec: Option<BinRecord>,
+    pub loop_bin: Option<LoopBin>,
     pub emitted: Option<Emitted>,
 }
 
 /// The simulator's ground truth for one bin (same bin grid as the loop).
 #[derive(Debug, Clone, Copy)]
-pub struct TruthRecord {
+pub struct TruthBin {
     pub bin: u64,
     pub x: [f64; MAX_LATENT],
     pub z: [f64; MAX_EMBED],

@@ -203,12 +203,12 @@ pub fn xdf_recording(data: &[u8]) {
         let _ = crate::replay::replay(&path, rig, &opts);
     }
     let _ = crate::fit::data::load(
-        &[path.clone()],
+        std::slice::from_ref(&path),
         rig,
         crate::fit::data::TaskSource::File,
         0.2,
     );
-    let _ = crate::fit::data::load(&[path.clone()], rig, crate::fit::data::TaskSource::Markers, 0.2);
+    let _ = crate::fit::data::load(std::slice::from_ref(&path), rig, crate::fit::data::TaskSource::Markers, 0.2);
     let _ = std::fs::remove_file(&path);
 }
 

@@ -3,7 +3,7 @@
 //! how long an outlet lingers. The outlets, the recorder and replay read them from here.
 
 use crate::clock::BinGrid;
-use crate::events::{BinRecord, Emitted, JoinedBin, Proposal};
+use crate::events::{LoopBin, Emitted, JoinedBin, Proposal};
 use crate::{MAX_EMBED, MAX_LATENT};
 
 /// The Control stream's description (the outlet and the recording share it).
@@ -34,7 +34,7 @@ pub const FLAG_TASK_JUMP: u32 = 1 << 4;
 
 /// A bin's Status flags from what the loop and the emitter reported (either may be missing
 /// when its queue was full).
-pub fn status_flags(rec: Option<&BinRecord>, emitted: Option<&Emitted>) -> u32 {
+pub fn status_flags(rec: Option<&LoopBin>, emitted: Option<&Emitted>) -> u32 {
     let mut flags = 0;
     if let Some(e) = emitted {
         flags |= if e.pushed.fallback() { FLAG_FALLBACK } else { 0 } | if e.pushed.deadline_miss() { FLAG_DEADLINE_MISS } else { 0 };
@@ -82,7 +82,7 @@ pub struct StatusSample {
 }
 
 /// One Status sample (`status_channels` long) for bin `r.bin`.
-pub fn fill_status_sample(s: &mut [f64], r: &BinRecord, flags: u32, latent: usize, embed: usize) {
+pub fn fill_status_sample(s: &mut [f64], r: &LoopBin, flags: u32, latent: usize, embed: usize) {
     let (d, e) = (latent, embed);
     s[0] = r.bin as f64;
     s[1..1 + d].copy_from_slice(&r.x[..d]);
@@ -117,7 +117,7 @@ pub fn timing_row(c: &BinGrid, j: &JoinedBin) -> [f64; TIMING_LABELS.len()] {
     let k = j.bin;
     let b = |v: bool| v as u8 as f64;
     let nan = f64::NAN;
-    let (started, done, has_data, want, valid, on_time, from) = match &j.rec {
+    let (started, done, has_data, want, valid, on_time, from) = match &j.loop_bin {
         Some(r) => (
             r.started_at,
             r.done_at,

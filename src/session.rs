@@ -7,7 +7,7 @@ use crate::backend::{cpu::CpuBackend, probe::ProbeBackend, Backend, BackendConfi
 use crate::backend::gpu::GpuBackend;
 use crate::clock;
 use crate::control::Objective;
-use crate::emit::{self, EmitChannels, EmitterSetup};
+use crate::emit::{self, EmitCounts, EmitQueues, EmitterSetup};
 use crate::ingest::{self, IngestSetup, IngestStats};
 use crate::model::{Dims, ModelParams};
 use crate::record::{Provenance, Recorder, RecorderSetup};
@@ -17,7 +17,7 @@ use crate::tap::FanOut;
 use crate::runloop::{self, LoopSetup};
 use crate::safety::Safety;
 use crate::sim::{self, SimSetup};
-use crate::telemetry::{Report, Telemetry, TelemetryConfig, TelemetryQueues, TrackingTarget};
+use crate::telemetry::{Report, Telemetry, TelemetryConfig, TelemetryInputs, TrackingTarget};
 use crate::units::UnitMap;
 use anyhow::{bail, Context};
 use nalgebra::DVector;
@@ -45,6 +45,7 @@ pub struct RunOptions {
 }
 
 /// What a session runs per bin: a model, or (an identification session) the probe.
+#[allow(clippy::large_enum_variant)] // one per session, moved into the backend
 pub enum SessionModel {
     Model { params: ModelParams, source: String },
     /// `[controller] kind = "probe"`: N from the unit map, m from the rig file, no model.
@@ -251,9 +252,10 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     // Side-channel queues hold a few seconds of bins, so a briefly starved telemetry
     // thread loses nothing.
     let queue_bins = ((4.0 / bin_s).ceil() as usize).max(1024);
-    let emit_ch = Arc::new(EmitChannels::new(queue_bins));
+    let emit_queues = Arc::new(EmitQueues::new(queue_bins));
+    let emit_counts = Arc::new(EmitCounts::default());
     let loop_status = Arc::new(LoopStatus::default());
-    let mut queues = TelemetryQueues::new(queue_bins.max(1 << 14), emit_ch.clone(), ingest_stats.clone(), notice_rx, loop_status.clone());
+    let mut queues = TelemetryInputs::new(queue_bins.max(1 << 14), emit_counts.clone(), ingest_stats.clone(), notice_rx, loop_status.clone());
     let enabled = Arc::new(AtomicBool::new(rig.safety.enabled));
 
     // The clock's t0 is fixed now so the simulator and the loop share one bin grid.
@@ -265,8 +267,8 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     // created now: a path that cannot be written stops the run before it starts.
     let mut recorder = None;
     let mut taps = None;
-    let source_id = format!("neuroloop-{}", rig.name);
-    let labels = rig.output.control_labels.clone().unwrap_or_else(|| (0..dims.control).map(|j| format!("u{j}")).collect());
+    let source_id = rig.source_id();
+    let labels = rig.output.control_labels_or_default(dims.control);
     if let Some(path) = &opts.record {
         let setup = RecorderSetup {
             path: path.clone(),
@@ -280,6 +282,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             control_spec: crate::schema::control_stream_spec(&rig.output.control_name, &source_id, bin_s, &labels),
             status_spec: crate::schema::status_stream_spec(&rig.output.status_name, &format!("{source_id}-status"), bin_s, dims.latent, dims.embed),
             rig_name: rig.name.clone(),
+            source_id: source_id.clone(),
             flush_s: 0.25,
             sim_truth_latent: rig.sim.as_ref().filter(|_| opts.with_sim).map(|s| s.latent_dim),
         };
@@ -336,7 +339,8 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         labels,
         safety,
         enabled: enabled.clone(),
-        channels: emit_ch.clone(),
+        queues: emit_queues.clone(),
+        counts: emit_counts,
         end_bin: end_bin.clone(),
         observers: FanOut::default().with(queues.emitted.clone()).with_opt(emitted_tap),
     })?;
@@ -383,7 +387,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             ring: consumer,
             ingest: ingest_stats.clone(),
             stall_s: rig.input.stall_ms * 1e-3,
-            emit: emit_ch.clone(),
+            emit: emit_queues,
             emitter: emitter.thread().clone(),
             observers: FanOut::default().with(bins_q),
             end_bin: end_bin.clone(),
@@ -401,12 +405,12 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             eprintln!("[neuroloop] interrupted: finishing bin {done} and writing the report");
             end_bin.fetch_min(done + 1, Ordering::AcqRel);
         }
-        if block > 0 {
+        if let Some(blocks) = done.checked_div(block) {
             // Open loop first, then closed, alternating.
-            let closed = (done / block) % 2 == 1;
+            let closed = blocks % 2 == 1;
             enabled.store(rig.safety.enabled && closed, Ordering::Relaxed);
         }
-        // Coarse on purpose: every wake-up costs on a busy 2-core machine.
+        // Coarse on purpose: every wake-up costs CPU the loop may need on a small machine.
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let mut loop_end = loop_handle.join().map_err(|_| anyhow::anyhow!("the loop thread panicked"))?;

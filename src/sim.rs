@@ -13,7 +13,7 @@ use crate::clock::{self, BinGrid};
 use crate::model::hypernet::HypernetScratch;
 use crate::model::{dynamics, observation, ModelParams, Theta};
 use crate::rig::{SimConfig, SimOutput};
-use crate::events::TruthRecord;
+use crate::events::TruthBin;
 use crate::tap::{FanOut, Tap};
 use crate::{MAX_EMBED, MAX_LATENT};
 use lsl::{ExPushable, Pullable};
@@ -49,7 +49,7 @@ pub struct SimSetup {
     pub stop: Arc<AtomicBool>,
     /// The true state and task of every bin, to every observer (telemetry's evaluation; the
     /// recording, whose Markers stream holds the task switches).
-    pub truth: FanOut<TruthRecord>,
+    pub truth: FanOut<TruthBin>,
     /// End-to-end latency of every Control sample the rig receives: [its timestamp (the
     /// bin's end), received − timestamp] (s).
     pub end_to_end: Option<Tap<[f64; 2]>>,
@@ -302,7 +302,7 @@ fn run(s: SimSetup, latest_u: Arc<Mutex<Vec<f64>>>, ready: crossbeam_channel::Se
             }
         }
         if !s.truth.is_empty() {
-            let mut rec = TruthRecord { bin: j, x: [0.0; MAX_LATENT], z: [0.0; MAX_EMBED], task };
+            let mut rec = TruthBin { bin: j, x: [0.0; MAX_LATENT], z: [0.0; MAX_EMBED], task };
             rec.x[..dims.latent].copy_from_slice(pop.x.as_slice());
             rec.z[..dims.embed].copy_from_slice(pop.params.task_library[task].as_slice());
             s.truth.offer(rec);

@@ -4,7 +4,7 @@
 //! of its observers' taps (or, for the recorder's input and counts taps, an `Option`) and
 //! knows nothing more of them; session.rs builds and hands them out.
 
-use crate::events::BinRecord;
+use crate::events::LoopBin;
 use crossbeam_queue::ArrayQueue;
 use ringbuf::traits::{Observer, Producer, Split};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,7 +76,7 @@ impl<T: Copy> FanOut<T> {
 
 /// The loop's tap: each bin's record and the counts it was closed with (kept in lockstep).
 pub struct BinTap {
-    pub(crate) records: Tap<BinRecord>,
+    pub(crate) records: Tap<LoopBin>,
     pub(crate) counts: ringbuf::HeapProd<f64>,
     pub(crate) n_units: usize,
 }
@@ -85,7 +85,7 @@ impl BinTap {
     /// Never waits, never allocates. The loop is the only producer of both, so room seen
     /// here is still there when it pushes.
     #[inline]
-    pub fn offer(&mut self, rec: &BinRecord, counts: &[f64]) {
+    pub fn offer(&mut self, rec: &LoopBin, counts: &[f64]) {
         debug_assert_eq!(counts.len(), self.n_units);
         let q = &self.records.queue;
         if q.len() < q.capacity() && self.counts.vacant_len() >= counts.len() {

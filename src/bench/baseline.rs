@@ -15,7 +15,7 @@ use super::LoopSummary;
 use crate::latency::{histogram, Percentiles};
 use crate::rig::Rig;
 use crate::sim::{self, SimSetup};
-use crate::events::TruthRecord;
+use crate::events::TruthBin;
 use crate::tap::{FanOut, Tap};
 use crate::telemetry::r_squared;
 use anyhow::{bail, Context};
@@ -141,7 +141,7 @@ pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result
     let t0 = clock::now() + 6.0;
     let grid = rig.timing.grid(t0);
     let e2e = Tap::<[f64; 2]>::new(1 << 16);
-    let truth_q = Tap::<TruthRecord>::new(1 << 14);
+    let truth_q = Tap::<TruthBin>::new(1 << 14);
     let stop = Arc::new(AtomicBool::new(false));
     let sim_handles = sim::start(SimSetup {
         params: truth,
@@ -262,7 +262,7 @@ pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result
     let row_len = totals["row_len"].as_u64().unwrap_or(0) as usize;
     let bytes = std::fs::read(&rows_path).with_context(|| format!("cannot read {}", rows_path.display()))?;
     let values: Vec<f64> = bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
-    if row_len < 4 || values.len() % row_len != 0 {
+    if row_len < 4 || !values.len().is_multiple_of(row_len) {
         bail!("{}: {} values do not make rows of {row_len}", rows_path.display(), values.len());
     }
 
@@ -283,7 +283,7 @@ pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result
             }
         }
     }
-    let some = |h: &hdrhistogram::Histogram<u64>| (h.len() > 0).then(|| Percentiles::of(h));
+    let some = |h: &hdrhistogram::Histogram<u64>| (!h.is_empty()).then(|| Percentiles::of(h));
     Ok(BaselineResult {
         kind,
         bins: total,

@@ -123,10 +123,13 @@ fn finish<'a, 'b: 'a, CT: CoordTranslate>(
     Ok(())
 }
 
+/// One backend's scaling curve: (size, p50 µs, p99 µs) per swept size.
+pub type ScalingCurve = Vec<(f64, f64, f64)>;
+
 /// The sweep's scaling plot: per-bin compute (µs, log) against the swept size (log), one
 /// line per backend for the median and a faded one for p99. `lines`: (backend,
 /// [(size, p50, p99)]).
-pub fn scaling(path: &Path, title: &str, x_desc: &str, lines: &[(String, Vec<(f64, f64, f64)>)]) -> anyhow::Result<()> {
+pub fn scaling(path: &Path, title: &str, x_desc: &str, lines: &[(String, ScalingCurve)]) -> anyhow::Result<()> {
     let xs = || lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
     let x_lo = xs().fold(f64::MAX, f64::min).min(1e9);
     let x_hi = xs().fold(0.0f64, f64::max).max(x_lo * 2.0);

@@ -250,7 +250,7 @@ pub fn run(base: &Rig, o: &SweepOptions) -> anyhow::Result<(SweepReport, String)
     let md_path = o.out.join("sweep.md");
     std::fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
     for (axis, _) in &o.axes {
-        let lines: Vec<(String, Vec<(f64, f64, f64)>)> = o
+        let lines: Vec<(String, super::plot::ScalingCurve)> = o
             .backends
             .iter()
             .map(|&b| {

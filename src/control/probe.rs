@@ -138,7 +138,7 @@ impl Probe {
                 }
             }
             ProbeSignal::Prbs => {
-                if b % self.cfg.hold_bins == 0 {
+                if b.is_multiple_of(self.cfg.hold_bins) {
                     for (r, s) in self.lfsr.iter_mut().zip(self.state.iter_mut()) {
                         let bit = ((*r >> 30) ^ (*r >> 27)) & 1;
                         *r = ((*r << 1) | bit) & 0x7fff_ffff;

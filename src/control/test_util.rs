@@ -34,12 +34,10 @@ pub fn params(n: usize, d: usize, m: usize, alpha: f64, obs_c: DMatrix<f64>, obs
     }
 }
 
-/// A reproducible pseudo-random matrix in [−s, s] (no RNG crate needed).
+/// A reproducible pseudo-random matrix, uniform in [−s, s] (the tests' one generator,
+/// `model::testutil`).
 pub fn pseudo_random(rows: usize, cols: usize, seed: u64, s: f64) -> DMatrix<f64> {
-    DMatrix::from_fn(rows, cols, |i, j| {
-        let k = (seed * 1_000_003 + (i * 7919 + j * 104_729) as u64) as f64;
-        s * (k * 0.618_033_988_749_895).fract().mul_add(2.0, -1.0)
-    })
+    crate::model::testutil::uniform_matrix(seed, 0, rows, cols, s)
 }
 
 /// A 2-d latent, 2-channel model where x* = (0.5, −0.3) is reachable

@@ -207,9 +207,12 @@ fn rows<B: Backend>(data: &[f64], cols: usize, dev: &B::Device) -> Tensor<B, 2> 
 /// The statistics as tensors, built once per M-step (not per Adam step: at 60 000 bins the
 /// counts alone are 37 MB).
 struct StatTensors {
-    trans: Vec<Option<(Tensor<Ad, 2>, Tensor<Ad, 2>, Tensor<Ad, 2>)>>,
-    obs: (Tensor<Ad, 2>, Tensor<Ad, 2>, Tensor<Ad, 2>),
+    trans: Vec<Option<TensorTriple>>,
+    obs: TensorTriple,
 }
+
+/// The three sufficient-statistic tensors of one part of the model.
+type TensorTriple = (Tensor<Ad, 2>, Tensor<Ad, 2>, Tensor<Ad, 2>);
 
 impl MStep {
     fn tensors(&self, s: &Stats) -> StatTensors {

@@ -4,7 +4,7 @@
 //! full-ring event is counted and reported.
 
 use crate::tap::{InputTap, InputWriter};
-use crate::rig::{Input, InputKind};
+use crate::rig::Input;
 use crate::units::UnitMap;
 use lsl::Pullable;
 use ringbuf::traits::Producer;
@@ -251,23 +251,9 @@ impl Ingest {
             )));
         }
         let rates = self.input.values_are_rates.unwrap_or(info.stream_type() == "SpikingRates");
-        match self.input.kind {
-            InputKind::Events if channels < 1 => {
-                return Err(ConnectError::Refused(format!("{description}: a spike-event stream needs ≥ 1 channel (channel[, unit])")))
-            }
-            InputKind::Counts if !self.decoder.units().by_label() && channels != self.decoder.units().channels() => {
-                return Err(ConnectError::Refused(format!(
-                    "{description}: wrong channel count: the rig's [units] maps {} channels, the stream has {}; \
-                     fix [units] or select another stream",
-                    self.decoder.units().channels(),
-                    channels
-                )))
-            }
-            InputKind::Counts if info.nominal_srate() <= 0.0 => {
-                return Err(ConnectError::Refused(format!("{description}: a counts stream must have a regular sampling rate")))
-            }
-            _ => {}
-        }
+        self.input
+            .check_stream_shape(self.decoder.units(), channels, info.nominal_srate())
+            .map_err(|e| ConnectError::Refused(format!("{description}: {e}")))?;
         let period = if info.nominal_srate() > 0.0 { 1.0 / info.nominal_srate() } else { 0.0 };
         // liblsl drops the oldest samples silently when its inlet buffer is full, so give it
         // room for any stall: INLET_BUFFER_S of a regular stream, inlet_capacity() samples of
@@ -332,7 +318,7 @@ impl Ingest {
                     // A full inlet buffer is the one loss liblsl does not count: look for it
                     // often enough to see any burst that fills it (it drains at pull speed).
                     pulls = pulls.wrapping_add(1);
-                    if pulls % 256 == 0 {
+                    if pulls.is_multiple_of(256) {
                         let full = conn.inlet.samples_available() as usize + 1 >= conn.capacity;
                         if full && !was_full {
                             self.stats.inlet_full.fetch_add(1, Ordering::Relaxed);

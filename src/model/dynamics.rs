@@ -17,7 +17,7 @@ pub fn step(
 ) {
     tanh_a.copy_from(&theta.b);
     tanh_a.gemv(1.0, &theta.w_hh, x, 1.0);
-    if u.len() > 0 {
+    if !u.is_empty() {
         tanh_a.gemv(1.0, &theta.w_xu, u, 1.0);
     }
     tanh_a.apply(|v| *v = v.tanh());

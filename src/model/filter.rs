@@ -16,7 +16,7 @@ pub enum FilterChoice {
 }
 
 pub enum LatentFilter {
-    Ekf(PointProcessEkf),
+    Ekf(Box<PointProcessEkf>),
     Particles(Box<Particles>),
 }
 
@@ -39,7 +39,7 @@ impl LatentFilter {
             FilterChoice::Ekf => {
                 let mut ekf = PointProcessEkf::new(&dims, params.initial_state_var);
                 ekf.reset(&x0, params.initial_state_var);
-                LatentFilter::Ekf(ekf)
+                LatentFilter::Ekf(Box::new(ekf))
             }
             FilterChoice::Particles(cfg) => LatentFilter::Particles(Box::new(Particles {
                 pf: ParticleFilter::new(&dims, cfg.clone(), &x0, params.initial_state_var),

@@ -8,6 +8,11 @@ pub fn randn_matrix(seed: u64, stream: u64, r: usize, c: usize, scale: f64) -> D
     DMatrix::from_fn(r, c, |i, j| scale * normal_at(seed, stream, (i * c + j) as u64) as f64)
 }
 
+/// Uniform in [−scale, scale].
+pub fn uniform_matrix(seed: u64, stream: u64, r: usize, c: usize, scale: f64) -> DMatrix<f64> {
+    DMatrix::from_fn(r, c, |i, j| scale * (2.0 * uniform_at(seed, stream, (i * c + j) as u64) as f64 - 1.0))
+}
+
 pub fn randn_vector(seed: u64, stream: u64, n: usize, scale: f64) -> DVector<f64> {
     DVector::from_fn(n, |i, _| scale * normal_at(seed, stream, i as u64) as f64)
 }

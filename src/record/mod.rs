@@ -28,7 +28,7 @@ use header::file_header_body;
 use writer::RecorderThread;
 
 use crate::clock::BinGrid;
-use crate::events::{BinRecord, Emitted, JoinedBin, TruthRecord};
+use crate::events::{LoopBin, Emitted, JoinedBin, TruthBin};
 use crate::lslutil::StreamSpec;
 use crate::schema::{StatusSample, TIMING_LABELS};
 use crate::tap::{BinTap, InputConnection, InputTap, Tap, TOKEN_SAMPLE};
@@ -67,6 +67,9 @@ pub struct RecorderSetup {
     pub control_spec: StreamSpec,
     pub status_spec: StreamSpec,
     pub rig_name: String,
+    /// The rig's source_id prefix (`Rig::source_id`); each recorded stream of neuroloop's
+    /// own appends its suffix.
+    pub source_id: String,
     /// Write what has arrived this often (s): the most a killed process can lose.
     pub flush_s: f64,
     /// The simulated rig's latent dimension, when the session runs the built-in simulator:
@@ -80,7 +83,7 @@ pub struct RecorderTaps {
     pub bins: BinTap,
     pub emitted: Tap<Emitted>,
     /// For the simulator (when `sim_truth_latent` is set).
-    pub truth: Option<Tap<TruthRecord>>,
+    pub truth: Option<Tap<TruthBin>>,
     /// For telemetry: the Status samples it pushed.
     pub status: Tap<StatusSample>,
     /// For telemetry: the bins as it joined them (the timing stream).
@@ -91,10 +94,10 @@ pub struct RecorderTaps {
 pub(super) struct Sources {
     connections: crossbeam_channel::Receiver<InputConnection>,
     input_dropped: Arc<AtomicU64>,
-    records: Tap<BinRecord>,
+    records: Tap<LoopBin>,
     counts: ringbuf::HeapCons<f64>,
     emitted: Tap<Emitted>,
-    truth: Option<Tap<TruthRecord>>,
+    truth: Option<Tap<TruthBin>>,
     status: Tap<StatusSample>,
     joined: Tap<JoinedBin>,
 }

@@ -97,7 +97,7 @@ mod tests {
         b.push(1);
         b.push((content + 2) as u8);
         b.extend(tag.to_le_bytes());
-        b.extend(std::iter::repeat(0u8).take(content));
+        b.extend(std::iter::repeat_n(0u8, content));
     }
 
     #[test]

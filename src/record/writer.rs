@@ -78,7 +78,7 @@ impl RecorderThread {
     fn declare_local_streams(&mut self) {
         let s = &self.s;
         let bin_s = s.clock.bin_s;
-        let source = format!("neuroloop-{}", s.rig_name);
+        let source = &s.source_id;
         let mut bin_labels: Vec<String> = s.unit_labels.iter().map(|l| format!("count {l}")).collect();
         bin_labels.extend(["late_spikes", "future_spikes"].map(String::from));
         // neuroloop's own per-bin double64 streams, named after the rig.

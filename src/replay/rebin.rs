@@ -14,10 +14,7 @@ use std::sync::Arc;
 
 /// The file's spike stream: the rig's [input] name if present, else its type.
 pub(crate) fn pick_input(path: &Path, mut streams: Vec<Recorded>, rig: &Rig) -> anyhow::Result<Recorded> {
-    let want_type = rig.input.stream_type.clone().unwrap_or_else(|| match rig.input.kind {
-        InputKind::Events => "SpikeEvents".into(),
-        InputKind::Counts => "SpikeCounts".into(),
-    });
+    let want_type = rig.input.stream_type_or_default();
     let by_name = rig.input.name.as_deref().and_then(|n| streams.iter().position(|s| s.name == n));
     let by_type = || streams.iter().position(|s| s.stream_type == want_type);
     let found = by_name.or_else(by_type);
@@ -96,17 +93,7 @@ pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebin
         .map_err(|e| anyhow::anyhow!("stream '{name}': {e}"))?;
     let n = units.n_units();
     let srate = stream.srate;
-    match rig.input.kind {
-        InputKind::Events if rows.channels < 1 => bail!("stream '{}': a spike-event stream needs ≥ 1 channel", name),
-        InputKind::Counts if !units.by_label() && rows.channels != units.channels() => bail!(
-            "stream '{}': wrong channel count: the rig's [units] maps {} channels, the stream has {}",
-            name,
-            units.channels(),
-            rows.channels
-        ),
-        InputKind::Counts if srate <= 0.0 => bail!("stream '{}': a counts stream must have a regular sampling rate", name),
-        _ => {}
-    }
+    rig.input.check_stream_shape(&units, rows.channels, srate).map_err(|e| anyhow::anyhow!("stream '{name}': {e}"))?;
     let period = if srate > 0.0 { 1.0 / srate } else { 0.0 };
     let rates = rig.input.values_are_rates.unwrap_or(stream.stream_type == "SpikingRates");
     let layout = CountsLayout { period, rates };

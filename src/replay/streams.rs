@@ -27,7 +27,7 @@ impl Rows {
                 Values::Float32(v) => r.values.extend(v.iter().map(|&x| x as f64)),
                 Values::Float64(v) => r.values.extend_from_slice(v),
                 Values::String(t) => {
-                    r.values.extend(std::iter::repeat(f64::NAN).take(channels));
+                    r.values.extend(std::iter::repeat_n(f64::NAN, channels));
                     r.texts.push(t.clone());
                 }
             }

@@ -75,6 +75,12 @@ impl Rig {
         RigError::Invalid { path: self.path.clone(), key: key.into(), message: message.into() }
     }
 
+    /// The source_id prefix of every stream neuroloop publishes or records for this rig
+    /// (Control; Status, the recording's own streams append a suffix).
+    pub fn source_id(&self) -> String {
+        format!("neuroloop-{}", self.name)
+    }
+
     /// An identification session: the probe drives the rig, no model runs.
     pub fn is_probe(&self) -> bool {
         self.controller.kind == crate::control::ControllerKind::Probe

@@ -83,13 +83,34 @@ fn default_ring_capacity() -> usize {
 }
 
 impl Input {
+    /// The stream type to look for: the rig's `type`, else the convention for the kind
+    /// (docs/streams.md).
+    pub fn stream_type_or_default(&self) -> String {
+        self.stream_type.clone().unwrap_or_else(|| match self.kind {
+            InputKind::Events => "SpikeEvents".into(),
+            InputKind::Counts => "SpikeCounts".into(),
+        })
+    }
+
+    /// Whether a stream of `channels` channels at `srate` Hz fits this input and its unit
+    /// map; Err says what does not (the caller names the stream). Live ingest and replay
+    /// both check with it.
+    pub fn check_stream_shape(&self, units: &crate::units::UnitMap, channels: usize, srate: f64) -> Result<(), String> {
+        match self.kind {
+            InputKind::Events if channels < 1 => Err("a spike-event stream needs ≥ 1 channel (channel[, unit])".into()),
+            InputKind::Counts if !units.by_label() && channels != units.channels() => Err(format!(
+                "wrong channel count: the rig's [units] maps {} channels, the stream has {channels}; fix [units] or select another stream",
+                units.channels()
+            )),
+            InputKind::Counts if !(srate > 0.0) => Err("a counts stream must have a regular sampling rate".into()),
+            _ => Ok(()),
+        }
+    }
+
     /// The LSL resolve predicate (XPath) for this input.
     pub fn predicate(&self) -> String {
         let mut parts = Vec::new();
-        let ty = self.stream_type.clone().unwrap_or_else(|| match self.kind {
-            InputKind::Events => "SpikeEvents".into(),
-            InputKind::Counts => "SpikeCounts".into(),
-        });
+        let ty = self.stream_type_or_default();
         parts.push(format!("type='{}'", ty));
         if let Some(n) = &self.name {
             parts.push(format!("name='{}'", n));
@@ -142,6 +163,13 @@ fn default_control_name() -> String {
 fn default_status_name() -> String {
     "neuroloop-status".into()
 }
+impl Output {
+    /// The Control stream's channel labels: the rig's, else u0, u1, …
+    pub fn control_labels_or_default(&self, m: usize) -> Vec<String> {
+        self.control_labels.clone().unwrap_or_else(|| (0..m).map(|j| format!("u{j}")).collect())
+    }
+}
+
 impl Default for Output {
     fn default() -> Self {
         Output { control_name: default_control_name(), status_name: default_status_name(), control_labels: None, control_dim: None }

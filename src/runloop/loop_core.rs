@@ -4,7 +4,7 @@
 
 use crate::backend::{Backend, BinInput, BinOutput};
 use crate::binning::BinTally;
-use crate::events::{BinRecord, ControlResult, Delivery, Proposal};
+use crate::events::{LoopBin, ControlResult, Delivery, Proposal};
 use crate::model::Dims;
 use crate::{MAX_CONTROL, MAX_EMBED, MAX_LATENT};
 
@@ -91,9 +91,9 @@ impl LoopCore {
     }
 
     /// The record of the bin just stepped, finished at `done_at` with `delivery`.
-    pub fn record(&self, s: &BinStart, result: &ControlResult, tally: &BinTally, done_at: f64, delivery: Delivery) -> BinRecord {
+    pub fn loop_bin(&self, s: &BinStart, result: &ControlResult, tally: &BinTally, done_at: f64, delivery: Delivery) -> LoopBin {
         let out = &self.out;
-        let mut rec = BinRecord {
+        let mut rec = LoopBin {
             bin: s.bin,
             started_at: s.started_at,
             done_at,
@@ -149,12 +149,12 @@ mod tests {
     /// One bin through the loop's core and the emitter's, as the two threads run them: the
     /// result reaches the emitter iff it was delivered on time, else the emitter gives up at
     /// the deadline.
-    fn one_bin(core: &mut LoopCore, emit: &mut EmitCore, k: u64, has_data: bool, started_at: f64, done_at: f64) -> (BinRecord, Pushed, f64) {
+    fn one_bin(core: &mut LoopCore, emit: &mut EmitCore, k: u64, has_data: bool, started_at: f64, done_at: f64) -> (LoopBin, Pushed, f64) {
         let deadline = 1.0;
         let start = BinStart { bin: k, started_at, has_data, want_control: wants_control(started_at, deadline), u_prev_from: k.checked_sub(1) };
         let result = core.step(&start, &[3.0], &[0.0]);
         let delivery = delivery(start.want_control, done_at, deadline);
-        let rec = core.record(&start, &result, &BinTally::default(), done_at, delivery);
+        let rec = core.loop_bin(&start, &result, &BinTally::default(), done_at, delivery);
         let offered = delivery.on_time().then_some(&result);
         let now = if offered.is_some() { done_at } else { deadline };
         let Decision::Emit { pushed, keep: false } = decide(k, offered, now, deadline) else { panic!("bin {k}: the emitter must push it") };

@@ -8,8 +8,8 @@ pub mod loop_core;
 use crate::backend::Backend;
 use crate::binning::Binner;
 use crate::clock::{self, BinGrid};
-use crate::emit::EmitChannels;
-use crate::events::{BinRecord, LoopStatus};
+use crate::emit::EmitQueues;
+use crate::events::{LoopBin, LoopStatus};
 use crate::ingest::{IngestStats, SpikeConsumer};
 use crate::tap::{BinTap, FanOut};
 use loop_core::{BinStart, LoopCore};
@@ -23,11 +23,11 @@ pub struct LoopSetup {
     pub ingest: Arc<IngestStats>,
     /// No sample for this long = stream gap (s).
     pub stall_s: f64,
-    pub emit: Arc<EmitChannels>,
+    pub emit: Arc<EmitQueues>,
     /// The emitter thread, to wake it when a result is ready.
     pub emitter: std::thread::Thread,
     /// Each bin's record, to every observer (telemetry).
-    pub observers: FanOut<BinRecord>,
+    pub observers: FanOut<LoopBin>,
     /// Run bins 0..end_bin (lowered to stop early).
     pub end_bin: Arc<AtomicU64>,
     /// Lookahead of the binner, in bins.
@@ -97,7 +97,7 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
             let _ = s.emit.results.push(result);
             s.emitter.unpark();
         }
-        let rec = core.record(&start, &result, &tally, done_at, delivery);
+        let rec = core.loop_bin(&start, &result, &tally, done_at, delivery);
         s.observers.offer(rec);
         if let Some(tap) = &mut s.with_counts {
             tap.offer(&rec, &counts);

@@ -2,15 +2,15 @@
 //! simulator report for each bin. Telemetry runs it; the recorder's timing stream is written
 //! from what it joins, so the report and the recording account every bin the same way.
 
-use crate::events::{BinRecord, Emitted, TruthRecord};
+use crate::events::{LoopBin, Emitted, TruthBin};
 use std::collections::BTreeMap;
 
 /// One bin's parts, as far as they came.
 #[derive(Default)]
 pub struct Parts {
-    pub rec: Option<BinRecord>,
+    pub loop_bin: Option<LoopBin>,
     pub emitted: Option<Emitted>,
-    pub truth: Option<TruthRecord>,
+    pub truth: Option<TruthBin>,
 }
 
 /// Joins records by bin and hands bins out in order once complete. A bin still incomplete
@@ -38,10 +38,10 @@ impl BinJoiner {
     }
 
     /// A loop record; one for a bin already handed out is too late to join (dropped).
-    pub fn add_record(&mut self, r: BinRecord) {
+    pub fn add_record(&mut self, r: LoopBin) {
         self.newest_rec = self.newest_rec.max(r.bin);
         if r.bin >= self.first_open {
-            self.pending.entry(r.bin).or_default().rec = Some(r);
+            self.pending.entry(r.bin).or_default().loop_bin = Some(r);
         }
     }
 
@@ -57,7 +57,7 @@ impl BinJoiner {
     }
 
     /// The simulator's truth; too late to join is dropped.
-    pub fn add_truth(&mut self, t: TruthRecord) {
+    pub fn add_truth(&mut self, t: TruthBin) {
         if t.bin >= self.first_open {
             self.pending.entry(t.bin).or_default().truth = Some(t);
         }
@@ -66,7 +66,7 @@ impl BinJoiner {
     /// The oldest bin, once it is complete or past the horizon.
     pub fn next_ready(&mut self) -> Option<(u64, Parts)> {
         let (&k, j) = self.pending.iter().next()?;
-        let complete = j.rec.is_some() && j.emitted.is_some() && (!self.expect_truth || j.truth.is_some());
+        let complete = j.loop_bin.is_some() && j.emitted.is_some() && (!self.expect_truth || j.truth.is_some());
         if !(complete || self.newest_rec > k + self.horizon) {
             return None;
         }

@@ -4,8 +4,8 @@
 //! lock-free queues that the hot path never waits on.
 
 use crate::clock::BinGrid;
-use crate::emit::EmitChannels;
-use crate::events::{BinRecord, Emitted, JoinedBin, LoopStatus, TruthRecord};
+use crate::emit::EmitCounts;
+use crate::events::{LoopBin, Emitted, JoinedBin, LoopStatus, TruthBin};
 use crate::ingest::{IngestNotice, IngestStats};
 use crate::latency::{Stage, StageLatencies};
 use crate::schema::{fill_status_sample, status_channels, status_flags, status_stream_spec, StatusSample, MAX_STATUS_CHANNELS, OUTLET_LINGER_MS};
@@ -27,12 +27,12 @@ pub use evaluation::{affine_r2, r_squared};
 use evaluation::{EvalRow, Evaluation};
 
 /// What telemetry is fed through.
-pub struct TelemetryQueues {
-    pub bins: Tap<BinRecord>,
+pub struct TelemetryInputs {
+    pub bins: Tap<LoopBin>,
     pub emitted: Tap<Emitted>,
-    /// The emitter's counters (exact even when records are dropped).
-    pub emit: Arc<EmitChannels>,
-    pub truth: Tap<TruthRecord>,
+    /// The emitter's counts (exact even when records are dropped).
+    pub emit: Arc<EmitCounts>,
+    pub truth: Tap<TruthBin>,
     /// End-to-end latency samples [Control sample timestamp (bin end), received − timestamp] (s).
     pub end_to_end: Tap<[f64; 2]>,
     pub ingest: Arc<IngestStats>,
@@ -46,15 +46,15 @@ pub struct TelemetryQueues {
     pub joined_observers: FanOut<JoinedBin>,
 }
 
-impl TelemetryQueues {
+impl TelemetryInputs {
     pub fn new(
         capacity: usize,
-        emit: Arc<EmitChannels>,
+        emit: Arc<EmitCounts>,
         ingest: Arc<IngestStats>,
         notices: crossbeam_channel::Receiver<IngestNotice>,
         loop_status: Arc<LoopStatus>,
     ) -> Self {
-        TelemetryQueues {
+        TelemetryInputs {
             loop_status,
             bins: Tap::new(capacity),
             emitted: Tap::new(capacity),
@@ -104,7 +104,7 @@ pub struct TelemetryConfig {
 
 pub struct Telemetry {
     cfg: TelemetryConfig,
-    q: TelemetryQueues,
+    q: TelemetryInputs,
     joiner: BinJoiner,
     lat: StageLatencies,
     ingest_early: u64,
@@ -132,7 +132,7 @@ fn join_horizon(clock: &BinGrid) -> u64 {
 }
 
 impl Telemetry {
-    pub fn new(cfg: TelemetryConfig, q: TelemetryQueues) -> Telemetry {
+    pub fn new(cfg: TelemetryConfig, q: TelemetryInputs) -> Telemetry {
         let eval = Evaluation::new(cfg.latent, cfg.truth_latent, cfg.target.clone(), cfg.settle_bins, cfg.library.clone());
         Telemetry {
             lat: StageLatencies::new(cfg.warmup_bins, cfg.keep_series),
@@ -256,7 +256,7 @@ impl Telemetry {
     }
 
     /// Counts bin k's push: fallback, deadline miss, and its latencies.
-    fn account_push(&mut self, k: u64, e: &Emitted, rec: Option<&BinRecord>) {
+    fn account_push(&mut self, k: u64, e: &Emitted, rec: Option<&LoopBin>) {
         self.fallbacks += e.pushed.fallback() as u64;
         self.misses += e.pushed.deadline_miss() as u64;
         self.measured_misses += (e.pushed.deadline_miss() && self.lat.counts(k)) as u64;
@@ -267,20 +267,20 @@ impl Telemetry {
     }
 
     fn finalise(&mut self, k: u64, j: Parts) {
-        if j.rec.is_none() && j.emitted.is_none() {
+        if j.loop_bin.is_none() && j.emitted.is_none() {
             return; // the simulator's truth for a bin the loop never ran
         }
-        self.q.joined_observers.offer(JoinedBin { bin: k, rec: j.rec, emitted: j.emitted });
+        self.q.joined_observers.offer(JoinedBin { bin: k, loop_bin: j.loop_bin, emitted: j.emitted });
         self.bins += 1;
-        let flags = status_flags(j.rec.as_ref(), j.emitted.as_ref());
+        let flags = status_flags(j.loop_bin.as_ref(), j.emitted.as_ref());
         // Without the emitted record (dropped on a full queue) the gate state is unknown:
         // such a bin stays out of the open/closed-loop comparison.
         let mut enabled = None;
         if let Some(e) = &j.emitted {
-            self.account_push(k, e, j.rec.as_ref());
+            self.account_push(k, e, j.loop_bin.as_ref());
             enabled = Some(e.enabled);
         }
-        if let Some(r) = &j.rec {
+        if let Some(r) = &j.loop_bin {
             self.lat.record(Stage::Compute, k, r.done_at - r.started_at);
             self.late_spikes += r.late_spikes;
             self.binned_spikes += r.spikes;
@@ -389,8 +389,8 @@ mod tests {
     use crate::latency::Stage;
     use crate::{MAX_EMBED, MAX_LATENT};
 
-    fn record(k: u64, clock: &BinGrid) -> BinRecord {
-        BinRecord {
+    fn record(k: u64, clock: &BinGrid) -> LoopBin {
+        LoopBin {
             bin: k,
             started_at: clock.close(k),
             done_at: clock.close(k) + 1e-4,
@@ -425,8 +425,8 @@ mod tests {
     fn a_push_that_comes_after_its_bin_was_finalised_still_counts() {
         let clock = BinGrid { t0: 100.0, bin_s: 1e-3, grace_s: 5e-4, deadline_s: 4e-4 };
         let (_tx, rx) = crossbeam_channel::bounded(1);
-        let emit = Arc::new(EmitChannels::new(8192));
-        let q = TelemetryQueues::new(8192, emit.clone(), Arc::new(IngestStats::default()), rx, Arc::new(LoopStatus::default()));
+        let emit = Arc::new(EmitCounts::default());
+        let q = TelemetryInputs::new(8192, emit.clone(), Arc::new(IngestStats::default()), rx, Arc::new(LoopStatus::default()));
         let (bins_q, emitted_q) = (q.bins.queue.clone(), q.emitted.queue.clone());
         let cfg = TelemetryConfig {
             clock,
