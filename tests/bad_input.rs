@@ -5,33 +5,14 @@ mod common;
 use common::*;
 use lsl::ExPushable;
 
-/// A controller rig (no [sim]) reading a `kind` stream, with the sim's model saved to a file.
-fn controller_rig(dir: &std::path::Path, rig: &SimRig, kind: &str) -> std::path::PathBuf {
-    let model = rig.write_model(dir);
-    write(dir, "rig.toml", &rig.controller_toml(kind, &model))
-}
-
-fn wait_for_consumer(outlet: &lsl::StreamOutlet) {
-    assert!(outlet.wait_for_consumers(30.0), "neuroloop never connected");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-}
-
 #[test]
 fn wrong_channel_count_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("chans");
-    let rig_path = controller_rig(dir.path(), &rig, "counts");
-    let name = rig.spikes.clone();
+    let rig_path = rig.write_controller_rig(dir.path(), "counts");
     // A counts stream with 10 channels where the rig maps 96.
-    let keep = std::thread::spawn(move || {
-        let info = lsl::StreamInfo::new(&name, "SpikeCounts", 10, 100.0, lsl::ChannelFormat::Float32, "chans").unwrap();
-        let _outlet = lsl::StreamOutlet::new(&info, 0, 360).unwrap();
-        std::thread::sleep(std::time::Duration::from_secs(8));
-    });
-    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "10", "--quiet"]);
-    keep.join().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let keep = hold_outlet(rig.spikes.clone(), "SpikeCounts", 10, 100.0, lsl::ChannelFormat::Float32, "chans", 8);
+    let err = run_refused_at_connect(&rig_path, [keep]);
     assert!(err.contains("wrong channel count") && err.contains("96") && err.contains("10"), "{err}");
     assert!(err.contains("rig.toml"), "the error names the rig file: {err}");
 }
@@ -40,20 +21,18 @@ fn wrong_channel_count_is_a_clear_error() {
 fn bad_events_are_counted_reported_and_the_loop_keeps_going() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("badev");
-    let rig_path = controller_rig(dir.path(), &rig, "events");
+    let rig_path = rig.write_controller_rig(dir.path(), "events");
     let name = rig.spikes.clone();
     let pusher = std::thread::spawn(move || {
-        let info = lsl::StreamInfo::new(&name, "SpikeEvents", 2, lsl::IRREGULAR_RATE, lsl::ChannelFormat::Float32, "badev").unwrap();
-        let outlet = lsl::StreamOutlet::new(&info, 0, 360).unwrap();
+        let outlet = events_outlet(&name, "badev");
         wait_for_consumer(&outlet);
-        let mut t = lsl::local_clock();
+        let mut pace = Pacer::every(0.005);
         let mut good = 0u64;
         for i in 0..400u64 {
-            t += 0.005;
-            outlet.push_sample_ex(&vec![(i % 96) as f32, 0.0], t, true).unwrap();
+            outlet.push_sample_ex(&vec![(i % 96) as f32, 0.0], pace.tick(), true).unwrap();
             good += 1;
-            std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        let mut t = pace.last_tick();
         // 3 NaN channels, 4 unknown units, 2 duplicates, 5 out-of-order.
         for _ in 0..3 {
             outlet.push_sample_ex(&vec![f32::NAN, 0.0], t, true).unwrap();
@@ -71,22 +50,16 @@ fn bad_events_are_counted_reported_and_the_loop_keeps_going() {
             outlet.push_sample_ex(&vec![k as f32, 0.0], t - 0.002 - 0.0001 * k as f64, true).unwrap();
             good += 1;
         }
+        let mut pace = Pacer::after(t, 0.005);
         for i in 0..200u64 {
-            t += 0.005;
-            outlet.push_sample_ex(&vec![(i % 96) as f32, 0.0], t, true).unwrap();
+            outlet.push_sample_ex(&vec![(i % 96) as f32, 0.0], pace.tick(), true).unwrap();
             good += 1;
-            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
         good
     });
     // Run until the pusher is done, then Ctrl-C: nothing here depends on the machine's speed.
-    let report_path = dir.path().join("report.json");
-    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
-    let good = pusher.join().unwrap();
-    let out = interrupt(child);
-    assert!(out.status.success());
-    let r = report(&report_path);
+    let (good, out, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &[], || pusher.join().unwrap());
     let ing = &r["ingest"];
     assert_eq!(ing["nonfinite"], 3);
     assert_eq!(ing["unknown_units"], 4);
@@ -105,16 +78,15 @@ fn bad_events_are_counted_reported_and_the_loop_keeps_going() {
 fn bad_counts_samples_are_rejected_whole() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("badcnt");
-    let rig_path = controller_rig(dir.path(), &rig, "counts");
+    let rig_path = rig.write_controller_rig(dir.path(), "counts");
     let name = rig.spikes.clone();
     let pusher = std::thread::spawn(move || {
-        let info = lsl::StreamInfo::new(&name, "SpikeCounts", 96, 100.0, lsl::ChannelFormat::Float32, "badcnt").unwrap();
-        let outlet = lsl::StreamOutlet::new(&info, 0, 360).unwrap();
+        let outlet = counts_outlet(&name, 96, lsl::ChannelFormat::Float32, "badcnt");
         wait_for_consumer(&outlet);
-        let mut t = lsl::local_clock();
+        let mut pace = Pacer::every(0.01);
         let mut sample = vec![1.0f32; 96];
         for i in 0..300 {
-            t += 0.01;
+            let t = pace.tick();
             if i == 100 {
                 sample[5] = f32::INFINITY;
             }
@@ -125,16 +97,10 @@ fn bad_counts_samples_are_rejected_whole() {
             if i == 150 {
                 outlet.push_sample_ex(&sample, t, true).unwrap(); // duplicate timestamp
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
     });
-    let report_path = dir.path().join("report.json");
-    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
-    pusher.join().unwrap();
-    let out = interrupt(child);
-    assert!(out.status.success());
-    let r = report(&report_path);
+    let ((), _, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &[], || pusher.join().unwrap());
     assert_eq!(r["ingest"]["nonfinite"], 1);
     assert_eq!(r["ingest"]["duplicates"], 1);
     assert_eq!(r["ingest"]["spikes"].as_u64().unwrap(), 299 * 96, "all valid counts kept: 300 samples + 1 repeat, minus the NaN one and the repeat");
@@ -147,10 +113,7 @@ fn vanished_stream_gap_is_reported_and_the_loop_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("gap");
     let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "dropout_bins = [150, 250]", ""));
-    let report_path = dir.path().join("report.json");
-    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "800", "--report", report_path.to_str().unwrap(), "--quiet"]);
-    assert!(out.status.success());
-    let r = report(&report_path);
+    let (out, r) = run_bins(&rig_path, 800, &dir.path().join("report.json"), &[]);
     assert_eq!(r["control_samples"], 800);
     assert!(r["ingest"]["disconnects"].as_u64().unwrap() >= 1);
     assert!(r["ingest"]["reconnects"].as_u64().unwrap() >= 1);
@@ -164,27 +127,15 @@ fn vanished_stream_gap_is_reported_and_the_loop_resumes() {
     assert!(err.contains("input LOST"), "{err}");
 }
 
-/// An outlet of `format` named as the rig's input, kept alive for `secs`.
-fn hold_outlet(name: String, ty: &'static str, channels: u32, rate: f64, format: lsl::ChannelFormat, source: &'static str, secs: u64) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let info = lsl::StreamInfo::new(&name, ty, channels, rate, format, source).unwrap();
-        let _outlet = lsl::StreamOutlet::new(&info, 0, 360).unwrap();
-        std::thread::sleep(std::time::Duration::from_secs(secs));
-    })
-}
-
 /// A stream of the rig's name and type that carries strings (a marker stream, say) is not
 /// spikes: refused at connect, naming its format, instead of read as channel 0.
 #[test]
 fn a_string_stream_of_the_rigs_name_is_refused_at_connect() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("strfmt");
-    let rig_path = controller_rig(dir.path(), &rig, "events");
+    let rig_path = rig.write_controller_rig(dir.path(), "events");
     let keep = hold_outlet(rig.spikes.clone(), "SpikeEvents", 2, lsl::IRREGULAR_RATE, lsl::ChannelFormat::String, "strfmt", 8);
-    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "10", "--quiet"]);
-    keep.join().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_refused_at_connect(&rig_path, [keep]);
     assert!(err.contains("channel format is String, not a number") && err.contains("[input]"), "{err}");
 }
 
@@ -194,15 +145,11 @@ fn a_string_stream_of_the_rigs_name_is_refused_at_connect() {
 fn two_streams_matching_the_input_are_refused_with_how_to_choose() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("twins");
-    let rig_path = controller_rig(dir.path(), &rig, "events");
+    let rig_path = rig.write_controller_rig(dir.path(), "events");
     let a = hold_outlet(rig.spikes.clone(), "SpikeEvents", 2, lsl::IRREGULAR_RATE, lsl::ChannelFormat::Float32, "twin-a", 10);
     let b = hold_outlet(rig.spikes.clone(), "SpikeEvents", 2, lsl::IRREGULAR_RATE, lsl::ChannelFormat::Float32, "twin-b", 10);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "10", "--quiet"]);
-    a.join().unwrap();
-    b.join().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_refused_at_connect(&rig_path, [a, b]);
     assert!(err.contains("2 streams match [input]") && err.contains("twin-a") && err.contains("twin-b"), "{err}");
     assert!(err.contains("give [input] source_id"), "{err}");
 }
@@ -213,15 +160,14 @@ fn two_streams_matching_the_input_are_refused_with_how_to_choose() {
 fn impossible_and_fractional_counts_are_rejected_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("hugecnt");
-    let rig_path = controller_rig(dir.path(), &rig, "counts");
+    let rig_path = rig.write_controller_rig(dir.path(), "counts");
     let name = rig.spikes.clone();
     let pusher = std::thread::spawn(move || {
-        let info = lsl::StreamInfo::new(&name, "SpikeCounts", 96, 100.0, lsl::ChannelFormat::Double64, "hugecnt").unwrap();
-        let outlet = lsl::StreamOutlet::new(&info, 0, 360).unwrap();
+        let outlet = counts_outlet(&name, 96, lsl::ChannelFormat::Double64, "hugecnt");
         wait_for_consumer(&outlet);
-        let mut t = lsl::local_clock();
+        let mut pace = Pacer::every(0.01);
         for i in 0..300 {
-            t += 0.01;
+            let t = pace.tick();
             let mut sample = vec![2.0f64; 96];
             match i {
                 100 => sample[7] = 1e30,
@@ -230,16 +176,10 @@ fn impossible_and_fractional_counts_are_rejected_and_counted() {
                 _ => {}
             }
             outlet.push_sample_ex(&sample, t, true).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
     });
-    let report_path = dir.path().join("report.json");
-    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
-    pusher.join().unwrap();
-    let out = interrupt(child);
-    assert!(out.status.success());
-    let r = report(&report_path);
+    let ((), out, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &[], || pusher.join().unwrap());
     assert_eq!(r["ingest"]["invalid"], 3);
     assert_eq!(r["ingest"]["spikes"].as_u64().unwrap(), 297 * 96 * 2, "every valid count kept, none of the bad samples");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -254,24 +194,19 @@ fn impossible_and_fractional_counts_are_rejected_and_counted() {
 fn input_stamped_far_in_the_past_is_counted_stale_and_not_live() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("stale");
-    let rig_path = controller_rig(dir.path(), &rig, "events");
+    let rig_path = rig.write_controller_rig(dir.path(), "events");
     let name = rig.spikes.clone();
     let pusher = std::thread::spawn(move || {
-        let info = lsl::StreamInfo::new(&name, "SpikeEvents", 2, lsl::IRREGULAR_RATE, lsl::ChannelFormat::Float32, "stale").unwrap();
-        let outlet = lsl::StreamOutlet::new(&info, 0, 360).unwrap();
+        let outlet = events_outlet(&name, "stale");
         wait_for_consumer(&outlet);
+        let mut pace = Pacer::every(0.005);
         for i in 0..600u64 {
+            pace.tick();
             outlet.push_sample_ex(&vec![(i % 96) as f32, 0.0], 1.0 + i as f64 * 0.005, true).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         600u64
     });
-    let report_path = dir.path().join("report.json");
-    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
-    let pushed = pusher.join().unwrap();
-    let out = interrupt(child);
-    assert!(out.status.success());
-    let r = report(&report_path);
+    let (pushed, out, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &[], || pusher.join().unwrap());
     assert_eq!(r["ingest"]["stale"].as_u64().unwrap(), pushed, "every sample counted stale");
     assert_eq!(r["ingest"]["spikes"], 0);
     assert_eq!(r["binned_spikes"], 0.0);
@@ -288,23 +223,19 @@ fn input_stamped_far_in_the_past_is_counted_stale_and_not_live() {
 fn input_that_always_arrives_late_gets_a_notice_with_the_grace_it_needs() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("late");
-    let rig_path = controller_rig(dir.path(), &rig, "counts");
+    let rig_path = rig.write_controller_rig(dir.path(), "counts");
     let name = rig.spikes.clone();
     let pusher = std::thread::spawn(move || {
-        let info = lsl::StreamInfo::new(&name, "SpikeCounts", 96, 100.0, lsl::ChannelFormat::Float32, "late").unwrap();
-        let outlet = lsl::StreamOutlet::new(&info, 0, 360).unwrap();
+        let outlet = counts_outlet(&name, 96, lsl::ChannelFormat::Float32, "late");
         wait_for_consumer(&outlet);
+        let mut pace = Pacer::every(0.01);
         for _ in 0..400 {
+            // Paced on the clock; each stamped 20 ms before it goes out.
+            pace.tick();
             outlet.push_sample_ex(&vec![1.0f32; 96], lsl::local_clock() - 0.02, true).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     });
-    let report_path = dir.path().join("report.json");
-    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
-    pusher.join().unwrap();
-    let out = interrupt(child);
-    assert!(out.status.success());
-    let r = report(&report_path);
+    let ((), out, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &[], || pusher.join().unwrap());
     // Those before bin 0 (the session's start-up) are counted apart; the rest are late.
     let in_session = r["ingest"]["spikes"].as_f64().unwrap() - r["pre_session_spikes"].as_f64().unwrap();
     assert!(in_session >= 200.0 * 96.0, "{r}");
@@ -323,7 +254,7 @@ fn input_that_always_arrives_late_gets_a_notice_with_the_grace_it_needs() {
 fn a_burst_of_200k_spikes_is_binned_or_counted_every_one() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("burst");
-    let rig_path = controller_rig(dir.path(), &rig, "events");
+    let rig_path = rig.write_controller_rig(dir.path(), "events");
     let name = rig.spikes.clone();
     const BURST: usize = 200_000;
     let pusher = std::thread::spawn(move || {
@@ -338,12 +269,7 @@ fn a_burst_of_200k_spikes_is_binned_or_counted_every_one() {
         outlet.push_chunk_stamped_ex(&samples, &stamps, true).unwrap();
         std::thread::sleep(std::time::Duration::from_secs(3));
     });
-    let report_path = dir.path().join("report.json");
-    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
-    pusher.join().unwrap();
-    let out = interrupt(child);
-    assert!(out.status.success());
-    let r = report(&report_path);
+    let ((), _, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &[], || pusher.join().unwrap());
     let ing = &r["ingest"];
     assert_eq!(ing["samples"].as_u64().unwrap(), BURST as u64, "the inlet received every sample: {ing}");
     assert_eq!(ing["inlet_full"], 0);

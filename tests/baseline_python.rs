@@ -13,23 +13,15 @@
 //! ssm.py prints its per-bin step time (`--timing`); `--nocapture` shows it with the
 //! measured differences.
 
+mod common;
+use common::{python, repo};
 use neuroloop::backend::{BinInput, BinOutput};
 use neuroloop::rig::Rig;
 use neuroloop::safety::Safety;
 use neuroloop::session;
 use neuroloop::sim::Population;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    let p = repo().join(".venv/bin/python");
-    assert!(p.exists(), "{} is missing: run ./scripts/setup.sh first (it creates .venv with numpy)", p.display());
-    p
-}
 
 /// Largest allowed |Python − Rust| per quantity (loglik relative to max(1, |loglik|)).
 struct Tolerance {

@@ -49,7 +49,7 @@ fn interval_counts(path: &std::path::Path) -> (BTreeMap<String, u64>, usize) {
 fn bench_writes_a_consistent_report_log_table_and_plots() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("bench");
-    let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "", ""));
+    let rig_path = write(dir.path(), "rig.toml", &rig.events_toml("lqr"));
     let out_dir = dir.path().join("out");
     let (bins, warmup) = (300u64, 60u64);
     let out = run(&[
@@ -160,7 +160,7 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
 fn sweep_times_every_grid_point_on_every_backend() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("sweep");
-    let rig_path = write(dir.path(), "rig.toml", &rig.toml("mppi", "events", "events", "", ""));
+    let rig_path = write(dir.path(), "rig.toml", &rig.events_toml("mppi"));
     let out_dir = dir.path().join("sweep");
     let backends = if cfg!(feature = "wgpu") { "cpu,wgpu" } else { "cpu" };
     let bins = 12u64;
@@ -200,7 +200,7 @@ fn sweep_times_every_grid_point_on_every_backend() {
 fn sweep_and_bench_reject_bad_lists_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("sweep-bad");
-    let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "", ""));
+    let rig_path = write(dir.path(), "rig.toml", &rig.events_toml("lqr"));
     let rig_arg = rig_path.to_str().unwrap();
     let cases: [(&[&str], &str); 5] = [
         (&["sweep", "--rig", rig_arg, "--units", "96,abc"], "--units: 'abc' is not a positive whole number"),
@@ -221,7 +221,7 @@ fn sweep_and_bench_reject_bad_lists_with_a_clear_error() {
 fn bench_rejects_zero_bins_and_a_rig_it_cannot_read() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("bench-bad");
-    let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "", ""));
+    let rig_path = write(dir.path(), "rig.toml", &rig.events_toml("lqr"));
     let out = run(&["bench", "--rig", rig_path.to_str().unwrap(), "--bins", "0", "--out", dir.path().join("o").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bins must be at least 1"));

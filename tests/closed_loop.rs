@@ -37,6 +37,13 @@ fn assert_r2(r: &serde_json::Value, cpu_at_start: CpuTimes) {
     }
 }
 
+/// The report's tracking error in closed-loop blocks is clearly below the open-loop blocks'.
+fn assert_control_beats_open_loop(r: &serde_json::Value) {
+    let t = &r["tracking"];
+    let (closed, open) = (t["closed_loop_mse"].as_f64().unwrap(), t["open_loop_mse"].as_f64().unwrap());
+    assert!(closed < 0.5 * open, "closed-loop tracking error {closed} is not clearly below open loop {open}");
+}
+
 /// Closed loop with the simulator's true model: the filter tracks the latent, the
 /// embedding re-identifies after task switches, and control beats open loop.
 ///
@@ -60,11 +67,8 @@ fn closed_loop_tracks_reidentifies_and_controls() {
             "[model.task_id]\nenabled = true",
         ),
     );
-    let report_path = dir.path().join("report.json");
     let cpu = CpuTimes::now();
-    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "900", "--report", report_path.to_str().unwrap(), "--quiet"]);
-    assert!(out.status.success());
-    let r = report(&report_path);
+    let (_, r) = run_bins(&rig_path, 900, &dir.path().join("report.json"), &[]);
     eprintln!("{r:#}");
     assert_eq!(r["bins"], 900);
     assert_eq!(r["bins_computed"], 900);
@@ -76,9 +80,7 @@ fn closed_loop_tracks_reidentifies_and_controls() {
         let bins = s["bins_to_reidentify"].as_u64();
         assert!(bins.is_some_and(|b| b < 150), "no re-identification after switch {s}");
     }
-    let t = &r["tracking"];
-    let (closed, open) = (t["closed_loop_mse"].as_f64().unwrap(), t["open_loop_mse"].as_f64().unwrap());
-    assert!(closed < 0.5 * open, "closed-loop tracking error {closed} is not clearly below open loop {open}");
+    assert_control_beats_open_loop(&r);
 }
 
 /// The same closed loop through the CLI with the GPU backend (wgpu: Mesa lavapipe on a
@@ -96,18 +98,13 @@ fn closed_loop_on_the_gpu_backend() {
         .toml_timed((100.0, 40.0, 50.0), "mppi", "events", "events", "switch_every_s = 0.0\nopen_loop_block_bins = 100", "")
         .replace("backend = \"cpu\"", &format!("backend = \"{backend}\""));
     let rig_path = write(dir.path(), "rig.toml", &text);
-    let report_path = dir.path().join("report.json");
     let cpu = CpuTimes::now();
-    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "400", "--report", report_path.to_str().unwrap(), "--quiet"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = report(&report_path);
+    let (_, r) = run_bins(&rig_path, 400, &dir.path().join("report.json"), &[]);
     eprintln!("{r:#}");
     assert_eq!(r["bins"], 400);
     assert_eq!(r["control_samples"], 400);
     assert_r2(&r, cpu);
-    let t = &r["tracking"];
-    let (closed, open) = (t["closed_loop_mse"].as_f64().unwrap(), t["open_loop_mse"].as_f64().unwrap());
-    assert!(closed < 0.5 * open, "closed-loop tracking error {closed} is not clearly below open loop {open}");
+    assert_control_beats_open_loop(&r);
 }
 
 /// With an injected slow model, every bin still gets exactly one Control sample, in
@@ -116,20 +113,12 @@ fn closed_loop_on_the_gpu_backend() {
 fn one_sample_per_bin_with_a_slow_model() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("slow");
-    let rig_path = write(
-        dir.path(),
-        "rig.toml",
-        &rig.toml("lqr", "events", "events", "", "[fault]\nslow_every = 10\nslow_ms = 12.0")
-            // A long lead-in: the test's inlet is connected well before bin 0.
-            .replace("start_delay_ms = 1500.0", "start_delay_ms = 4000.0"),
-    );
+    // A long lead-in: the test's inlet is connected well before bin 0.
+    let rig_path = write(dir.path(), "rig.toml", &long_lead_in(&rig.toml("lqr", "events", "events", "", "[fault]\nslow_every = 10\nslow_ms = 12.0")));
     let rx = record::<f32>(&rig.control);
     let status_rx = record::<f64>(&rig.status);
-    let report_path = dir.path().join("report.json");
-    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "300", "--report", report_path.to_str().unwrap(), "--quiet"]);
-    assert!(out.status.success());
+    let (_, r) = run_bins(&rig_path, 300, &dir.path().join("report.json"), &[]);
     let samples = rx.join().unwrap();
-    let r = report(&report_path);
     assert_eq!(r["control_samples"], 300);
     assert_eq!(samples.len(), 300, "the inlet must see one sample per bin");
     for w in samples.windows(2) {

@@ -57,26 +57,11 @@ fn a_cpu_hog_beside_the_loop_leaves_every_bin_exactly_one_sample() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("hog");
     // A long lead-in: the test's inlet is connected well before bin 0.
-    let text = rig
-        .toml("lqr", "events", "events", "", "")
-        .replace("start_delay_ms = 1500.0", "start_delay_ms = 4000.0");
-    let rig_path = write(dir.path(), "rig.toml", &text);
+    let rig_path = write(dir.path(), "rig.toml", &long_lead_in(&rig.events_toml("lqr")));
     let control = record::<f32>(&rig.control);
-    let report_path = dir.path().join("report.json");
     let bins = 1000u64;
-    let out = run(&[
-        "run",
-        "--rig",
-        rig_path.to_str().unwrap(),
-        "--bins",
-        &bins.to_string(),
-        "--report",
-        report_path.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let (_, r) = run_bins(&rig_path, bins, &dir.path().join("report.json"), &[]);
     drop(hogs);
-    assert!(out.status.success());
-    let r = report(&report_path);
     assert_eq!(r["bins"], bins);
     assert_eq!(
         r["control_samples"], bins,
@@ -109,11 +94,7 @@ fn the_source_killed_and_restarted_is_a_gap_and_the_loop_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("restart");
     let model = rig.write_model(dir.path());
-    let sim_rig = write(
-        dir.path(),
-        "sim.toml",
-        &rig.toml("lqr", "events", "events", "", ""),
-    );
+    let sim_rig = write(dir.path(), "sim.toml", &rig.events_toml("lqr"));
     let ctrl_rig = write(
         dir.path(),
         "ctrl.toml",

@@ -14,11 +14,7 @@ const BINS_PER_TASK: u64 = 1500;
 /// The probe rig with stream names of its own and `edit` applied to its text.
 fn probe_rig(dir: &Path, name: &str, edit: impl Fn(String) -> String) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("rigs/sim-utah96-probe.toml")).unwrap();
-    let tag = unique("fit");
-    let text = text
-        .replace("\"neuroloop-sim-utah96\"", &format!("\"{tag}-spikes\""))
-        .replace("neuroloop-control-sim-utah96", &format!("{tag}-control"))
-        .replace("neuroloop-status-sim-utah96", &format!("{tag}-status"))
+    let text = rename_utah96_streams(&text, &unique("fit"))
         .replace("switch_every_s = 20.0", &format!("switch_every_s = {}", BINS_PER_TASK as f64 * 0.01));
     write(dir, name, &edit(text))
 }
@@ -28,6 +24,13 @@ struct Session {
     dir: PathBuf,
     rig: PathBuf,
     xdf: PathBuf,
+}
+
+impl Session {
+    /// `neuroloop fit` of this session's recording with its rig, and `args`.
+    fn fit(&self, args: &[&str]) -> (std::process::Output, Option<Value>) {
+        fit(&[&[self.xdf.to_str().unwrap(), "--rig", self.rig.to_str().unwrap()], args].concat())
+    }
 }
 
 /// One identification session in each of the simulator's 3 tasks, recorded once for
@@ -71,21 +74,7 @@ fn fitted() -> &'static (PathBuf, Value) {
         let s = session();
         let model = s.dir.join("fitted.safetensors");
         let report = s.dir.join("fit.json");
-        let (out, r) = fit(&[
-            s.xdf.to_str().unwrap(),
-            "--rig",
-            s.rig.to_str().unwrap(),
-            "--tasks",
-            "markers",
-            "--latent",
-            "4",
-            "--embed",
-            "3",
-            "--out",
-            model.to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-        ]);
+        let (out, r) = s.fit(&["--tasks", "markers", "--latent", "4", "--embed", "3", "--out", model.to_str().unwrap(), "--report", report.to_str().unwrap()]);
         assert!(out.status.success(), "fit failed");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("bits/spike") && stdout.contains("true model"), "{stdout}");
@@ -149,7 +138,7 @@ fn the_same_fit_writes_the_same_bytes_and_its_provenance() {
     let (model, r) = fitted();
     let s = session();
     let again = s.dir.join("again.safetensors");
-    let (out, _) = fit(&[s.xdf.to_str().unwrap(), "--rig", s.rig.to_str().unwrap(), "--tasks", "markers", "--out", again.to_str().unwrap(), "--quiet"]);
+    let (out, _) = s.fit(&["--tasks", "markers", "--out", again.to_str().unwrap(), "--quiet"]);
     assert!(out.status.success());
     assert!(std::fs::read(model).unwrap() == std::fs::read(&again).unwrap(), "two fits with the same inputs and seed differ");
     // Provenance: the input's hash, the seed, the iterations, the final objective, the version.
@@ -165,7 +154,7 @@ fn the_same_fit_writes_the_same_bytes_and_its_provenance() {
     assert!(meta["fit.final_objective"].as_str().unwrap().parse::<f64>().is_ok());
     // Another seed is another fit.
     let other = s.dir.join("other.safetensors");
-    let (out, _) = fit(&[s.xdf.to_str().unwrap(), "--rig", s.rig.to_str().unwrap(), "--out", other.to_str().unwrap(), "--quiet", "--seed", "2", "--iterations", "2"]);
+    let (out, _) = s.fit(&["--out", other.to_str().unwrap(), "--quiet", "--seed", "2", "--iterations", "2"]);
     assert!(out.status.success());
     assert!(std::fs::read(model).unwrap() != std::fs::read(&other).unwrap());
 }
@@ -173,21 +162,8 @@ fn the_same_fit_writes_the_same_bytes_and_its_provenance() {
 /// Rates the true population reaches in task 0 under a constant input: a target the
 /// controller can reach (true model, Hz, one per unit).
 fn reachable_target_rates(probe_rig: &Path) -> Vec<f64> {
-    use nalgebra::DVector;
-    use neuroloop::model::{dynamics, observation};
     let rig = neuroloop::rig::Rig::load(probe_rig).unwrap();
-    let truth = neuroloop::sim::truth_model(rig.sim.as_ref().unwrap(), 0.01);
-    let theta = truth.theta_at(&truth.task_library[0]);
-    let d = truth.dims.latent;
-    let u = DVector::from_vec(vec![0.6, -0.6, 0.6, -0.6]);
-    let (mut x, mut next, mut t) = (DVector::zeros(d), DVector::zeros(d), DVector::zeros(d));
-    for _ in 0..3000 {
-        dynamics::step(&theta, truth.alpha, &x, &u, &mut next, &mut t);
-        x.copy_from(&next);
-    }
-    let mut eta = DVector::zeros(truth.dims.n_units);
-    observation::log_rates(&truth.obs_c, &truth.obs_d, truth.log_rate_max, &x, &mut eta);
-    eta.iter().map(|e| e.exp()).collect()
+    reachable_rates(&neuroloop::sim::truth_model(rig.sim.as_ref().unwrap(), 0.01))
 }
 
 /// A closed-loop rig on the simulated utah96 population (task 0 throughout), alternating
@@ -195,13 +171,9 @@ fn reachable_target_rates(probe_rig: &Path) -> Vec<f64> {
 /// simulator's true model).
 fn closed_loop_rig(dir: &Path, name: &str, model: Option<&Path>, controller: &str, target: &[f64]) -> PathBuf {
     let text = std::fs::read_to_string(repo().join("rigs/sim-utah96.toml")).unwrap();
-    let tag = unique("fitcl");
     let target: Vec<String> = target.iter().map(|v| format!("{v:.4}")).collect();
     let model_line = model.map_or(String::new(), |p| format!("path = \"{}\"\n", p.display()));
-    let text = text
-        .replace("\"neuroloop-sim-utah96\"", &format!("\"{tag}-spikes\""))
-        .replace("neuroloop-control-sim-utah96", &format!("{tag}-control"))
-        .replace("neuroloop-status-sim-utah96", &format!("{tag}-status"))
+    let text = rename_utah96_streams(&text, &unique("fitcl"))
         .replace("backend = \"cpu\"", &format!("{model_line}backend = \"cpu\""))
         .replace("kind = \"mppi\"", &format!("kind = \"{controller}\""))
         .replace("kind = \"latent\"\ntarget = [0.3, -0.3, 0.2, -0.1]", &format!("kind = \"rates\"\ntarget = [{}]", target.join(", ")))
@@ -304,7 +276,7 @@ fn offline_tracking(rig_path: &Path, bins: u64) -> (f64, f64) {
 fn a_model_written_by_python_safetensors_with_pytorch_names_loads() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("torch.safetensors");
-    let out = std::process::Command::new(python()).arg(repo().join("tests/py/write_torch_model.py")).arg(&model).output().unwrap();
+    let out = py_script("write_torch_model.py").arg(&model).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rig = closed_loop_rig(dir.path(), "torch-rig.toml", Some(&model), "mppi", &[20.0]);
     let check = run(&["check", "--rig", rig.to_str().unwrap()]);
@@ -326,9 +298,12 @@ fn fit_fails(args: &[&str], want: &[&str]) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// One stream of a crafted file: (id, name, type, channels, srate, timestamps, row-major values).
+type XdfStream<'a> = (u32, &'a str, &'a str, usize, f64, Vec<f64>, Vec<f64>);
+
 /// A minimal XDF file of one stream, written with neuroloop's own writer (the tests craft
 /// files a real rig could produce).
-fn xdf_with(path: &Path, streams: &[(u32, &str, &str, usize, f64, Vec<f64>, Vec<f64>)]) {
+fn xdf_with(path: &Path, streams: &[XdfStream]) {
     use neuroloop::record::xdf::{Format, XdfWriter};
     let mut w = XdfWriter::create(path, "").unwrap();
     for (id, name, ty, channels, srate, ts, values) in streams {
@@ -417,20 +392,7 @@ fn a_diverging_fit_stops_and_keeps_the_last_good_parameters() {
     let model = dir.path().join("diverged.safetensors");
     let report = dir.path().join("diverged.json");
     // Adam at 1000 throws the parameters far past where exp() overflows.
-    let (out, r) = fit(&[
-        s.xdf.to_str().unwrap(),
-        "--rig",
-        s.rig.to_str().unwrap(),
-        "--iterations",
-        "3",
-        "--learning-rate",
-        "1000",
-        "--out",
-        model.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let (out, r) = s.fit(&["--iterations", "3", "--learning-rate", "1000", "--out", model.to_str().unwrap(), "--report", report.to_str().unwrap(), "--quiet"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("STOPPED EARLY") && stdout.contains("not finite") && stdout.contains("last good parameters"), "{stdout}");

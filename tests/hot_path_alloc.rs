@@ -55,11 +55,7 @@ fn hot_path_does_not_allocate() {
     // An identification session: the probe in place of a model, recording on.
     let dir = tempfile::tempdir().unwrap();
     let tag = common::unique("alloc-probe");
-    let text = std::fs::read_to_string(common::repo().join("rigs/sim-utah96-probe.toml"))
-        .unwrap()
-        .replace("neuroloop-sim-utah96", &format!("{tag}-spikes"))
-        .replace("neuroloop-control-sim-utah96", &format!("{tag}-control"))
-        .replace("neuroloop-status-sim-utah96", &format!("{tag}-status"));
+    let text = common::rename_utah96_streams(&std::fs::read_to_string(common::repo().join("rigs/sim-utah96-probe.toml")).unwrap(), &tag);
     let rig = Rig::load(&common::write(dir.path(), "probe.toml", &text)).unwrap();
     let xdf = dir.path().join("probe.xdf");
     let report = session::run(&rig, &RunOptions { bins: Some(300), with_sim: true, record: Some(xdf), ..Default::default() }).unwrap();

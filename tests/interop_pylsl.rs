@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use std::process::{Command, Stdio};
 
 #[test]
 fn pylsl_spikes_in_pylsl_control_out() {
@@ -12,33 +11,13 @@ fn pylsl_spikes_in_pylsl_control_out() {
     let rig = SimRig::new("py");
     // The controller's rig: no [sim], the simulator's true model from a file, input from pylsl.
     let model = rig.write_model(dir.path());
-    let text = rig.controller_toml("events", &model);
-    // A long lead-in before bin 0: the Control outlet exists for 4 s before its first
-    // sample, so the Python inlet is connected by then even on a slow machine.
-    assert!(text.contains("start_delay_ms = 1500.0"));
-    let text = text.replace("start_delay_ms = 1500.0", "start_delay_ms = 4000.0");
-    let rig_path = write(dir.path(), "rig.toml", &text);
+    // A long lead-in before bin 0, so the Python inlet is connected before the first sample.
+    let rig_path = write(dir.path(), "rig.toml", &long_lead_in(&rig.controller_toml("events", &model)));
 
-    let py = python();
-    let outlet = Command::new(&py)
-        .arg(repo().join("tests/py/spike_outlet.py"))
-        .args(["--name", &rig.spikes, "--channels", "96", "--duration", "6", "--linger", "1"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let inlet = Command::new(&py)
-        .arg(repo().join("tests/py/control_inlet.py"))
-        .args(["--name", &rig.control, "--seconds", "20"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let outlet = pylsl_spike_outlet(&rig.spikes, 6, &[]);
+    let inlet = pylsl_control_inlet(&rig.control, 20);
     // Run until pylsl has pushed everything, then Ctrl-C.
-    let report_path = dir.path().join("report.json");
-    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
-    let pushed_out = outlet.wait_with_output().unwrap();
-    let out = interrupt(child);
-    assert!(out.status.success());
-    let r = report(&report_path);
+    let (pushed_out, _, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &[], || outlet.wait_with_output().unwrap());
 
     let pushed: serde_json::Value = serde_json::from_slice(&pushed_out.stdout).unwrap();
     let pushed = pushed["pushed"].as_u64().expect("pylsl outlet output");

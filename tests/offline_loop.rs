@@ -2,6 +2,8 @@
 //! one thread, no LSL and no clock: a deterministic check of the CPU backend's estimation,
 //! re-identification and control (the live loop's timing is tested elsewhere).
 
+mod common;
+use common::{reachable_rates, repo};
 use neuroloop::backend::{BinInput, BinOutput};
 use neuroloop::rig::Rig;
 use neuroloop::safety::Safety;
@@ -21,7 +23,7 @@ fn run_offline(rig_file: &str, controller: &str, bins: u64) -> Outcome {
 
 /// `model_keys` are added to the rig's [model] section (backend, filter, …).
 fn run_offline_with(rig_file: &str, controller: &str, bins: u64, model_keys: &str) -> Outcome {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rig_file);
+    let path = repo().join(rig_file);
     let text = std::fs::read_to_string(&path).unwrap().replace("kind = \"mppi\"", &format!("kind = \"{controller}\""));
     let text = text.replace("backend = \"cpu\"\n", "").replace("[model]\n", &format!("[model]\n{model_keys}\n"));
     let dir = tempfile::tempdir().unwrap();
@@ -68,7 +70,7 @@ fn run_offline_with(rig_file: &str, controller: &str, bins: u64, model_keys: &st
         }
         // Re-identification: nearest library entry = true task for 10 bins in a row.
         if j > 0 && j % switch == 0 {
-            if let Some(_) = since_switch.take() {
+            if since_switch.take().is_some() {
                 reid.push(None);
             }
             since_switch = Some((j, task, 0));
@@ -184,7 +186,7 @@ fn gpu_backend_switches_objective_between_latent_and_rates() {
         "wgpu"
     };
     let load = |objective: &str| {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rigs/sim-utah96.toml");
+        let path = repo().join("rigs/sim-utah96.toml");
         let text = std::fs::read_to_string(&path)
             .unwrap()
             .replace("backend = \"cpu\"\n", "")
@@ -277,25 +279,16 @@ fn gpu_backend_switches_objective_between_latent_and_rates() {
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 #[test]
 fn gpu_mppi_follows_the_cpu_on_a_rate_objective() {
-    use neuroloop::model::{dynamics, observation};
+    use neuroloop::model::observation;
     let backend = if cfg!(feature = "cuda") { "cuda" } else { "wgpu" };
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rigs/sim-utah96.toml");
+    let path = repo().join("rigs/sim-utah96.toml");
     let base = std::fs::read_to_string(&path).unwrap();
     let rig0 = Rig::load(&path).unwrap();
     let sim = rig0.sim.clone().unwrap();
     let truth = neuroloop::sim::truth_model(&sim, 0.01);
     let dims = truth.dims;
     // A reachable target: the population's rates in task 0 under a constant input.
-    let theta = truth.theta_at(&truth.task_library[0]);
-    let u_c = nalgebra::DVector::from_vec(vec![0.6, -0.6, 0.6, -0.6]);
-    let (mut x, mut nx, mut t) = (nalgebra::DVector::zeros(4), nalgebra::DVector::zeros(4), nalgebra::DVector::zeros(4));
-    for _ in 0..3000 {
-        dynamics::step(&theta, truth.alpha, &x, &u_c, &mut nx, &mut t);
-        x.copy_from(&nx);
-    }
-    let mut eta = nalgebra::DVector::zeros(dims.n_units);
-    observation::log_rates(&truth.obs_c, &truth.obs_d, truth.log_rate_max, &x, &mut eta);
-    let target: Vec<String> = eta.iter().map(|e| format!("{:.6}", e.exp())).collect();
+    let target: Vec<String> = reachable_rates(&truth).iter().map(|r| format!("{r:.6}")).collect();
     let text = base
         .replace("kind = \"latent\"\ntarget = [0.3, -0.3, 0.2, -0.1]", &format!("kind = \"rates\"\ntarget = [{}]", target.join(", ")));
     let dir = tempfile::tempdir().unwrap();

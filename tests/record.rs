@@ -7,14 +7,19 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Stdio};
-
-fn timestamps(s: &Value) -> Vec<f64> {
-    s["timestamp_bits"].as_array().unwrap().iter().map(|b| f64::from_bits(b.as_u64().unwrap())).collect()
-}
+use std::process::Command;
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// Waits (up to a minute) until the recording a spawned run is writing holds `bytes`.
+fn wait_until_recorded(xdf: &Path, bytes: u64) {
+    let started = std::time::Instant::now();
+    while std::fs::metadata(xdf).map_or(0, |m| m.len()) < bytes {
+        assert!(started.elapsed().as_secs() < 60, "the recording never grew");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -23,31 +28,16 @@ fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
     let rig = SimRig::new("rec");
     let model = rig.write_model(dir.path());
     // Controller only (no [sim]): the spikes come from a pylsl outlet that logs what it pushed.
-    let text = rig.controller_toml("events", &model).replace("start_delay_ms = 1500.0", "start_delay_ms = 4000.0");
-    let rig_path = write(dir.path(), "rig.toml", &text);
+    let rig_path = write(dir.path(), "rig.toml", &long_lead_in(&rig.controller_toml("events", &model)));
     let xdf = dir.path().join("session.xdf");
     let log = dir.path().join("pushed.json");
-    let py = python();
-    let outlet = Command::new(&py)
-        .arg(repo().join("tests/py/spike_outlet.py"))
-        .args(["--name", &rig.spikes, "--channels", "96", "--duration", "5", "--linger", "1", "--log", log.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let inlet = Command::new(&py)
-        .arg(repo().join("tests/py/control_inlet.py"))
-        .args(["--name", &rig.control, "--seconds", "25"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let outlet = pylsl_spike_outlet(&rig.spikes, 5, &["--log", log.to_str().unwrap()]);
+    let inlet = pylsl_control_inlet(&rig.control, 25);
     // What the Status outlet pushed, as an LSL inlet received it.
     let status_inlet = record::<f64>(&rig.status);
-    let report_path = dir.path().join("report.json");
-    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet", "--record", xdf.to_str().unwrap()]);
-    assert!(outlet.wait_with_output().unwrap().status.success());
-    let out = interrupt(child);
-    assert!(out.status.success());
-    let r = report(&report_path);
+    let ((), _, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &["--record", xdf.to_str().unwrap()], || {
+        assert!(outlet.wait_with_output().unwrap().status.success())
+    });
     let seen: Value = serde_json::from_slice(&inlet.wait_with_output().unwrap().stdout).unwrap();
     let status_seen = status_inlet.join().unwrap();
     let pushed: Vec<Vec<u64>> = serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
@@ -152,7 +142,7 @@ fn a_recorded_session_loads_in_pyxdf_with_every_sample_exact() {
     // The recorded Status stream is what the outlet pushed, bit for bit (built once, not
     // recomputed by the recorder).
     assert!(status_seen.len() as u64 > bins / 2, "the inlet heard {} of {bins} Status samples", status_seen.len());
-    let rec_ts = timestamps(status);
+    let rec_ts = xdf_timestamps(status);
     for (ts, v) in &status_seen {
         let k = v[0] as usize;
         assert_eq!(rec_ts[k].to_bits(), ts.to_bits(), "bin {k}: the recorded Status timestamp is the pushed one");
@@ -173,12 +163,10 @@ fn replay_reproduces_the_control_stream_bit_for_bit_and_reports_the_first_diverg
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("replay");
     // MPPI (counter-based noise) with online embedding updates: the whole model replays.
-    let rig_path = write(dir.path(), "rig.toml", &rig.toml("mppi", "events", "events", "", ""));
+    let rig_path = write(dir.path(), "rig.toml", &rig.events_toml("mppi"));
     let xdf = dir.path().join("run.xdf");
-    let report_path = dir.path().join("report.json");
-    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "300", "--quiet", "--record", xdf.to_str().unwrap(), "--report", report_path.to_str().unwrap()]);
-    assert!(out.status.success());
-    assert_eq!(u(&report(&report_path)["recording"]["dropped_bins"]), 0);
+    let (_, r) = run_bins(&rig_path, 300, &dir.path().join("report.json"), &["--record", xdf.to_str().unwrap()]);
+    assert_eq!(u(&r["recording"]["dropped_bins"]), 0);
 
     let (out, v) = replay(&["replay", xdf.to_str().unwrap(), "--rig", rig_path.to_str().unwrap(), "--quiet"]);
     assert!(out.status.success(), "replay of an untouched recording must match");
@@ -222,20 +210,14 @@ fn replay_reproduces_the_control_stream_bit_for_bit_and_reports_the_first_diverg
 fn a_killed_run_leaves_a_readable_recording_that_replays() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("kill");
-    let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "", ""));
+    let rig_path = write(dir.path(), "rig.toml", &rig.events_toml("lqr"));
     let xdf = dir.path().join("killed.xdf");
     let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--quiet", "--record", xdf.to_str().unwrap()]);
     // Wait until well into the bins (the grid starts ~2.5 s after launch), then SIGKILL:
     // no handler runs, no footer is written.
-    let started = std::time::Instant::now();
-    while std::fs::metadata(&xdf).map_or(0, |m| m.len()) < 200_000 {
-        assert!(started.elapsed().as_secs() < 60, "the recording never grew");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until_recorded(&xdf, 200_000);
     std::thread::sleep(std::time::Duration::from_millis(1300));
-    let ok = Command::new("kill").args(["-KILL", &child.id().to_string()]).status().unwrap().success();
-    assert!(ok);
-    let out = child.wait_with_output().unwrap();
+    let out = signal(child, "KILL");
     assert!(!out.status.success(), "killed");
 
     let d = xdf_dump(&xdf);
@@ -254,7 +236,7 @@ fn a_killed_run_leaves_a_readable_recording_that_replays() {
     // Everything flushed together: the per-bin streams end within a flush of each other.
     let nb = u(&xdf_stream(&d, "NeuroloopBins")["n"]);
     assert!(nb.abs_diff(bins) <= 60, "bins {nb} vs Control {bins}");
-    let ts = timestamps(control);
+    let ts = xdf_timestamps(control);
     for w in ts.windows(2) {
         assert!((w[1] - w[0] - 0.010).abs() < 1e-9, "Control timestamps are consecutive bin ends");
     }
@@ -269,11 +251,9 @@ fn a_killed_run_leaves_a_readable_recording_that_replays() {
 fn replay_bins_a_labrecorder_file_of_the_raw_spike_stream() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("lab");
-    let model = rig.write_model(dir.path());
-    let rig_path = write(dir.path(), "rig.toml", &rig.controller_toml("events", &model));
+    let rig_path = rig.write_controller_rig(dir.path(), "events");
     let xdf = dir.path().join("labrecorder.xdf");
-    let out = Command::new(python())
-        .arg(repo().join("tests/py/labrecorder_spikes.py"))
+    let out = py_script("labrecorder_spikes.py")
         .args(["--out", xdf.to_str().unwrap(), "--name", &rig.spikes, "--channels", "96", "--duration", "3"])
         .output()
         .unwrap();
@@ -297,9 +277,12 @@ fn replay_bins_a_labrecorder_file_of_the_raw_spike_stream() {
     assert!(u(&v["gap_bins"]) <= 1, "the stream is live throughout");
 }
 
+/// One stream of a crafted recording: (id, type, channels, timestamps, row-major values).
+type CraftedStream<'a> = (u32, &'a str, usize, Vec<f64>, Vec<f64>);
+
 /// A crafted recording: `streams` of (id, type, channels, timestamps, row-major values), all
 /// double64, with a bin grid in the header as neuroloop writes it.
-fn crafted(path: &Path, streams: &[(u32, &str, usize, Vec<f64>, Vec<f64>)]) {
+fn crafted(path: &Path, streams: &[CraftedStream]) {
     use neuroloop::record::xdf::{Format, XdfWriter};
     let header = "<neuroloop><bin_grid><t0>100.0</t0><bin_s>0.01</bin_s><grace_s>0.004</grace_s><deadline_s>0.005</deadline_s></bin_grid></neuroloop>";
     let mut w = XdfWriter::create(path, header).unwrap();
@@ -319,13 +302,13 @@ fn crafted(path: &Path, streams: &[(u32, &str, usize, Vec<f64>, Vec<f64>)]) {
 fn recordings_with_streams_of_the_wrong_shape_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("shape");
-    let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "", ""));
+    let rig_path = write(dir.path(), "rig.toml", &rig.events_toml("lqr"));
     let bins = 50usize;
     let ends: Vec<f64> = (0..bins).map(|k| 100.0 + 0.01 * (k + 1) as f64).collect();
     let bins_stream = (2, "NeuroloopBins", 98, ends.clone(), vec![0.0; bins * 98]);
     let control = (3, "Control", 4, ends.clone(), vec![0.0; bins * 4]);
-    let timing = |ch: usize| (5, "NeuroloopTiming", ch, ends.clone(), (0..bins).flat_map(|k| std::iter::once(k as f64).chain(std::iter::repeat(1.0).take(ch - 1))).collect::<Vec<_>>());
-    let status = |ch: usize| (4, "NeuroloopStatus", ch, ends.clone(), (0..bins).flat_map(|k| std::iter::once(k as f64).chain(std::iter::repeat(0.0).take(ch - 1))).collect::<Vec<_>>());
+    let timing = |ch: usize| (5, "NeuroloopTiming", ch, ends.clone(), (0..bins).flat_map(|k| std::iter::once(k as f64).chain(std::iter::repeat_n(1.0, ch - 1))).collect::<Vec<_>>());
+    let status = |ch: usize| (4, "NeuroloopStatus", ch, ends.clone(), (0..bins).flat_map(|k| std::iter::once(k as f64).chain(std::iter::repeat_n(0.0, ch - 1))).collect::<Vec<_>>());
     let timing_channels = neuroloop::schema::TIMING_LABELS.len();
     let status_channels = neuroloop::schema::status_channels(4, 3);
     for (name, streams, want) in [
@@ -349,8 +332,7 @@ fn recordings_with_streams_of_the_wrong_shape_are_refused_by_name() {
 fn time_jumps_in_a_spike_stream_are_skipped_or_refused_never_stepped_through() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("jump");
-    let model = rig.write_model(dir.path());
-    let rig_path = write(dir.path(), "rig.toml", &rig.controller_toml("events", &model));
+    let rig_path = rig.write_controller_rig(dir.path(), "events");
     let n = 2000usize;
     // LSL's clock counts from boot: an hour and a half into the machine's uptime.
     let ts: Vec<f64> = (0..n).map(|i| 5000.0 + i as f64 * 0.002).collect();
@@ -386,18 +368,13 @@ fn time_jumps_in_a_spike_stream_are_skipped_or_refused_never_stepped_through() {
 fn sigterm_and_sighup_end_a_run_cleanly_and_a_bad_report_path_stops_it_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("term");
-    let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "", ""));
+    let rig_path = write(dir.path(), "rig.toml", &rig.events_toml("lqr"));
     for signal in ["TERM", "HUP"] {
         let xdf = dir.path().join(format!("{signal}.xdf"));
         let report_path = dir.path().join(format!("{signal}.json"));
         let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--quiet", "--record", xdf.to_str().unwrap(), "--report", report_path.to_str().unwrap()]);
-        let started = std::time::Instant::now();
-        while std::fs::metadata(&xdf).map_or(0, |m| m.len()) < 100_000 {
-            assert!(started.elapsed().as_secs() < 60, "the recording never grew");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        assert!(Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap().success());
-        let out = child.wait_with_output().unwrap();
+        wait_until_recorded(&xdf, 100_000);
+        let out = common::signal(child, signal);
         assert!(out.status.success(), "SIG{signal}: {}", String::from_utf8_lossy(&out.stderr));
         let r = report(&report_path);
         assert!(u(&r["bins"]) > 50, "SIG{signal}: {}", r["bins"]);
@@ -421,7 +398,7 @@ fn sigterm_and_sighup_end_a_run_cleanly_and_a_bad_report_path_stops_it_at_start(
 fn a_full_disk_stops_the_recording_not_the_run_and_the_loss_is_counted() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("full");
-    let rig_path = write(dir.path(), "rig.toml", &rig.toml("lqr", "events", "events", "", ""));
+    let rig_path = write(dir.path(), "rig.toml", &rig.events_toml("lqr"));
     let xdf = dir.path().join("full.xdf");
     let report_path = dir.path().join("report.json");
     // 600 blocks of 512 bytes: the recording fails after ~300 kB (a few seconds of bins).

@@ -2,11 +2,19 @@
 
 mod common;
 use common::*;
+use std::collections::HashMap;
+use std::path::Path;
 
-/// `text` with `from` replaced by `to` (which must be there: a silent no-op would test nothing).
-fn edit(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "the template has no `{from}`");
-    text.replace(from, to)
+/// The model file `model` written again as `out`: only the tensors `keep_tensor` keeps, and
+/// the metadata as `edit_metadata` leaves it.
+fn rewrite_model(model: &Path, out: &Path, keep_tensor: impl Fn(&str) -> bool, edit_metadata: impl FnOnce(&mut HashMap<String, String>)) {
+    let bytes = std::fs::read(model).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut m = meta.metadata().clone().unwrap();
+    edit_metadata(&mut m);
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| keep_tensor(n)).collect();
+    safetensors::serialize_to_file(kept, &Some(m), out).unwrap();
 }
 
 fn check(text: &str) -> String {
@@ -27,14 +35,14 @@ fn shipped_rigs_check_out() {
 
 #[test]
 fn unknown_key_names_the_key_and_file() {
-    let good = SimRig::new("rigerr").toml("lqr", "events", "events", "", "");
+    let good = SimRig::new("rigerr").events_toml("lqr");
     let err = check(&edit(&good, "grace_ms = 4\n", "grace_ms = 4\nbin_msec = 3.0\n"));
     assert!(err.contains("bin_msec") && err.contains("bad-rig.toml"), "{err}");
 }
 
 #[test]
 fn out_of_range_values_name_the_key() {
-    let good = SimRig::new("rigerr").toml("lqr", "events", "events", "", "");
+    let good = SimRig::new("rigerr").events_toml("lqr");
     let err = check(&edit(&good, "deadline_ms = 5\n", "deadline_ms = 15\n"));
     assert!(err.contains("timing.deadline_ms") && err.contains("bad-rig.toml"), "{err}");
     let err = check(&edit(&good, "max_step = 0.25", "max_step = -1.0"));
@@ -49,13 +57,8 @@ fn model_file_with_a_missing_tensor_names_it() {
     let rig = SimRig::new("modelerr");
     let model = rig.write_model(dir.path());
     // Rewrite the file without `observation.bias`, keeping everything else.
-    let bytes = std::fs::read(&model).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let kept: Vec<(String, safetensors::tensor::TensorView)> =
-        st.tensors().into_iter().filter(|(n, _)| n != "observation.bias").collect();
     let broken = dir.path().join("broken.safetensors");
-    safetensors::serialize_to_file(kept, &meta.metadata().clone(), &broken).unwrap();
+    rewrite_model(&model, &broken, |n| n != "observation.bias", |_| {});
     let p = write(dir.path(), "rig.toml", &rig.controller_toml("events", &broken));
     let out = run(&["check", "--rig", p.to_str().unwrap()]);
     assert!(!out.status.success());
@@ -82,7 +85,7 @@ fn limited(cmd: &str, text: &str) -> (Option<i32>, String) {
 /// allocated or started, with the same message from `check` and from `run`.
 #[test]
 fn every_out_of_range_key_is_refused_by_check_and_run_alike() {
-    let good = SimRig::new("ranges").toml("mppi", "events", "events", "", "");
+    let good = SimRig::new("ranges").events_toml("mppi");
     let embedding = |kv: &str| edit(&good, "[model]\nbackend = \"cpu\"\n", &format!("[model]\nbackend = \"cpu\"\n[model.embedding]\n{kv}\n"));
     let task_id = |kv: &str| edit(&good, "[model]\nbackend = \"cpu\"\n", &format!("[model]\nbackend = \"cpu\"\n[model.task_id]\n{kv}\n"));
     let controller = |kv: &str| edit(&good, "kind = \"mppi\"\n", &format!("kind = \"mppi\"\n{kv}\n"));
@@ -130,14 +133,11 @@ fn absurd_model_dimensions_name_the_metadata_key() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("modeldims");
     let model = rig.write_model(dir.path());
-    let bytes = std::fs::read(&model).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     for (key, value) in [("latent_dim", "4294967296"), ("n_units", "1000000000000"), ("hidden_dim", "99999999"), ("control_dim", "-1")] {
-        let mut m = meta.metadata().clone().unwrap();
-        m.insert(key.into(), value.into());
         let broken = dir.path().join(format!("{key}.safetensors"));
-        safetensors::serialize_to_file(st.tensors(), &Some(m), &broken).unwrap();
+        rewrite_model(&model, &broken, |_| true, |m| {
+            m.insert(key.into(), value.into());
+        });
         let (code, err) = limited("check", &rig.controller_toml("events", &broken));
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains(&format!("metadata key `{key}`")) && err.contains(value), "{key}: {err}");
@@ -154,7 +154,7 @@ fn errors_say_each_cause_once_in_plain_terms() {
     assert!(err.contains("/nonexistent/rig.toml"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
-    let rig = write(dir.path(), "rig.toml", &SimRig::new("xdferr").toml("lqr", "events", "events", "", ""));
+    let rig = write(dir.path(), "rig.toml", &SimRig::new("xdferr").events_toml("lqr"));
     let cases: [(&str, &[u8], &str); 3] = [
         ("not.xdf", b"n\xa6 this is not a recording at all", "does not start with \"XDF:\""),
         ("cut.xdf", b"XDF:\x04\x10\x00\x00\x00\x01\x00<?xml", "truncated"),
@@ -188,7 +188,7 @@ fn a_map_by_label_is_checked_before_any_stream() {
     assert!(err.contains("units.labels") && err.contains("trailing spaces"), "{err}");
     let err = check(&edit(&counts, "[units]\nchannels = 96\n", &format!("{by_label}merge_sorted = true\n")));
     assert!(err.contains("units.merge_sorted"), "{err}");
-    let events = SimRig::new("rigerr").toml("lqr", "events", "events", "", "");
+    let events = SimRig::new("rigerr").events_toml("lqr");
     let err = check(&edit(&events, "[units]\nchannels = 96\n", &by_label));
     assert!(err.contains("units.labels") && err.contains("counts stream"), "{err}");
     // A simulated counts rig labels its channels with the rig's labels: it checks out.

@@ -15,21 +15,24 @@ fn rig_labels() -> Vec<String> {
     (0..N).map(|k| format!("elec{k}")).collect()
 }
 
+/// `text` (a rig mapping 96 channels by position) mapping [`rig_labels`] instead.
+fn mapped_by_label(text: &str) -> String {
+    let quoted: Vec<String> = rig_labels().iter().map(|l| format!("\"{l}\"")).collect();
+    edit(text, "[units]\nchannels = 96\n", &format!("[units]\nlabels = [{}]\n", quoted.join(", ")))
+}
+
 /// The controller rig (96 units, counts) mapping by label instead of by position.
 fn label_rig(dir: &std::path::Path, rig: &SimRig) -> std::path::PathBuf {
     let model = rig.write_model(dir);
     // The test's samples are stamped off the bins' grid (up to a bin after the one they
     // are binned in): a grace of more than a bin keeps them on time.
     let text = rig.controller_toml("counts", &model).replace("grace_ms = 4\n", "grace_ms = 12\n");
-    let quoted: Vec<String> = rig_labels().iter().map(|l| format!("\"{l}\"")).collect();
-    let from = "[units]\nchannels = 96\n";
-    assert!(text.contains(from));
-    write(dir, "rig.toml", &text.replace(from, &format!("[units]\nlabels = [{}]\n", quoted.join(", "))))
+    write(dir, "rig.toml", &mapped_by_label(&text))
 }
 
 /// A 100 Hz counts outlet labelled `labels` (None: no desc at all), held `secs` seconds; when
 /// `push` is given, it pushes SAMPLES samples of it once neuroloop connects.
-fn outlet(name: String, labels: Option<Vec<String>>, push: Option<Vec<f32>>, secs: u64) -> std::thread::JoinHandle<()> {
+fn labelled_outlet(name: String, labels: Option<Vec<String>>, push: Option<Vec<f32>>, secs: u64) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let channels = labels.as_ref().map_or(N, |l| l.len()) as u32;
         let mut info = lsl::StreamInfo::new(&name, "SpikeCounts", channels, 100.0, lsl::ChannelFormat::Float32, "labels-test").unwrap();
@@ -44,17 +47,12 @@ fn outlet(name: String, labels: Option<Vec<String>>, push: Option<Vec<f32>>, sec
             std::thread::sleep(std::time::Duration::from_secs(secs));
             return;
         };
-        assert!(outlet.wait_for_consumers(30.0), "neuroloop never connected");
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let mut t = lsl::local_clock();
+        wait_for_consumer(&outlet);
+        let mut pace = Pacer::every(0.01);
         for _ in 0..SAMPLES {
             // Each sample goes out when its interval ends (paced on the clock, not by
             // sleeps that drift), so its spikes are on time for their bin.
-            t += 0.01;
-            while lsl::local_clock() < t {
-                std::thread::sleep(std::time::Duration::from_micros(300));
-            }
-            outlet.push_sample_ex(&sample, t, true).unwrap();
+            outlet.push_sample_ex(&sample, pace.tick(), true).unwrap();
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
     })
@@ -80,13 +78,9 @@ fn counts_mapped_by_label_land_on_the_labelled_units_live_recorded_and_replayed(
             None => 0.5,
         })
         .collect();
-    let pusher = outlet(rig.spikes.clone(), Some(labels), Some(sample), 0);
-    let (xdf, report_path) = (dir.path().join("run.xdf"), dir.path().join("report.json"));
-    let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--record", xdf.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"]);
-    pusher.join().unwrap();
-    let out = interrupt(child);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = report(&report_path);
+    let pusher = labelled_outlet(rig.spikes.clone(), Some(labels), Some(sample), 0);
+    let xdf = dir.path().join("run.xdf");
+    let ((), _, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &["--record", xdf.to_str().unwrap()], || pusher.join().unwrap());
     let per_sample: u64 = (0..N as u64).map(|k| k % 4).sum();
     assert_eq!(r["ingest"]["spikes"].as_u64().unwrap(), SAMPLES as u64 * per_sample, "every mapped count kept, none of the unmapped channels'");
     assert_eq!(r["ingest"]["unknown_units"], 0);
@@ -127,20 +121,14 @@ fn a_stream_whose_labels_contradict_the_rig_is_refused_at_connect() {
     let rig_path = label_rig(dir.path(), &rig);
     // elec5 is missing (the channel is called "elec05").
     let labels: Vec<String> = rig_labels().into_iter().map(|l| if l == "elec5" { "elec05".into() } else { l }).collect();
-    let keep = outlet(rig.spikes.clone(), Some(labels), None, 8);
-    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "10", "--quiet"]);
-    keep.join().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let keep = labelled_outlet(rig.spikes.clone(), Some(labels), None, 8);
+    let err = run_refused_at_connect(&rig_path, [keep]);
     assert!(err.contains("no channel labelled 'elec5'") && err.contains("'elec05'"), "names the missing label and the stream's: {err}");
     assert!(err.contains("rig.toml") || err.contains(&rig.spikes), "names the rig or the stream: {err}");
 
     // A stream with no labels at all cannot be mapped by label.
-    let keep = outlet(rig.spikes.clone(), None, None, 8);
-    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "10", "--quiet"]);
-    keep.join().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let keep = labelled_outlet(rig.spikes.clone(), None, None, 8);
+    let err = run_refused_at_connect(&rig_path, [keep]);
     assert!(err.contains("no channel labels") && err.contains("[units] channels or map"), "{err}");
 }
 
@@ -150,15 +138,8 @@ fn a_stream_whose_labels_contradict_the_rig_is_refused_at_connect() {
 fn a_simulated_rig_mapped_by_label_runs_closed_loop() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("simlabel");
-    let text = rig.toml("lqr", "counts", "counts", "", "");
-    let quoted: Vec<String> = rig_labels().iter().map(|l| format!("\"{l}\"")).collect();
-    let from = "[units]\nchannels = 96\n";
-    assert!(text.contains(from));
-    let rig_path = write(dir.path(), "rig.toml", &text.replace(from, &format!("[units]\nlabels = [{}]\n", quoted.join(", "))));
-    let report_path = dir.path().join("report.json");
-    let out = run(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "200", "--quiet", "--report", report_path.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = report(&report_path);
+    let rig_path = write(dir.path(), "rig.toml", &mapped_by_label(&rig.toml("lqr", "counts", "counts", "", "")));
+    let (_, r) = run_bins(&rig_path, 200, &dir.path().join("report.json"), &[]);
     assert!(r["ingest"]["spikes"].as_u64().unwrap() > 1000, "{}", r["ingest"]);
     assert_eq!(r["ingest"]["unknown_units"], 0);
 }

@@ -1,6 +1,11 @@
 //! Shared helpers for the integration tests: unique stream names, temporary rig and
-//! model files, and running the real `neuroloop` binary.
+//! model files, running the real `neuroloop` binary, the Python peers in tests/py, and
+//! (in [`source`]) a test's own LSL spike sources.
 #![allow(dead_code)]
+
+mod source;
+#[allow(unused_imports)] // each test binary uses a subset, as with everything here
+pub use source::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -22,8 +27,46 @@ pub fn repo() -> PathBuf {
 
 pub fn python() -> PathBuf {
     let p = repo().join(".venv/bin/python");
-    assert!(p.exists(), "{} is missing: run ./scripts/setup.sh first", p.display());
+    assert!(p.exists(), "{} is missing: run ./scripts/setup.sh first (it creates .venv with pylsl, numpy and pyxdf)", p.display());
     p
+}
+
+/// tests/py/`script` under the venv's Python.
+pub fn py_script(script: &str) -> Command {
+    let mut c = Command::new(python());
+    c.arg(repo().join("tests/py").join(script));
+    c
+}
+
+/// A pylsl (PyPI) outlet publishing 96 channels of spike events as `name` for `duration_s`
+/// once a consumer connects, then lingering 1 s (tests/py/spike_outlet.py; `extra`: more of
+/// its options). It prints `{"pushed": N}` when done.
+pub fn pylsl_spike_outlet(name: &str, duration_s: u32, extra: &[&str]) -> Child {
+    py_script("spike_outlet.py")
+        .args(["--name", name, "--channels", "96", "--duration", &duration_s.to_string(), "--linger", "1"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A pylsl inlet on the Control stream `name` for up to `seconds` (tests/py/control_inlet.py).
+/// It prints what it received as JSON.
+pub fn pylsl_control_inlet(name: &str, seconds: u32) -> Child {
+    py_script("control_inlet.py").args(["--name", name, "--seconds", &seconds.to_string()]).stdout(Stdio::piped()).spawn().unwrap()
+}
+
+/// `text` with `from` replaced by `to` (which must be there: a silent no-op would test nothing).
+pub fn edit(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "the template has no `{from}`");
+    text.replace(from, to)
+}
+
+/// A rig text with a 4 s lead-in before bin 0 instead of 1.5 s: the Control and Status
+/// outlets exist that long before their first sample, so the test's own inlets are
+/// connected by then even on a slow machine.
+pub fn long_lead_in(text: &str) -> String {
+    edit(text, "start_delay_ms = 1500.0", "start_delay_ms = 4000.0")
 }
 
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -46,16 +89,53 @@ pub fn spawn(args: &[&str]) -> Child {
 /// Ctrl-C (SIGINT) a spawned `neuroloop`, as an operator would, and collect its output.
 /// The run finishes its current bin and writes its report.
 pub fn interrupt(child: Child) -> Output {
-    let ok = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill -INT").success();
-    assert!(ok, "could not signal neuroloop");
+    signal(child, "INT")
+}
+
+/// Send a spawned `neuroloop` the signal `sig` (`INT`, `TERM`, `KILL`, …) and collect its output.
+pub fn signal(child: Child, sig: &str) -> Output {
+    let ok = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().expect("kill").success();
+    assert!(ok, "could not signal neuroloop (SIG{sig})");
     let out = child.wait_with_output().expect("wait for neuroloop");
-    eprintln!("--- neuroloop (interrupted): {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    eprintln!("--- neuroloop (SIG{sig}): {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     out
 }
 
 pub fn report(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
+}
+
+/// `neuroloop run --rig RIG --bins BINS --report REPORT --quiet EXTRA…`, which must succeed;
+/// its output and its report.
+pub fn run_bins(rig: &Path, bins: u64, report_path: &Path, extra: &[&str]) -> (Output, serde_json::Value) {
+    let bins = bins.to_string();
+    let out = run(&[&["run", "--rig", rig.to_str().unwrap(), "--bins", &bins, "--report", report_path.to_str().unwrap(), "--quiet"], extra].concat());
+    assert!(out.status.success(), "neuroloop run failed: {}", out.status);
+    (out, report(report_path))
+}
+
+/// `neuroloop run --rig RIG --report REPORT --quiet EXTRA…` fed by the test's own source: it
+/// runs until `source_done` returns (the source has pushed all it will), then gets a Ctrl-C,
+/// so the run lasts as long as the input, however fast the machine. The run must succeed.
+/// Returns what `source_done` returned, the run's output and its report.
+pub fn run_until_source_done<T>(rig: &Path, report_path: &Path, extra: &[&str], source_done: impl FnOnce() -> T) -> (T, Output, serde_json::Value) {
+    let child = spawn(&[&["run", "--rig", rig.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"], extra].concat());
+    let done = source_done();
+    let out = interrupt(child);
+    assert!(out.status.success(), "neuroloop run failed: {}", out.status);
+    (done, out, report(report_path))
+}
+
+/// `neuroloop run --rig RIG --bins 10 --quiet` while `sources` hold the streams it should
+/// refuse at connect: it must fail. Its stderr, once every source has closed.
+pub fn run_refused_at_connect(rig: &Path, sources: impl IntoIterator<Item = std::thread::JoinHandle<()>>) -> String {
+    let out = run(&["run", "--rig", rig.to_str().unwrap(), "--bins", "10", "--quiet"]);
+    for s in sources {
+        s.join().unwrap();
+    }
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A small simulated-rig section (the model the tests use), parameterised by stream names.
@@ -82,6 +162,19 @@ impl SimRig {
     pub fn controller_toml(&self, input_kind: &str, model: &Path) -> String {
         let text = self.toml("lqr", input_kind, "events", "", "");
         text[..text.find("[sim]").unwrap()].replace("[model]\n", &format!("[model]\npath = \"{}\"\n", model.display()))
+    }
+
+    /// dir/rig.toml: a controller-only rig ([`controller_toml`](Self::controller_toml)) reading
+    /// an `input_kind` stream, with the simulator's true model saved beside it.
+    pub fn write_controller_rig(&self, dir: &Path, input_kind: &str) -> PathBuf {
+        let model = self.write_model(dir);
+        write(dir, "rig.toml", &self.controller_toml(input_kind, &model))
+    }
+
+    /// The simulated closed loop as it comes: `controller`, spike events in and out of the
+    /// simulator, nothing added.
+    pub fn events_toml(&self, controller: &str) -> String {
+        self.toml(controller, "events", "events", "", "")
     }
 
     /// A rig file body with 10 ms bins. `extra_sim` is appended inside [sim]; `sections` after it.
@@ -195,4 +288,37 @@ pub fn xdf_stream<'a>(d: &'a serde_json::Value, ty: &str) -> &'a serde_json::Val
 /// Row `row`, column `col` of an [`xdf_dump`] stream's values.
 pub fn bits_col(s: &serde_json::Value, row: usize, col: usize) -> f64 {
     f64::from_bits(s["value_bits"][row][col].as_u64().unwrap())
+}
+
+/// Every timestamp of an [`xdf_dump`] stream.
+pub fn xdf_timestamps(s: &serde_json::Value) -> Vec<f64> {
+    s["timestamp_bits"].as_array().unwrap().iter().map(|b| f64::from_bits(b.as_u64().unwrap())).collect()
+}
+
+/// `text` (a rig file from rigs/ on the simulated utah96 population: sim-utah96.toml,
+/// sim-utah96-probe.toml) with stream names of its own, `<tag>-spikes`, `<tag>-control` and
+/// `<tag>-status`, so that it runs beside any other test.
+pub fn rename_utah96_streams(text: &str, tag: &str) -> String {
+    text.replace("\"neuroloop-sim-utah96\"", &format!("\"{tag}-spikes\""))
+        .replace("neuroloop-control-sim-utah96", &format!("{tag}-control"))
+        .replace("neuroloop-status-sim-utah96", &format!("{tag}-status"))
+}
+
+/// The firing rates (Hz, one per unit) the true population `truth` settles at in task 0 under
+/// the constant input [0.6, −0.6, 0.6, −0.6], without noise: a rate target a controller can
+/// reach.
+pub fn reachable_rates(truth: &neuroloop::model::ModelParams) -> Vec<f64> {
+    use nalgebra::DVector;
+    use neuroloop::model::{dynamics, observation};
+    let theta = truth.theta_at(&truth.task_library[0]);
+    let d = truth.dims.latent;
+    let u = DVector::from_vec(vec![0.6, -0.6, 0.6, -0.6]);
+    let (mut x, mut next, mut t) = (DVector::zeros(d), DVector::zeros(d), DVector::zeros(d));
+    for _ in 0..3000 {
+        dynamics::step(&theta, truth.alpha, &x, &u, &mut next, &mut t);
+        x.copy_from(&next);
+    }
+    let mut eta = DVector::zeros(truth.dims.n_units);
+    observation::log_rates(&truth.obs_c, &truth.obs_d, truth.log_rate_max, &x, &mut eta);
+    eta.iter().map(|e| e.exp()).collect()
 }
