@@ -15,22 +15,8 @@ use cubecl::prelude::*;
 pub fn predict_kernel(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>) {
     let t = UNIT_POS as usize;
     let nt = CUBE_DIM as usize;
-    let n = lay[N] as usize;
-    let d = lay[D] as usize;
-    let m = lay[M] as usize;
-    let ntask = lay[T] as usize;
-    let th = lay[THLEN] as usize;
+    let Lay { n, d, m, ntask, thlen, flags, o_x, o_p, o_xcand, o_tanh, o_theta, o_libth, o_tmp, o_tmp2, o_q, o_xprev, .. } = Lay::read(lay);
     let alpha = cfg[CFG_ALPHA];
-    let o_x = lay[O_X] as usize;
-    let o_p = lay[O_P] as usize;
-    let o_xc = lay[O_XCAND] as usize;
-    let o_tanh = lay[O_TANH] as usize;
-    let o_theta = lay[O_THETA] as usize;
-    let o_lib = lay[O_LIBTH] as usize;
-    let o_tmp = lay[O_TMP] as usize;
-    let o_tmp2 = lay[O_TMP2] as usize;
-    let o_q = lay[O_Q] as usize;
-    let o_xprev = lay[O_XPREV] as usize;
 
     // Candidates' predictions from the current mean.
     let mut r = t;
@@ -39,11 +25,11 @@ pub fn predict_kernel(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f3
         let i = r % d;
         let mut base = o_theta;
         if c > 0 {
-            base = o_lib + (c - 1) * th;
+            base = o_libth + (c - 1) * thlen;
         }
         let ta = dynamics_tanh(mem, base, mem, o_x, bin, n, i, d, m);
         let xi = mem[o_x + i];
-        mem[o_xc + c * d + i] = xi + alpha * (ta - xi);
+        mem[o_xcand + c * d + i] = xi + alpha * (ta - xi);
         if c == 0 {
             mem[o_tanh + i] = ta;
         }
@@ -52,7 +38,7 @@ pub fn predict_kernel(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f3
     sync_all();
     // tmp = F P, F = (1 − α) I + α diag(1 − tanh²a) W_hh (no covariance for particles).
     let mut dd = d * d;
-    if (lay[FLAGS] & FLAG_PARTICLES) != 0 {
+    if (flags & FLAG_PARTICLES) != 0 {
         dd = 0;
     }
     let mut idx = t;
@@ -97,7 +83,7 @@ pub fn predict_kernel(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f3
     let mut i = t;
     while i < d {
         mem[o_xprev + i] = mem[o_x + i];
-        let xp = mem[o_xc + i];
+        let xp = mem[o_xcand + i];
         mem[o_x + i] = xp;
         out[m + i] = xp;
         i += nt;
@@ -114,14 +100,10 @@ pub fn obs_reduce_kernel(mem: &mut Array<f32>, bin: &Array<f32>, lay: &Array<u32
     let nt = CUBE_DIM as usize;
     let chunk = CUBE_POS_X as usize;
     let c = CUBE_POS_Y as usize;
-    let n = lay[N] as usize;
-    let d = lay[D] as usize;
-    let chunks = lay[CHUNKS] as usize;
+    let Lay { n, d, chunks, o_c, o_dv, o_xcand, o_pll, o_pinfo, o_pscore, .. } = Lay::read(lay);
     let lmax = cfg[CFG_LMAX];
     let ln_bin = cfg[CFG_LNBIN];
-    let o_c = lay[O_C] as usize;
-    let o_dv = lay[O_DV] as usize;
-    let o_xc = lay[O_XCAND] as usize + c * d;
+    let o_xc = o_xcand + c * d;
     let mut sh = SharedMemory::<f32>::new(CUBE);
     let mut shw = SharedMemory::<f32>::new(CUBE);
     let mut shr = SharedMemory::<f32>::new(CUBE);
@@ -131,11 +113,7 @@ pub fn obs_reduce_kernel(mem: &mut Array<f32>, bin: &Array<f32>, lay: &Array<u32
     let mut w = 0.0f32;
     let mut res = 0.0f32;
     if unit < n {
-        let mut eta = mem[o_dv + unit];
-        for j in 0..d {
-            eta += mem[o_c + unit * d + j] * mem[o_xc + j];
-        }
-        eta = clampf(eta, LOG_RATE_MIN, lmax);
+        let eta = log_rate(mem, o_c, o_dv, d, o_xc, unit, lmax);
         let log_lam = eta + ln_bin;
         let lam = f32::exp(log_lam);
         let y = bin[unit];
@@ -146,7 +124,6 @@ pub fn obs_reduce_kernel(mem: &mut Array<f32>, bin: &Array<f32>, lay: &Array<u32
         }
     }
     let total = block_sum(&mut sh, ll);
-    let o_pll = lay[O_PLL] as usize;
     if t == 0 {
         mem[o_pll + c * chunks + chunk] = total;
     }
@@ -159,8 +136,8 @@ pub fn obs_reduce_kernel(mem: &mut Array<f32>, bin: &Array<f32>, lay: &Array<u32
         if first + rows > n {
             rows = n - first;
         }
-        let o_info = lay[O_PINFO] as usize + chunk * d * d;
-        let o_score = lay[O_PSCORE] as usize + chunk * d;
+        let o_info = o_pinfo + chunk * d * d;
+        let o_score = o_pscore + chunk * d;
         let mut q = t;
         while q < d * d + d {
             let mut acc = 0.0f32;
@@ -193,18 +170,8 @@ pub fn obs_reduce_kernel(mem: &mut Array<f32>, bin: &Array<f32>, lay: &Array<u32
 pub fn update_kernel(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>) {
     let t = UNIT_POS as usize;
     let nt = CUBE_DIM as usize;
-    let n = lay[N] as usize;
-    let d = lay[D] as usize;
-    let e = lay[E] as usize;
-    let m = lay[M] as usize;
-    let h = lay[HID] as usize;
-    let ntask = lay[T] as usize;
-    let chunks = lay[CHUNKS] as usize;
-    let flags = lay[FLAGS];
-    let o_hsum = lay[O_HSUM] as usize;
-    let o_ssum = lay[O_SSUM] as usize;
-    let o_llc = lay[O_LLC] as usize;
-    let o_z = lay[O_Z] as usize;
+    let l = Lay::read(lay);
+    let Lay { d, e, m, ntask, chunks, flags, o_x, o_z, o_pll, o_pinfo, o_pscore, o_hsum, o_ssum, o_llc, .. } = l;
     let mut flag = SharedMemory::<f32>::new(4usize);
 
     // 1. Sum the chunks.
@@ -213,21 +180,21 @@ pub fn update_kernel(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32
         if q < d * d {
             let mut acc = 0.0f32;
             for ch in 0..chunks {
-                acc += mem[lay[O_PINFO] as usize + ch * d * d + q];
+                acc += mem[o_pinfo + ch * d * d + q];
             }
             mem[o_hsum + q] = acc;
         } else if q < d * d + d {
             let a = q - d * d;
             let mut acc = 0.0f32;
             for ch in 0..chunks {
-                acc += mem[lay[O_PSCORE] as usize + ch * d + a];
+                acc += mem[o_pscore + ch * d + a];
             }
             mem[o_ssum + a] = acc;
         } else {
             let c = q - d * d - d;
             let mut acc = 0.0f32;
             for ch in 0..chunks {
-                acc += mem[lay[O_PLL] as usize + c * chunks + ch];
+                acc += mem[o_pll + c * chunks + ch];
             }
             mem[o_llc + c] = acc;
         }
@@ -237,13 +204,13 @@ pub fn update_kernel(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32
 
     // 2. EKF update (the particle filter has already set x).
     if (flags & FLAG_PARTICLES) == 0 {
-        ekf_update(mem, lay, &mut flag);
+        ekf_update(mem, l, &mut flag);
     }
     let ll0 = mem[o_llc];
 
     // 3. Online embedding step.
     if (flags & FLAG_EMBED) != 0 {
-        embedding_step(mem, bin, out, lay, cfg, &mut flag);
+        embedding_step(mem, bin, out, l, cfg);
     } else if t == 0 {
         out[m + d + e + OUT_STEP] = 0.0;
     }
@@ -253,14 +220,13 @@ pub fn update_kernel(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32
     if t == 0 {
         out[m + d + e + OUT_JUMP] = -1.0;
         if (flags & FLAG_TASKID) != 0 && ntask > 0 && is_finite(ll0) {
-            task_identify(mem, out, lay, cfg, ll0);
+            task_identify(mem, out, l, cfg, ll0);
         }
     }
     sync_all();
 
     // 5. θ at the final z, ready for the next bin.
-    decode(mem, lay);
-    let o_x = lay[O_X] as usize;
+    decode(mem, l);
     let mut k = t;
     while k < d + e {
         if k < d {
@@ -273,24 +239,15 @@ pub fn update_kernel(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32
     if t == 0 {
         out[m + d + e + OUT_LL] = ll0;
     }
-    let _ = n;
-    let _ = h;
 }
 
 /// Information-form EKF update (whole cube): J = (P⁻)⁻¹ + Cᵀ diag(λ) C, P = J⁻¹,
 /// x = x⁻ + P Cᵀ (y − λ), from the summed reduction.
 #[cube]
-fn ekf_update(mem: &mut Array<f32>, lay: &Array<u32>, flag: &mut SharedMemory<f32>) {
+fn ekf_update(mem: &mut Array<f32>, l: Lay, flag: &mut SharedMemory<f32>) {
     let t = UNIT_POS as usize;
     let nt = CUBE_DIM as usize;
-    let d = lay[D] as usize;
-    let o_x = lay[O_X] as usize;
-    let o_p = lay[O_P] as usize;
-    let o_hsum = lay[O_HSUM] as usize;
-    let o_ssum = lay[O_SSUM] as usize;
-    let o_pinv = lay[O_PINV] as usize;
-    let o_work = lay[O_WORK] as usize;
-    let o_tmp = lay[O_TMP] as usize;
+    let Lay { d, o_x, o_p, o_hsum, o_ssum, o_pinv, o_work, o_tmp, .. } = l;
     cholesky_inverse(mem, o_p, o_work, o_pinv, d, flag);
     let mut idx = t;
     while idx < d * d {
@@ -301,42 +258,17 @@ fn ekf_update(mem: &mut Array<f32>, lay: &Array<u32>, flag: &mut SharedMemory<f3
     symmetrize(mem, o_tmp, d);
     cholesky_inverse(mem, o_tmp, o_work, o_p, d, flag);
     symmetrize(mem, o_p, d);
-    let mut i = t;
-    while i < d {
-        let mut v = mem[o_x + i];
-        for j in 0..d {
-            v += mem[o_p + i * d + j] * mem[o_ssum + j];
-        }
-        // x⁻ stays in XCAND row 0; x is written in place, one row per thread.
-        mem[o_x + i] = v;
-        i += nt;
-    }
-    sync_all();
+    // x = x⁻ + P s in place (x⁻ also stays in XCAND row 0).
+    affine_rows(mem, o_p, o_x, o_ssum, o_x, d, d);
 }
 
 /// The embedding's gradient and RMSProp step (whole cube; see `update_kernel`).
 #[cube]
-fn embedding_step(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>, flag: &mut SharedMemory<f32>) {
+fn embedding_step(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32>, l: Lay, cfg: &Array<f32>) {
     let t = UNIT_POS as usize;
     let nt = CUBE_DIM as usize;
-    let n = lay[N] as usize;
-    let d = lay[D] as usize;
-    let e = lay[E] as usize;
-    let m = lay[M] as usize;
-    let h = lay[HID] as usize;
+    let Lay { n, d, e, m, hid, o_w1, o_w2, o_xprev, o_tanh, o_z, o_pre, o_vrms, o_escal, o_gz, o_gh, o_dlda, o_ssum, .. } = l;
     let alpha = cfg[CFG_ALPHA];
-    let o_tanh = lay[O_TANH] as usize;
-    let o_ssum = lay[O_SSUM] as usize;
-    let o_dlda = lay[O_DLDA] as usize;
-    let o_xprev = lay[O_XPREV] as usize;
-    let o_pre = lay[O_PRE] as usize;
-    let o_w1 = lay[O_W1] as usize;
-    let o_w2 = lay[O_W2] as usize;
-    let o_gh = lay[O_GH] as usize;
-    let o_gz = lay[O_GZ] as usize;
-    let o_z = lay[O_Z] as usize;
-    let o_v = lay[O_VRMS] as usize;
-    let o_es = lay[O_ESCAL] as usize;
 
     // dL/da = α (1 − tanh² a) ⊙ Cᵀ (y − λ) (the same masked score the EKF used).
     let mut i = t;
@@ -349,24 +281,24 @@ fn embedding_step(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32>, 
     // dL/d hidden_g = mask ⊙ W2_gᵀ dL/dθ_g with dL/dW_hh = dL/da x_prevᵀ, dL/dW_xu = dL/da uᵀ,
     // dL/db = dL/da.
     let mut r = t;
-    while r < 3 * h {
-        let g = r / h;
-        let k = r % h;
+    while r < 3 * hid {
+        let g = r / hid;
+        let k = r % hid;
         let mut acc = 0.0f32;
         if mem[o_pre + r] > 0.0 {
             if g == 0 {
                 for row in 0..d * d {
-                    acc += mem[o_w2 + row * h + k] * mem[o_dlda + row / d] * mem[o_xprev + row % d];
+                    acc += mem[o_w2 + row * hid + k] * mem[o_dlda + row / d] * mem[o_xprev + row % d];
                 }
             } else if g == 1 {
                 for q in 0..d * m {
                     let row = d * d + q;
-                    acc += mem[o_w2 + row * h + k] * mem[o_dlda + q / m] * bin[n + q % m];
+                    acc += mem[o_w2 + row * hid + k] * mem[o_dlda + q / m] * bin[n + q % m];
                 }
             } else {
                 for q in 0..d {
                     let row = d * d + d * m + q;
-                    acc += mem[o_w2 + row * h + k] * mem[o_dlda + q];
+                    acc += mem[o_w2 + row * hid + k] * mem[o_dlda + q];
                 }
             }
         }
@@ -378,7 +310,7 @@ fn embedding_step(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32>, 
     let mut a = t;
     while a < e {
         let mut acc = 0.0f32;
-        for r2 in 0..3 * h {
+        for r2 in 0..3 * hid {
             acc += mem[o_w1 + r2 * e + a] * mem[o_gh + r2];
         }
         mem[o_gz + a] = acc - prior * mem[o_z + a];
@@ -396,15 +328,15 @@ fn embedding_step(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32>, 
         if finite {
             let rho = cfg[CFG_RHO];
             let lr = cfg[CFG_LR];
-            let decay = mem[o_es] * rho;
-            mem[o_es] = decay;
-            mem[o_es + 1] = mem[o_es + 1] + 1.0;
+            let decay = mem[o_escal] * rho;
+            mem[o_escal] = decay;
+            mem[o_escal + 1] = mem[o_escal + 1] + 1.0;
             let correction = 1.0 / f32::max(1.0 - decay, 1e-30);
             let mut sq = 0.0f32;
             for a3 in 0..e {
                 let g = mem[o_gz + a3];
-                let v = rho * mem[o_v + a3] + (1.0 - rho) * g * g;
-                mem[o_v + a3] = v;
+                let v = rho * mem[o_vrms + a3] + (1.0 - rho) * g * g;
+                mem[o_vrms + a3] = v;
                 let delta = lr * g / (f32::sqrt(v * correction) + 1e-8);
                 mem[o_gz + a3] = delta;
                 sq += delta * delta;
@@ -422,7 +354,6 @@ fn embedding_step(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32>, 
         }
         out[m + d + e + OUT_STEP] = norm;
     }
-    let _ = flag;
 }
 
 /// Task identification (one thread), as `TaskIdentifier::score` + `jumped_to` on the CPU:
@@ -430,71 +361,58 @@ fn embedding_step(mem: &mut Array<f32>, bin: &Array<f32>, out: &mut Array<f32>, 
 /// best candidate when its window beats the current model's by the margin after the
 /// cool-down. A jump sets z = library[j] and forgets the RMS statistics.
 #[cube]
-fn task_identify(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>, ll0: f32) {
-    let d = lay[D] as usize;
-    let e = lay[E] as usize;
-    let m = lay[M] as usize;
-    let ntask = lay[T] as usize;
-    let w = lay[W] as usize;
-    let o_llc = lay[O_LLC] as usize;
-    let o_win = lay[O_TWIN] as usize;
-    let o_cur = lay[O_TCUR] as usize;
-    let o_sc = lay[O_TSCAL] as usize;
-    let head = usize::cast_from(mem[o_sc]);
-    let mut filled = usize::cast_from(mem[o_sc + 1]);
-    let mut since = mem[o_sc + 2];
-    let active = mem[o_sc + 3];
+fn task_identify(mem: &mut Array<f32>, out: &mut Array<f32>, l: Lay, cfg: &Array<f32>, ll0: f32) {
+    let Lay { d, e, m, ntask, w, min_switch, o_libz, o_z, o_vrms, o_escal, o_twin, o_tcur, o_tscal, o_llc, .. } = l;
+    let head = usize::cast_from(mem[o_tscal]);
+    let mut filled = usize::cast_from(mem[o_tscal + 1]);
+    let mut since = mem[o_tscal + 2];
+    let active = mem[o_tscal + 3];
     for j in 0..ntask {
         let mut ll = mem[o_llc + 1 + j];
         if !is_finite(ll) {
             ll = f32::new(-1.0e30);
         }
-        mem[o_win + j * w + head] = ll;
+        mem[o_twin + j * w + head] = ll;
     }
-    mem[o_cur + head] = ll0;
-    mem[o_sc] = f32::cast_from((head + 1) % w);
+    mem[o_tcur + head] = ll0;
+    mem[o_tscal] = f32::cast_from((head + 1) % w);
     if filled < w {
         filled += 1;
     }
-    mem[o_sc + 1] = f32::cast_from(filled);
+    mem[o_tscal + 1] = f32::cast_from(filled);
     // Saturate where f32 still counts exactly.
     if since < 16_000_000.0 {
         since += 1.0;
     }
-    mem[o_sc + 2] = since;
+    mem[o_tscal + 2] = since;
     let mut current = 0.0f32;
     for k in 0..w {
-        current += mem[o_cur + k];
+        current += mem[o_tcur + k];
     }
     let mut best = 0usize;
     let mut best_sum = f32::new(-3.0e38);
     for j in 0..ntask {
         let mut s = 0.0f32;
         for k in 0..w {
-            s += mem[o_win + j * w + k];
+            s += mem[o_twin + j * w + k];
         }
         if j == 0 || s > best_sum {
             best = j;
             best_sum = s;
         }
     }
-    let min_switch = f32::cast_from(lay[MIN_SWITCH]);
-    if filled >= w && since >= min_switch && f32::cast_from(best) != active && best_sum - current > cfg[CFG_MARGIN] {
+    if filled >= w && since >= f32::cast_from(min_switch) && f32::cast_from(best) != active && best_sum - current > cfg[CFG_MARGIN] {
         for k in 0..w {
-            mem[o_cur + k] = mem[o_win + best * w + k];
+            mem[o_tcur + k] = mem[o_twin + best * w + k];
         }
-        mem[o_sc + 2] = 0.0;
-        mem[o_sc + 3] = f32::cast_from(best);
-        let o_z = lay[O_Z] as usize;
-        let o_libz = lay[O_LIBZ] as usize;
-        let o_v = lay[O_VRMS] as usize;
-        let o_es = lay[O_ESCAL] as usize;
+        mem[o_tscal + 2] = 0.0;
+        mem[o_tscal + 3] = f32::cast_from(best);
         for a in 0..e {
             mem[o_z + a] = mem[o_libz + best * e + a];
-            mem[o_v + a] = 0.0;
+            mem[o_vrms + a] = 0.0;
         }
-        mem[o_es] = 1.0;
-        mem[o_es + 1] = 0.0;
+        mem[o_escal] = 1.0;
+        mem[o_escal + 1] = 0.0;
         out[m + d + e + OUT_JUMP] = f32::cast_from(best);
     }
 }

@@ -10,6 +10,8 @@
 //!   below;
 //! - `cfg` (f32): scalar constants of the model and controller, indexed by `CFG_*`.
 
+use cubecl::prelude::*;
+
 /// Threads per cube of every kernel (a power of two; WebGPU's default limit is 256).
 pub const CUBE: usize = 256;
 
@@ -107,6 +109,103 @@ pub const O_XTRAJ: usize = 84; // (K × H × d) rollout states x_{h+1} (rate obj
 pub const O_RCOST: usize = 85; // (K × H) per-step rate costs
 /// One past the last `lay` index.
 pub const LAY_LEN: usize = 96;
+
+/// Declares [`Lay`] and its reader from one table, so a field cannot drift from its slot.
+macro_rules! lay_fields {
+    ($($field:ident: $ty:ident = $slot:ident,)*) => {
+        /// `lay` as a kernel reads it: every index above, named like its constant in lower
+        /// case (T and K as `ntask` and `nk`: `t` and `k` are thread and loop indices).
+        /// Kernels destructure what they use, `let Lay { d, o_x, .. } = Lay::read(lay);`.
+        /// The loads of fields left out are dead, and the device's compiler drops them, but
+        /// the WGSL still spells every one out: read it once per kernel and pass it down.
+        #[derive(CubeType, Clone, Copy)]
+        pub struct Lay {
+            $(pub $field: $ty,)*
+        }
+
+        #[cube]
+        impl Lay {
+            pub fn read(lay: &Array<u32>) -> Lay {
+                Lay { $($field: lay[$slot] as $ty,)* }
+            }
+        }
+    };
+}
+
+lay_fields! {
+    n: usize = N,
+    d: usize = D,
+    e: usize = E,
+    m: usize = M,
+    hid: usize = HID,
+    ntask: usize = T,
+    w: usize = W,
+    hor: usize = HOR,
+    nk: usize = K,
+    chunks: usize = CHUNKS,
+    thlen: usize = THLEN,
+    flags: u32 = FLAGS,
+    min_switch: u32 = MIN_SWITCH,
+    key0: u32 = KEY0,
+    key1: u32 = KEY1,
+    np: usize = NP,
+    pkey0: u32 = PKEY0,
+    pkey1: u32 = PKEY1,
+    o_w1: usize = O_W1,
+    o_b1: usize = O_B1,
+    o_w2: usize = O_W2,
+    o_b2: usize = O_B2,
+    o_c: usize = O_C,
+    o_dv: usize = O_DV,
+    o_q: usize = O_Q,
+    o_libth: usize = O_LIBTH,
+    o_libz: usize = O_LIBZ,
+    o_lo: usize = O_LO,
+    o_hi: usize = O_HI,
+    o_tgtx: usize = O_TGTX,
+    o_tgtr: usize = O_TGTR,
+    o_rscale: usize = O_RSCALE,
+    o_x: usize = O_X,
+    o_p: usize = O_P,
+    o_xprev: usize = O_XPREV,
+    o_tanh: usize = O_TANH,
+    o_xcand: usize = O_XCAND,
+    o_z: usize = O_Z,
+    o_theta: usize = O_THETA,
+    o_pre: usize = O_PRE,
+    o_vrms: usize = O_VRMS,
+    o_escal: usize = O_ESCAL,
+    o_twin: usize = O_TWIN,
+    o_tcur: usize = O_TCUR,
+    o_tscal: usize = O_TSCAL,
+    o_unom: usize = O_UNOM,
+    o_unom2: usize = O_UNOM2,
+    o_eps: usize = O_EPS,
+    o_costs: usize = O_COSTS,
+    o_xs: usize = O_XS,
+    o_vs: usize = O_VS,
+    o_work: usize = O_WORK,
+    o_pinv: usize = O_PINV,
+    o_tmp: usize = O_TMP,
+    o_tmp2: usize = O_TMP2,
+    o_gz: usize = O_GZ,
+    o_gh: usize = O_GH,
+    o_dlda: usize = O_DLDA,
+    o_pll: usize = O_PLL,
+    o_pinfo: usize = O_PINFO,
+    o_pscore: usize = O_PSCORE,
+    o_hsum: usize = O_HSUM,
+    o_ssum: usize = O_SSUM,
+    o_llc: usize = O_LLC,
+    o_part: usize = O_PART,
+    o_part2: usize = O_PART2,
+    o_logw: usize = O_LOGW,
+    o_pscal: usize = O_PSCAL,
+    o_pw: usize = O_PW,
+    o_pcum: usize = O_PCUM,
+    o_xtraj: usize = O_XTRAJ,
+    o_rcost: usize = O_RCOST,
+}
 
 // ---- `bin` offsets (fixed by N) ----
 // counts at 0..N, u_prev at N..N+m.

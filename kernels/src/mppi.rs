@@ -23,27 +23,14 @@ fn nominal(mem: &Array<f32>, o_unom: usize, o_lo: usize, o_hi: usize, m: usize, 
 /// compensated (Kahan): the softmin resolves cost differences of ~τ, so the N-unit sum
 /// must keep its f32 precision.
 #[cube]
-fn rate_cost(mem: &Array<f32>, lay: &Array<u32>, x: usize, lmax: f32) -> f32 {
-    let n = lay[N] as usize;
-    let d = lay[D] as usize;
-    let o_c = lay[O_C] as usize;
-    let o_dv = lay[O_DV] as usize;
-    let o_tr = lay[O_TGTR] as usize;
-    let o_rs = lay[O_RSCALE] as usize;
-    let mut s = 0.0f32;
-    let mut comp = 0.0f32;
+fn rate_cost(mem: &Array<f32>, l: Lay, x: usize, lmax: f32) -> f32 {
+    let Lay { n, d, o_c, o_dv, o_tgtr, o_rscale, .. } = l;
+    let mut s = Kahan::new(0.0f32);
     for unit in 0..n {
-        let mut eta = mem[o_dv + unit];
-        for j in 0..d {
-            eta += mem[o_c + unit * d + j] * mem[x + j];
-        }
-        let err = f32::exp(clampf(eta, LOG_RATE_MIN, lmax)) - mem[o_tr + unit];
-        let term = err * err * mem[o_rs + unit] - comp;
-        let acc = s + term;
-        comp = (acc - s) - term;
-        s = acc;
+        let err = f32::exp(log_rate(mem, o_c, o_dv, d, x, unit, lmax)) - mem[o_tgtr + unit];
+        s.add(err * err * mem[o_rscale + unit]);
     }
-    s
+    s.sum
 }
 
 /// Grid ⌈K·H / CUBE⌉ (rate objectives, after the rollouts): the rate cost of each sample
@@ -51,12 +38,11 @@ fn rate_cost(mem: &Array<f32>, lay: &Array<u32>, x: usize, lmax: f32) -> f32 {
 #[cube(launch)]
 pub fn mppi_rate_cost_kernel(mem: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>) {
     let q = ABSOLUTE_POS_X as usize;
-    let total = (lay[K] * lay[HOR]) as usize;
-    if q < total {
-        let d = lay[D] as usize;
-        let x = lay[O_XTRAJ] as usize + q * d;
-        let o_rc = lay[O_RCOST] as usize;
-        mem[o_rc + q] = cfg[CFG_RATE] * rate_cost(mem, lay, x, cfg[CFG_LMAX]);
+    let l = Lay::read(lay);
+    let Lay { d, hor, nk, o_xtraj, o_rcost, .. } = l;
+    if q < nk * hor {
+        let x = o_xtraj + q * d;
+        mem[o_rcost + q] = cfg[CFG_RATE] * rate_cost(mem, l, x, cfg[CFG_LMAX]);
     }
 }
 
@@ -65,28 +51,16 @@ pub fn mppi_rate_cost_kernel(mem: &mut Array<f32>, lay: &Array<u32>, cfg: &Array
 #[cube(launch)]
 pub fn mppi_rollout_kernel(mem: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>, stream_lo: u32, stream_hi: u32) {
     let k = ABSOLUTE_POS_X as usize;
-    let nk = lay[K] as usize;
+    let Lay { d, m, hor, nk, flags, key0, key1, o_lo, o_hi, o_tgtx, o_x, o_theta, o_unom, o_eps, o_costs, o_xs, o_vs, o_xtraj, .. } = Lay::read(lay);
     if k < nk {
-        let d = lay[D] as usize;
-        let m = lay[M] as usize;
-        let hor = lay[HOR] as usize;
-        let rates = (lay[FLAGS] & FLAG_RATES) != 0;
-        let key0 = lay[KEY0];
-        let key1 = lay[KEY1];
+        let rates = (flags & FLAG_RATES) != 0;
         let alpha = cfg[CFG_ALPHA];
         let noise = cfg[CFG_NOISE];
         let q_lat = cfg[CFG_QLAT];
         let r_ctl = cfg[CFG_RCTL];
-        let o_unom = lay[O_UNOM] as usize;
-        let o_lo = lay[O_LO] as usize;
-        let o_hi = lay[O_HI] as usize;
-        let o_eps = lay[O_EPS] as usize;
-        let o_vs = lay[O_VS] as usize + k * m;
-        let o_th = lay[O_THETA] as usize;
-        let o_x = lay[O_X] as usize;
-        let o_tx = lay[O_TGTX] as usize;
+        let vs = o_vs + k * m;
         // Two state slots per sample, used alternately (slot h % 2 holds x_h).
-        let base = lay[O_XS] as usize + k * 2 * d;
+        let base = o_xs + k * 2 * d;
         for i in 0..d {
             mem[base + i] = mem[o_x + i];
         }
@@ -104,31 +78,30 @@ pub fn mppi_rollout_kernel(mem: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f
                 }
                 let v = clampf(nom + eps, mem[o_lo + j], mem[o_hi + j]);
                 mem[o_eps + idx] = v - nom;
-                mem[o_vs + j] = v;
+                mem[vs + j] = v;
                 uru += v * v;
             }
             cost += r_ctl * uru;
             for i in 0..d {
-                let ta = dynamics_tanh(mem, o_th, mem, cur, mem, o_vs, i, d, m);
+                let ta = dynamics_tanh(mem, o_theta, mem, cur, mem, vs, i, d, m);
                 let xi = mem[cur + i];
                 mem[nxt + i] = xi + alpha * (ta - xi);
             }
             if rates {
                 // The rate cost (N·d per step) is a separate, wider launch.
-                let o_traj = lay[O_XTRAJ] as usize + (k * hor + h) * d;
+                let traj = o_xtraj + (k * hor + h) * d;
                 for i in 0..d {
-                    mem[o_traj + i] = mem[nxt + i];
+                    mem[traj + i] = mem[nxt + i];
                 }
             } else {
                 let mut s = 0.0f32;
                 for i in 0..d {
-                    let err = mem[nxt + i] - mem[o_tx + i];
+                    let err = mem[nxt + i] - mem[o_tgtx + i];
                     s += err * err;
                 }
                 cost += q_lat * s;
             }
         }
-        let o_costs = lay[O_COSTS] as usize;
         mem[o_costs + k] = cost;
     }
 }
@@ -142,33 +115,22 @@ pub const MIN_GAP: f32 = 1e-6;
 pub fn mppi_update_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>) {
     let t = UNIT_POS as usize;
     let nt = CUBE_DIM as usize;
-    let nk = lay[K] as usize;
-    let m = lay[M] as usize;
-    let hor = lay[HOR] as usize;
+    let Lay { m, hor, nk, flags, o_lo, o_hi, o_unom, o_unom2, o_eps, o_costs, o_rcost, .. } = Lay::read(lay);
     let temp = cfg[CFG_TEMP];
-    let o_costs = lay[O_COSTS] as usize;
-    let o_eps = lay[O_EPS] as usize;
-    let o_unom = lay[O_UNOM] as usize;
-    let o_unom2 = lay[O_UNOM2] as usize;
-    let o_lo = lay[O_LO] as usize;
-    let o_hi = lay[O_HI] as usize;
     let mut sh = SharedMemory::<f32>::new(CUBE);
 
-    let rates = (lay[FLAGS] & FLAG_RATES) != 0;
-    let o_rc = lay[O_RCOST] as usize;
+    let rates = (flags & FLAG_RATES) != 0;
     let mut local_min = 3.0e38f32;
     let mut k = t;
     while k < nk {
         let mut c = mem[o_costs + k];
         if rates {
             // Compensated: the softmin resolves cost differences of ~τ.
-            let mut comp = 0.0f32;
+            let mut sum = Kahan::new(c);
             for h in 0..hor {
-                let term = mem[o_rc + k * hor + h] - comp;
-                let acc = c + term;
-                comp = (acc - c) - term;
-                c = acc;
+                sum.add(mem[o_rcost + k * hor + h]);
             }
+            c = sum.sum;
             mem[o_costs + k] = c;
         }
         if is_finite(c) && c < local_min {

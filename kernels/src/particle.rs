@@ -12,22 +12,15 @@ use cubecl::prelude::*;
 #[cube(launch)]
 pub fn pf_propagate_kernel(mem: &mut Array<f32>, bin: &Array<f32>, lay: &Array<u32>, cfg: &Array<f32>, stream_lo: u32, stream_hi: u32) {
     let p = ABSOLUTE_POS_X as usize;
-    let np = lay[NP] as usize;
+    let Lay { n, d, m, np, pkey0, pkey1, o_q, o_theta, o_part, o_part2, .. } = Lay::read(lay);
     if p < np {
-        let n = lay[N] as usize;
-        let d = lay[D] as usize;
-        let m = lay[M] as usize;
         let alpha = cfg[CFG_ALPHA];
-        let o_th = lay[O_THETA] as usize;
-        let o_q = lay[O_Q] as usize;
-        let cur = lay[O_PART] as usize + p * d;
-        let nxt = lay[O_PART2] as usize + p * d;
-        let key0 = lay[PKEY0];
-        let key1 = lay[PKEY1];
+        let cur = o_part + p * d;
+        let nxt = o_part2 + p * d;
         for i in 0..d {
-            let ta = dynamics_tanh(mem, o_th, mem, cur, bin, n, i, d, m);
+            let ta = dynamics_tanh(mem, o_theta, mem, cur, bin, n, i, d, m);
             let xi = mem[cur + i];
-            let noise = f32::sqrt(mem[o_q + i]) * normal_at(key0, key1, stream_lo, stream_hi, (p * d + i) as u32);
+            let noise = f32::sqrt(mem[o_q + i]) * normal_at(pkey0, pkey1, stream_lo, stream_hi, (p * d + i) as u32);
             mem[nxt + i] = xi + alpha * (ta - xi) + noise;
         }
         for i in 0..d {
@@ -40,33 +33,20 @@ pub fn pf_propagate_kernel(mem: &mut Array<f32>, bin: &Array<f32>, lay: &Array<u
 #[cube(launch)]
 pub fn pf_weigh_kernel(mem: &mut Array<f32>, bin: &Array<f32>, lay: &Array<u32>, cfg: &Array<f32>) {
     let p = ABSOLUTE_POS_X as usize;
-    let np = lay[NP] as usize;
+    let Lay { n, d, np, o_c, o_dv, o_part, o_logw, .. } = Lay::read(lay);
     if p < np {
-        let n = lay[N] as usize;
-        let d = lay[D] as usize;
         let lmax = cfg[CFG_LMAX];
         let ln_bin = cfg[CFG_LNBIN];
-        let o_c = lay[O_C] as usize;
-        let o_dv = lay[O_DV] as usize;
-        let x = lay[O_PART] as usize + p * d;
+        let x = o_part + p * d;
         // Σ_i y_i η_i − λ_i: the particle-independent Σ y_i log Δ is left out (it cancels
         // when the weights are normalised), and the sum is compensated (Kahan) so that a
         // thousand units do not cost the weights their f32 precision.
-        let mut ll = 0.0f32;
-        let mut comp = 0.0f32;
+        let mut ll = Kahan::new(0.0f32);
         for u in 0..n {
-            let mut eta = mem[o_dv + u];
-            for j in 0..d {
-                eta += mem[o_c + u * d + j] * mem[x + j];
-            }
-            let eta_c = clampf(eta, LOG_RATE_MIN, lmax);
-            let term = bin[u] * eta_c - f32::exp(eta_c + ln_bin) - comp;
-            let next = ll + term;
-            comp = (next - ll) - term;
-            ll = next;
+            let eta = log_rate(mem, o_c, o_dv, d, x, u, lmax);
+            ll.add(bin[u] * eta - f32::exp(eta + ln_bin));
         }
-        let o_lw = lay[O_LOGW] as usize;
-        mem[o_lw + p] = mem[o_lw + p] + ll;
+        mem[o_logw + p] = mem[o_logw + p] + ll.sum;
     }
 }
 
@@ -77,24 +57,14 @@ pub fn pf_weigh_kernel(mem: &mut Array<f32>, bin: &Array<f32>, lay: &Array<u32>,
 pub fn pf_resample_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>, has_data: u32, stream_lo: u32, stream_hi: u32) {
     let t = UNIT_POS as usize;
     let nt = CUBE_DIM as usize;
-    let np = lay[NP] as usize;
-    let d = lay[D] as usize;
-    let e = lay[E] as usize;
-    let m = lay[M] as usize;
-    let o_lw = lay[O_LOGW] as usize;
-    let o_w = lay[O_PW] as usize;
-    let o_cum = lay[O_PCUM] as usize;
-    let o_part = lay[O_PART] as usize;
-    let o_part2 = lay[O_PART2] as usize;
-    let o_x = lay[O_X] as usize;
-    let o_ps = lay[O_PSCAL] as usize;
+    let Lay { d, e, m, np, pkey0, pkey1, o_x, o_part, o_part2, o_logw, o_pscal, o_pw, o_pcum, .. } = Lay::read(lay);
     let mut sh = SharedMemory::<f32>::new(CUBE);
     let uniform_lw = -f32::ln(f32::cast_from(np));
 
     let mut local_max = f32::new(-3.0e38);
     let mut p = t;
     while p < np {
-        let l = mem[o_lw + p];
+        let l = mem[o_logw + p];
         if is_finite(l) && l > local_max {
             local_max = l;
         }
@@ -105,7 +75,7 @@ pub fn pf_resample_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Arra
     let mut local_sum = 0.0f32;
     let mut p2 = t;
     while p2 < np {
-        let l = mem[o_lw + p2];
+        let l = mem[o_logw + p2];
         let mut w = 1.0f32;
         if !degenerate {
             w = 0.0;
@@ -113,7 +83,7 @@ pub fn pf_resample_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Arra
                 w = f32::exp(l - mx);
             }
         }
-        mem[o_w + p2] = w;
+        mem[o_pw + p2] = w;
         local_sum += w;
         p2 += nt;
     }
@@ -121,9 +91,9 @@ pub fn pf_resample_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Arra
     let mut local_sq = 0.0f32;
     let mut p3 = t;
     while p3 < np {
-        let w = mem[o_w + p3] / total;
-        mem[o_w + p3] = w;
-        mem[o_lw + p3] = f32::ln(w);
+        let w = mem[o_pw + p3] / total;
+        mem[o_pw + p3] = w;
+        mem[o_logw + p3] = f32::ln(w);
         local_sq += w * w;
         p3 += nt;
     }
@@ -134,7 +104,7 @@ pub fn pf_resample_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Arra
     while i < d {
         let mut acc = 0.0f32;
         for q in 0..np {
-            acc += mem[o_w + q] * mem[o_part + q * d + i];
+            acc += mem[o_pw + q] * mem[o_part + q * d + i];
         }
         mem[o_x + i] = acc;
         out[m + i] = acc;
@@ -142,23 +112,21 @@ pub fn pf_resample_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Arra
     }
     let resample = has_data != 0 && ess < cfg[CFG_ESS_FRAC] * f32::cast_from(np);
     if t == 0 {
-        mem[o_ps] = ess;
-        mem[o_ps + 1] = 0.0;
+        mem[o_pscal] = ess;
+        mem[o_pscal + 1] = 0.0;
         out[m + d + e + OUT_ESS] = ess;
         if resample {
-            mem[o_ps + 1] = 1.0;
+            mem[o_pscal + 1] = 1.0;
             let mut c = 0.0f32;
             for q in 0..np {
-                c += mem[o_w + q];
-                mem[o_cum + q] = c;
+                c += mem[o_pw + q];
+                mem[o_pcum + q] = c;
             }
         }
     }
     sync_all();
     if resample {
-        let key0 = lay[PKEY0];
-        let key1 = lay[PKEY1];
-        let u0 = uniform_at(key0, key1, stream_lo, stream_hi, 0u32);
+        let u0 = uniform_at(pkey0, pkey1, stream_lo, stream_hi, 0u32);
         let mut j = t;
         while j < np {
             let pos = (f32::cast_from(j) + u0) / f32::cast_from(np);
@@ -167,7 +135,7 @@ pub fn pf_resample_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Arra
             let mut hi = np - 1;
             while lo < hi {
                 let mid = (lo + hi) / 2;
-                if mem[o_cum + mid] > pos {
+                if mem[o_pcum + mid] > pos {
                     hi = mid;
                 } else {
                     lo = mid + 1;
@@ -186,8 +154,8 @@ pub fn pf_resample_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Arra
         }
         let mut q3 = t;
         while q3 < np {
-            mem[o_lw + q3] = uniform_lw;
-            mem[o_w + q3] = 1.0 / f32::cast_from(np);
+            mem[o_logw + q3] = uniform_lw;
+            mem[o_pw + q3] = 1.0 / f32::cast_from(np);
             q3 += nt;
         }
     }

@@ -4,10 +4,11 @@
 //! thread that name the same counter get the same numbers, in any order, with no state.
 //! Known-answer vectors from the Random123 distribution are checked in the tests.
 
-const M0: u32 = 0xD251_1F53;
-const M1: u32 = 0xCD9E_8D57;
-const W0: u32 = 0x9E37_79B9;
-const W1: u32 = 0xBB67_AE85;
+// Multipliers and Weyl key increments (shared with the kernels' rounds in crate::rng).
+pub(crate) const M0: u32 = 0xD251_1F53;
+pub(crate) const M1: u32 = 0xCD9E_8D57;
+pub(crate) const W0: u32 = 0x9E37_79B9;
+pub(crate) const W1: u32 = 0xBB67_AE85;
 
 #[inline(always)]
 fn mulhilo(a: u32, b: u32) -> (u32, u32) {
@@ -62,22 +63,25 @@ pub fn key_from_seed(seed: u64) -> [u32; 2] {
     [seed as u32, (seed >> 32) as u32]
 }
 
-/// A standard-normal draw addressed by (seed, stream, index): the block counter is
-/// (index / 4 low, index / 4 high, stream low, stream high) and the lane index % 4.
+/// The block counter (index / 4 low, index / 4 high, stream low, stream high) and the lane
+/// (index % 4) of the draw at (stream, index).
+#[inline(always)]
+fn counter_and_lane(stream: u64, index: u64) -> ([u32; 4], usize) {
+    let block = index / 4;
+    ([block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32], (index % 4) as usize)
+}
+
+/// A standard-normal draw addressed by (seed, stream, index) (`counter_and_lane`).
 #[inline]
 pub fn normal_at(seed: u64, stream: u64, index: u64) -> f32 {
-    let block = index / 4;
-    let lane = (index % 4) as usize;
-    let counter = [block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32];
+    let (counter, lane) = counter_and_lane(stream, index);
     normal4(counter, key_from_seed(seed))[lane]
 }
 
 /// A uniform draw in (0, 1) addressed by (seed, stream, index), like [`normal_at`].
 #[inline]
 pub fn uniform_at(seed: u64, stream: u64, index: u64) -> f32 {
-    let block = index / 4;
-    let lane = (index % 4) as usize;
-    let counter = [block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32];
+    let (counter, lane) = counter_and_lane(stream, index);
     u32_to_open01(philox4x32(counter, key_from_seed(seed))[lane])
 }
 

@@ -4,12 +4,8 @@
 //! Integer work (the ten rounds) is exact on every device; the Box–Muller transform is
 //! f32 `ln`/`sqrt`/`cos`/`sin`, which devices round within a few ulp of the CPU's.
 
+use crate::philox::{M0, M1, W0, W1};
 use cubecl::prelude::*;
-
-const M0: u32 = 0xD251_1F53;
-const M1: u32 = 0xCD9E_8D57;
-const W0: u32 = 0x9E37_79B9;
-const W1: u32 = 0xBB67_AE85;
 
 /// Counter and key of one Philox block.
 #[derive(CubeType, Clone, Copy)]
@@ -69,12 +65,21 @@ fn word(b: Block, lane: u32) -> u32 {
     w
 }
 
+/// The Philox block of draw `index` of a stream: counter (index / 4, 0, stream lo,
+/// stream hi), as [`crate::philox`] for index < 2³⁴.
+#[cube]
+fn block_at(key0: u32, key1: u32, stream_lo: u32, stream_hi: u32, index: u32) -> Block {
+    philox4x32(Block { c0: index / 4, c1: 0u32, c2: stream_lo, c3: stream_hi }, key0, key1)
+}
+
 /// The standard-normal draw at (seed key, stream, index), identical to
-/// [`crate::philox::normal_at`] for index < 2³⁴: block counter (index / 4, 0, stream lo,
-/// stream hi), Box–Muller on words (0, 1) and (2, 3), lane index % 4.
+/// [`crate::philox::normal_at`] for index < 2³⁴: Box–Muller on words (0, 1) and (2, 3) of
+/// its block, lane index % 4.
+// `%` is what cubecl translates for the device; `is_multiple_of` is not.
+#[allow(clippy::manual_is_multiple_of)]
 #[cube]
 pub fn normal_at(key0: u32, key1: u32, stream_lo: u32, stream_hi: u32, index: u32) -> f32 {
-    let r = philox4x32(Block { c0: index / 4, c1: 0u32, c2: stream_lo, c3: stream_hi }, key0, key1);
+    let r = block_at(key0, key1, stream_lo, stream_hi, index);
     let lane = index % 4;
     let pair = lane / 2;
     let u1 = u32_to_open01(word(r, pair * 2));
@@ -92,7 +97,7 @@ pub fn normal_at(key0: u32, key1: u32, stream_lo: u32, stream_hi: u32, index: u3
 /// [`crate::philox::uniform_at`].
 #[cube]
 pub fn uniform_at(key0: u32, key1: u32, stream_lo: u32, stream_hi: u32, index: u32) -> f32 {
-    let r = philox4x32(Block { c0: index / 4, c1: 0u32, c2: stream_lo, c3: stream_hi }, key0, key1);
+    let r = block_at(key0, key1, stream_lo, stream_hi, index);
     u32_to_open01(word(r, index % 4))
 }
 

@@ -45,6 +45,26 @@ fn over(n: usize) -> (CubeCount, CubeDim) {
     (CubeCount::Static(cubes(n), 1, 1), CubeDim::new_1d(CUBE as u32))
 }
 
+/// `h` as a kernel argument of `len` elements (never more than `h` was created with).
+fn arg<R: Runtime>(h: &Handle, len: usize) -> ArrayArg<R> {
+    unsafe { ArrayArg::from_raw_parts(h.clone(), len) }
+}
+
+/// The (low, high) words of a Philox stream, as the kernels take it.
+fn halves(x: u64) -> (u32, u32) {
+    (x as u32, (x >> 32) as u32)
+}
+
+/// Launches a model kernel on `grid` (a `(CubeCount, CubeDim)`). Every such kernel takes
+/// `mem`, then the buffers named in brackets (of `bin_arg`, `out_arg`, in that order), then
+/// `lay` and `cfg`, then its scalars: each wrapper names only what is its own.
+macro_rules! launch_model {
+    ($self:ident, $kernel:ident, $grid:expr, [$($buf:ident),*] $(, $scalar:expr)* $(,)?) => {{
+        let (count, dim) = $grid;
+        $kernel::launch::<R>(&$self.client, count, dim, $self.mem_arg(), $($self.$buf(),)* $self.lay_arg(), $self.cfg_arg() $(, $scalar)*)
+    }};
+}
+
 impl<R: Runtime> DeviceModel<R> {
     /// Uploads `mem` (laid out by `layout`) and `cfg`; decodes θ(z) on the device.
     pub fn new(device: &R::Device, layout: Layout, mem: &[f32], cfg: &[f32]) -> DeviceModel<R> {
@@ -61,28 +81,31 @@ impl<R: Runtime> DeviceModel<R> {
         DeviceModel { client, layout, mem: mem_h, lay: lay_h, cfg: cfg_h, out: out_h, bin: bin_h }
     }
 
-    fn arg(h: &Handle, len: usize) -> ArrayArg<R> {
-        unsafe { ArrayArg::from_raw_parts(h.clone(), len) }
-    }
-
     fn mem_arg(&self) -> ArrayArg<R> {
-        Self::arg(&self.mem, self.layout.mem_len)
+        arg(&self.mem, self.layout.mem_len)
     }
     fn lay_arg(&self) -> ArrayArg<R> {
-        Self::arg(&self.lay, self.layout.lay.len())
+        arg(&self.lay, self.layout.lay.len())
     }
     fn cfg_arg(&self) -> ArrayArg<R> {
-        Self::arg(&self.cfg, CFG_LEN)
+        arg(&self.cfg, CFG_LEN)
     }
     fn out_arg(&self) -> ArrayArg<R> {
-        Self::arg(&self.out, self.layout.shape.out_len())
+        arg(&self.out, self.layout.shape.out_len())
     }
     fn bin_arg(&self) -> ArrayArg<R> {
-        Self::arg(&self.bin, self.layout.shape.bin_len())
+        arg(&self.bin, self.layout.shape.bin_len())
     }
 
     fn one_cube() -> (CubeCount, CubeDim) {
         over(1)
+    }
+
+    /// Reads a buffer back and hands it to `take` (no copy of its own); `what` names the
+    /// read in the error.
+    fn read<T>(&self, h: &Handle, what: &str, take: impl FnOnce(&[f32]) -> T) -> Result<T, DeviceError> {
+        let bytes = self.client.read_one(h.clone()).map_err(|e| DeviceError(format!("{what} failed: {e:?}")))?;
+        Ok(take(f32::from_bytes(&bytes)))
     }
 
     /// Uploads this bin's counts (N) and the emitted u_{k−1} (m), as one buffer.
@@ -110,15 +133,8 @@ impl<R: Runtime> DeviceModel<R> {
             return;
         }
         let src = self.client.create_from_slice(f32::as_bytes(data));
-        copy_into_kernel::launch::<R>(
-            &self.client,
-            CubeCount::Static(cubes(data.len()), 1, 1),
-            CubeDim::new_1d(CUBE as u32),
-            Self::arg(&src, data.len()),
-            self.mem_arg(),
-            at as u32,
-            data.len() as u32,
-        );
+        let (count, dim) = over(data.len());
+        copy_into_kernel::launch::<R>(&self.client, count, dim, arg(&src, data.len()), self.mem_arg(), at as u32, data.len() as u32);
     }
 
     /// θ = decode(z) and the hypernetwork's pre-activations, from `mem`'s z.
@@ -129,28 +145,19 @@ impl<R: Runtime> DeviceModel<R> {
 
     /// EKF predict and the candidates' predictions (one cube).
     pub fn predict(&self) {
-        let (count, dim) = Self::one_cube();
-        predict_kernel::launch::<R>(&self.client, count, dim, self.mem_arg(), self.bin_arg(), self.out_arg(), self.lay_arg(), self.cfg_arg());
+        launch_model!(self, predict_kernel, Self::one_cube(), [bin_arg, out_arg]);
     }
 
     /// Observation reduction over units × candidates (grid).
     pub fn obs_reduce(&self) {
         let s = self.layout.shape;
-        obs_reduce_kernel::launch::<R>(
-            &self.client,
-            CubeCount::Static(s.chunks() as u32, (s.tasks + 1) as u32, 1),
-            CubeDim::new_1d(CUBE as u32),
-            self.mem_arg(),
-            self.bin_arg(),
-            self.lay_arg(),
-            self.cfg_arg(),
-        );
+        let grid = (CubeCount::Static(s.chunks() as u32, (s.tasks + 1) as u32, 1), CubeDim::new_1d(CUBE as u32));
+        launch_model!(self, obs_reduce_kernel, grid, [bin_arg]);
     }
 
     /// EKF update, embedding step, task identification, re-decode (one cube).
     pub fn update(&self) {
-        let (count, dim) = Self::one_cube();
-        update_kernel::launch::<R>(&self.client, count, dim, self.mem_arg(), self.bin_arg(), self.out_arg(), self.lay_arg(), self.cfg_arg());
+        launch_model!(self, update_kernel, Self::one_cube(), [bin_arg, out_arg]);
     }
 
     /// MPPI for bin `bin` (its Philox stream): rollouts, then the weighted update.
@@ -162,98 +169,44 @@ impl<R: Runtime> DeviceModel<R> {
     /// MPPI rollouts and costs (grid over samples).
     pub fn mppi_rollout(&self, bin: u64) {
         let s = self.layout.shape;
-        let (count, dim) = over(s.samples);
-        mppi_rollout_kernel::launch::<R>(
-            &self.client,
-            count,
-            dim,
-            self.mem_arg(),
-            self.lay_arg(),
-            self.cfg_arg(),
-            bin as u32,
-            (bin >> 32) as u32,
-        );
+        let (lo, hi) = halves(bin);
+        launch_model!(self, mppi_rollout_kernel, over(s.samples), [], lo, hi);
         if self.layout.lay[FLAGS] & FLAG_RATES != 0 {
-            let (count, dim) = over(s.samples * s.horizon);
-            mppi_rate_cost_kernel::launch::<R>(
-                &self.client,
-                count,
-                dim,
-                self.mem_arg(),
-                self.lay_arg(),
-                self.cfg_arg(),
-            );
+            launch_model!(self, mppi_rate_cost_kernel, over(s.samples * s.horizon), []);
         }
     }
 
     /// MPPI softmin weights, nominal update, u_k and shift (one cube).
     pub fn mppi_update(&self) {
-        let (count, dim) = Self::one_cube();
-        mppi_update_kernel::launch::<R>(&self.client, count, dim, self.mem_arg(), self.out_arg(), self.lay_arg(), self.cfg_arg());
+        launch_model!(self, mppi_update_kernel, Self::one_cube(), [out_arg]);
     }
 
     /// Particle filter, bin `bin`: propagate every particle with process noise.
     pub fn pf_propagate(&self, bin: u64) {
-        let s = self.layout.shape;
-        let (count, dim) = over(s.particles);
-        pf_propagate_kernel::launch::<R>(
-            &self.client,
-            count,
-            dim,
-            self.mem_arg(),
-            self.bin_arg(),
-            self.lay_arg(),
-            self.cfg_arg(),
-            bin as u32,
-            (bin >> 32) as u32,
-        );
+        let (lo, hi) = halves(bin);
+        launch_model!(self, pf_propagate_kernel, over(self.layout.shape.particles), [bin_arg], lo, hi);
     }
 
     /// Particle filter: add each particle's Poisson log-likelihood of the counts.
     pub fn pf_weigh(&self) {
-        let s = self.layout.shape;
-        let (count, dim) = over(s.particles);
-        pf_weigh_kernel::launch::<R>(
-            &self.client,
-            count,
-            dim,
-            self.mem_arg(),
-            self.bin_arg(),
-            self.lay_arg(),
-            self.cfg_arg(),
-        );
+        launch_model!(self, pf_weigh_kernel, over(self.layout.shape.particles), [bin_arg]);
     }
 
     /// Particle filter: normalise, estimate, and (with data, low ESS) resample; the
     /// resampling uniform comes from stream bin + 2⁶³.
     pub fn pf_resample(&self, has_data: bool, bin: u64) {
-        let stream = bin.wrapping_add(1 << 63);
-        let (count, dim) = Self::one_cube();
-        pf_resample_kernel::launch::<R>(
-            &self.client,
-            count,
-            dim,
-            self.mem_arg(),
-            self.out_arg(),
-            self.lay_arg(),
-            self.cfg_arg(),
-            has_data as u32,
-            stream as u32,
-            (stream >> 32) as u32,
-        );
+        let (lo, hi) = halves(bin.wrapping_add(1 << 63));
+        launch_model!(self, pf_resample_kernel, Self::one_cube(), [out_arg], has_data as u32, lo, hi);
     }
 
     /// Reads `out` back (u_k and the status vector) into `dst`.
     pub fn read_out(&self, dst: &mut [f32]) -> Result<(), DeviceError> {
-        let bytes = self.client.read_one(self.out.clone()).map_err(|e| DeviceError(format!("reading the result back from the device failed: {e:?}")))?;
-        dst.copy_from_slice(f32::from_bytes(&bytes));
-        Ok(())
+        self.read(&self.out, "reading the result back from the device", |v| dst.copy_from_slice(v))
     }
 
     /// The whole of `mem` (tests and diagnostics).
     pub fn read_mem(&self) -> Result<Vec<f32>, DeviceError> {
-        let bytes = self.client.read_one(self.mem.clone()).map_err(|e| DeviceError(format!("reading device memory failed: {e:?}")))?;
-        Ok(f32::from_bytes(&bytes).to_vec())
+        self.read(&self.mem, "reading device memory", |v| v.to_vec())
     }
 }
 
@@ -264,19 +217,9 @@ pub fn draw<R: Runtime>(device: &R::Device, seed: u64, stream: u64, first: u32, 
     let zeros = vec![0.0f32; n];
     let normals = client.create_from_slice(f32::as_bytes(&zeros));
     let uniforms = client.create_from_slice(f32::as_bytes(&zeros));
-    crate::rng::draw_kernel::launch::<R>(
-        &client,
-        CubeCount::Static(cubes(n), 1, 1),
-        CubeDim::new_1d(CUBE as u32),
-        unsafe { ArrayArg::from_raw_parts(normals.clone(), n) },
-        unsafe { ArrayArg::from_raw_parts(uniforms.clone(), n) },
-        key[0],
-        key[1],
-        stream as u32,
-        (stream >> 32) as u32,
-        first,
-        n as u32,
-    );
+    let (count, dim) = over(n);
+    let (lo, hi) = halves(stream);
+    crate::rng::draw_kernel::launch::<R>(&client, count, dim, arg(&normals, n), arg(&uniforms, n), key[0], key[1], lo, hi, first, n as u32);
     let a = f32::from_bytes(&client.read_one(normals).expect("read back")).to_vec();
     let b = f32::from_bytes(&client.read_one(uniforms).expect("read back")).to_vec();
     (a, b)

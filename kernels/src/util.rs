@@ -54,6 +54,39 @@ pub fn dynamics_tanh(mem: &Array<f32>, th: usize, x: &Array<f32>, x_at: usize, u
     tanh_safe(a)
 }
 
+/// η_unit(x) = d_unit + C_unit · x clamped to [LOG_RATE_MIN, lmax] (log Hz), for x at
+/// `mem[x..x + d]` (src/model/observation.rs `log_rates`; same summation order).
+#[cube]
+pub fn log_rate(mem: &Array<f32>, o_c: usize, o_dv: usize, d: usize, x: usize, unit: usize, lmax: f32) -> f32 {
+    let mut eta = mem[o_dv + unit];
+    for j in 0..d {
+        eta += mem[o_c + unit * d + j] * mem[x + j];
+    }
+    clampf(eta, LOG_RATE_MIN, lmax)
+}
+
+/// A compensated (Kahan) running sum: the softmin and the particle weights resolve
+/// differences that a plain f32 sum over N units or H steps would round away.
+#[derive(CubeType, Clone, Copy)]
+pub struct Kahan {
+    pub sum: f32,
+    comp: f32,
+}
+
+#[cube]
+impl Kahan {
+    pub fn new(start: f32) -> Kahan {
+        Kahan { sum: start, comp: 0.0f32 }
+    }
+
+    pub fn add(&mut self, x: f32) {
+        let term = x - self.comp;
+        let acc = self.sum + term;
+        self.comp = (acc - self.sum) - term;
+        self.sum = acc;
+    }
+}
+
 /// Sum of `v` over the cube (CUBE_DIM a power of two, `sh` at least CUBE_DIM long).
 #[cube]
 pub fn block_sum(sh: &mut SharedMemory<f32>, v: f32) -> f32 {
@@ -245,6 +278,25 @@ pub fn cholesky_inverse(mem: &mut Array<f32>, src: usize, work: usize, dst: usiz
     jittered
 }
 
+/// `mem[dst + i]` = `mem[b + i]` + Σ_j A_ij `mem[x + j]` for the rows i < `rows` of the
+/// row-major (rows × cols) A at `mem[a..]`, by the whole cube. `dst` may be `b` (each
+/// thread reads only its own rows of it), not `x` or A.
+#[cube]
+pub fn affine_rows(mem: &mut Array<f32>, a: usize, b: usize, x: usize, dst: usize, rows: usize, cols: usize) {
+    let t = UNIT_POS as usize;
+    let nt = CUBE_DIM as usize;
+    let mut i = t;
+    while i < rows {
+        let mut v = mem[b + i];
+        for j in 0..cols {
+            v += mem[a + i * cols + j] * mem[x + j];
+        }
+        mem[dst + i] = v;
+        i += nt;
+    }
+    sync_all();
+}
+
 /// (A + Aᵀ)/2 in place for the (n × n) `mem[at..]`, by the whole cube.
 #[cube]
 pub fn symmetrize(mem: &mut Array<f32>, at: usize, n: usize) {
@@ -269,33 +321,13 @@ pub fn symmetrize(mem: &mut Array<f32>, at: usize, n: usize) {
 /// `Linear(e→h) → ReLU → Linear(h→·)`; θ's rows r < d² come from g = 0, then d·m rows from
 /// g = 1, then d rows from g = 2.
 #[cube]
-pub fn decode(mem: &mut Array<f32>, lay: &Array<u32>) {
+pub fn decode(mem: &mut Array<f32>, l: Lay) {
     let t = UNIT_POS as usize;
     let nt = CUBE_DIM as usize;
-    let d = lay[D] as usize;
-    let e = lay[E] as usize;
-    let m = lay[M] as usize;
-    let h = lay[HID] as usize;
-    let th = lay[THLEN] as usize;
-    let o_w1 = lay[O_W1] as usize;
-    let o_b1 = lay[O_B1] as usize;
-    let o_w2 = lay[O_W2] as usize;
-    let o_b2 = lay[O_B2] as usize;
-    let o_z = lay[O_Z] as usize;
-    let o_pre = lay[O_PRE] as usize;
-    let o_th = lay[O_THETA] as usize;
-    let mut r = t;
-    while r < 3 * h {
-        let mut v = mem[o_b1 + r];
-        for a in 0..e {
-            v += mem[o_w1 + r * e + a] * mem[o_z + a];
-        }
-        mem[o_pre + r] = v;
-        r += nt;
-    }
-    sync_all();
+    let Lay { d, e, m, hid, thlen, o_w1, o_b1, o_w2, o_b2, o_z, o_theta, o_pre, .. } = l;
+    affine_rows(mem, o_w1, o_b1, o_z, o_pre, 3 * hid, e);
     let mut row = t;
-    while row < th {
+    while row < thlen {
         let mut g = 2usize;
         if row < d * d {
             g = 0;
@@ -303,10 +335,10 @@ pub fn decode(mem: &mut Array<f32>, lay: &Array<u32>) {
             g = 1;
         }
         let mut v = mem[o_b2 + row];
-        for k in 0..h {
-            v += mem[o_w2 + row * h + k] * f32::max(mem[o_pre + g * h + k], 0.0);
+        for k in 0..hid {
+            v += mem[o_w2 + row * hid + k] * f32::max(mem[o_pre + g * hid + k], 0.0);
         }
-        mem[o_th + row] = v;
+        mem[o_theta + row] = v;
         row += nt;
     }
     sync_all();
@@ -315,7 +347,7 @@ pub fn decode(mem: &mut Array<f32>, lay: &Array<u32>) {
 /// One-cube kernel: θ = decode(z) (start-up, and the kernel tests).
 #[cube(launch)]
 pub fn decode_kernel(mem: &mut Array<f32>, lay: &Array<u32>) {
-    decode(mem, lay);
+    decode(mem, Lay::read(lay));
 }
 
 /// Copies `src[0..len]` into `mem[at..at + len]` (uploads into the resident buffer).
