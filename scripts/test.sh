@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# Habits first (fast): the tree is formatted (rustfmt.toml) and clippy-clean, warnings as
+# errors (the project's exceptions are in Cargo.toml's [workspace.lints.clippy]).
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

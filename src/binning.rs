@@ -37,16 +37,7 @@ impl Binner {
     /// (grace plus transport jitter); 64 is plenty for any sane rig.
     pub fn new(clock: BinGrid, n_units: usize, lookahead_bins: usize) -> Binner {
         let window = lookahead_bins.max(2);
-        Binner {
-            clock,
-            n_units,
-            window,
-            counts: vec![0.0; window * n_units],
-            late: 0,
-            future: 0,
-            before_start: 0,
-            next: 0,
-        }
+        Binner { clock, n_units, window, counts: vec![0.0; window * n_units], late: 0, future: 0, before_start: 0, next: 0 }
     }
 
     #[inline]
@@ -112,11 +103,7 @@ impl Binner {
         out.copy_from_slice(slot);
         slot.fill(0.0);
         self.next = k + 1;
-        let tally = BinTally {
-            spikes: out.iter().sum(),
-            late_spikes: self.late,
-            future_spikes: self.future,
-        };
+        let tally = BinTally { spikes: out.iter().sum(), late_spikes: self.late, future_spikes: self.future };
         self.late = 0;
         self.future = 0;
         tally
@@ -128,65 +115,29 @@ mod tests {
     use super::*;
 
     fn clock() -> BinGrid {
-        BinGrid {
-            t0: 10.0,
-            bin_s: 0.01,
-            grace_s: 0.002,
-            deadline_s: 0.003,
-        }
+        BinGrid { t0: 10.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.003 }
     }
 
     #[test]
     fn spikes_land_in_their_bins_and_late_ones_are_counted() {
         let mut b = Binner::new(clock(), 3, 8);
         b.feed(&[
-            SpikeItem {
-                t: 10.001,
-                unit: 0,
-                count: 1.0,
-            },
-            SpikeItem {
-                t: 10.009,
-                unit: 2,
-                count: 1.0,
-            },
-            SpikeItem {
-                t: 10.011,
-                unit: 1,
-                count: 2.0,
-            }, // bin 1
-            SpikeItem {
-                t: 9.99,
-                unit: 1,
-                count: 1.0,
-            }, // before t0: counted, not binned
+            SpikeItem { t: 10.001, unit: 0, count: 1.0 },
+            SpikeItem { t: 10.009, unit: 2, count: 1.0 },
+            SpikeItem { t: 10.011, unit: 1, count: 2.0 }, // bin 1
+            SpikeItem { t: 9.99, unit: 1, count: 1.0 },   // before t0: counted, not binned
         ]);
         assert_eq!(b.before_start(), 1);
         let mut out = [0.0; 3];
         let t0 = b.close(0, &mut out);
         assert_eq!(out, [1.0, 0.0, 1.0]);
-        assert_eq!(
-            t0,
-            BinTally {
-                spikes: 2.0,
-                late_spikes: 0,
-                future_spikes: 0
-            }
-        );
-        b.feed(&[SpikeItem {
-            t: 10.005,
-            unit: 0,
-            count: 1.0,
-        }]); // bin 0 already closed
+        assert_eq!(t0, BinTally { spikes: 2.0, late_spikes: 0, future_spikes: 0 });
+        b.feed(&[SpikeItem { t: 10.005, unit: 0, count: 1.0 }]); // bin 0 already closed
         let t1 = b.close(1, &mut out);
         assert_eq!(out, [0.0, 2.0, 0.0]);
         assert_eq!(t1.late_spikes, 1);
         // far future
-        b.feed(&[SpikeItem {
-            t: 20.0,
-            unit: 0,
-            count: 1.0,
-        }]);
+        b.feed(&[SpikeItem { t: 20.0, unit: 0, count: 1.0 }]);
         let t2 = b.close(2, &mut out);
         assert_eq!(t2.future_spikes, 1);
         assert_eq!(out, [0.0; 3]);
@@ -195,18 +146,7 @@ mod tests {
     #[test]
     fn skipping_bins_clears_them() {
         let mut b = Binner::new(clock(), 1, 4);
-        b.feed(&[
-            SpikeItem {
-                t: 10.015,
-                unit: 0,
-                count: 1.0,
-            },
-            SpikeItem {
-                t: 10.035,
-                unit: 0,
-                count: 1.0,
-            },
-        ]);
+        b.feed(&[SpikeItem { t: 10.015, unit: 0, count: 1.0 }, SpikeItem { t: 10.035, unit: 0, count: 1.0 }]);
         let mut out = [0.0];
         b.close(3, &mut out);
         assert_eq!(out, [1.0]);
@@ -227,18 +167,8 @@ mod properties {
     type Session = Vec<(Vec<(f64, u32, u8)>, u8)>;
 
     fn sessions() -> impl Strategy<Value = Session> {
-        let spike = (
-            prop_oneof![8 => -0.02f64..0.5, 1 => -1e6f64..1e6],
-            0u32..3,
-            1u8..4,
-        );
-        prop::collection::vec(
-            (
-                prop::collection::vec(spike, 0..20),
-                prop_oneof![6 => Just(0u8), 1 => 1u8..5],
-            ),
-            1..60,
-        )
+        let spike = (prop_oneof![8 => -0.02f64..0.5, 1 => -1e6f64..1e6], 0u32..3, 1u8..4);
+        prop::collection::vec((prop::collection::vec(spike, 0..20), prop_oneof![6 => Just(0u8), 1 => 1u8..5]), 1..60)
     }
 
     proptest! {

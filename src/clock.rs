@@ -92,7 +92,11 @@ impl BinGrid {
 #[inline]
 pub fn bin_ending_at(ts: f64, t0: f64, bin_s: f64) -> i64 {
     let k = ((ts - t0) / bin_s).round() - 1.0;
-    if k.is_nan() { -1 } else { k.max(-1.0) as i64 }
+    if k.is_nan() {
+        -1
+    } else {
+        k.max(-1.0) as i64
+    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,9 @@
 
 use crate::clock::{self, BinGrid};
 use crate::events::{ControlResult, Emitted, Pushed};
+use crate::safety::Safety;
 use crate::schema::{control_stream_spec, OUTLET_LINGER_MS};
 use crate::tap::FanOut;
-use crate::safety::Safety;
 use crate::MAX_CONTROL;
 use crossbeam_queue::ArrayQueue;
 use lsl::ExPushable;
@@ -59,34 +59,28 @@ pub struct EmitterSetup {
 /// Create the Control outlet on a new thread and start emitting. Returns once the outlet exists.
 pub fn start(setup: EmitterSetup) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
-    let handle = std::thread::Builder::new()
-        .name("neuroloop-emit".into())
-        .spawn(move || {
-            let outlet = match control_outlet(&setup) {
-                Ok(o) => o,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
-            run(setup, outlet);
-        })?;
+    let handle = std::thread::Builder::new().name("neuroloop-emit".into()).spawn(move || {
+        let outlet = match control_outlet(&setup) {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready_tx.send(Ok(()));
+        run(setup, outlet);
+    })?;
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(handle),
         Ok(Err(e)) => Err(anyhow::anyhow!(e)),
-        Err(_) => Err(anyhow::anyhow!(
-            "the emitter thread died while creating the Control outlet"
-        )),
+        Err(_) => Err(anyhow::anyhow!("the emitter thread died while creating the Control outlet")),
     }
 }
 
 fn control_outlet(s: &EmitterSetup) -> Result<lsl::StreamOutlet, String> {
     debug_assert_eq!(s.labels.len(), s.m);
-    let info =
-        control_stream_spec(&s.stream_name, &s.source_id, s.clock.bin_s, &s.labels).info()?;
-    lsl::StreamOutlet::new(&info, 0, 360)
-        .map_err(|e| format!("cannot create the Control outlet: {e:?}"))
+    let info = control_stream_spec(&s.stream_name, &s.source_id, s.clock.bin_s, &s.labels).info()?;
+    lsl::StreamOutlet::new(&info, 0, 360).map_err(|e| format!("cannot create the Control outlet: {e:?}"))
 }
 
 fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
@@ -203,14 +197,7 @@ impl EmitCore {
 /// The command pushed for a bin: the loop's proposal, or the fallback, through the safety
 /// layer.
 #[inline]
-pub fn command(
-    safety: &Safety,
-    proposal: &mut [f64],
-    fallback: bool,
-    last: &[f64],
-    enabled: bool,
-    out: &mut [f64],
-) {
+pub fn command(safety: &Safety, proposal: &mut [f64], fallback: bool, last: &[f64], enabled: bool, out: &mut [f64]) {
     if fallback {
         safety.fallback(last, proposal);
     }
@@ -252,10 +239,7 @@ mod tests {
     /// the emitter `arrival` seconds after the bin closed (after its deadline too: the
     /// emitter may be descheduled), asking for the fallback or not.
     fn results() -> impl Strategy<Value = Vec<Option<(f64, bool)>>> {
-        prop::collection::vec(
-            prop::option::weighted(0.8, (0.0f64..0.03, any::<bool>())),
-            1..300,
-        )
+        prop::collection::vec(prop::option::weighted(0.8, (0.0f64..0.03, any::<bool>())), 1..300)
     }
 
     proptest! {

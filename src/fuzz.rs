@@ -56,17 +56,11 @@ impl Bytes<'_> {
 pub fn lsl_samples(data: &[u8]) {
     let mut b = Bytes(data);
     let head = b.u8();
-    let kind = if head & 1 == 0 {
-        InputKind::Events
-    } else {
-        InputKind::Counts
-    };
+    let kind = if head & 1 == 0 { InputKind::Events } else { InputKind::Counts };
     let channels = (b.u8() % 16) as usize + 1;
     let sorted = head & 2 != 0 && kind == InputKind::Events;
     let units = if sorted {
-        let map: Vec<[u32; 2]> = (0..channels)
-            .map(|i| [i as u32 / 2, i as u32 % 3])
-            .collect();
+        let map: Vec<[u32; 2]> = (0..channels).map(|i| [i as u32 / 2, i as u32 % 3]).collect();
         UnitsConfig { map: Some(map), ..Default::default() }
     } else {
         UnitsConfig { channels: Some(channels), merge_sorted: head & 4 != 0, ..Default::default() }
@@ -90,19 +84,11 @@ pub fn lsl_samples(data: &[u8]) {
         InputKind::Events => (head >> 3) as usize % 4,
         InputKind::Counts => units.channels(),
     };
-    let layout = CountsLayout {
-        period: [0.001, 0.01, 0.0001, 0.05][(head >> 5) as usize % 4],
-        rates: head & 0x80 != 0,
-    };
+    let layout = CountsLayout { period: [0.001, 0.01, 0.0001, 0.05][(head >> 5) as usize % 4], rates: head & 0x80 != 0 };
     let stats = Arc::new(IngestStats::default());
     let (tx, _rx) = crossbeam_channel::bounded(64);
     let mut decoder = SampleDecoder::new(kind, units, stats.clone(), tx, None);
-    let clock = BinGrid {
-        t0: 0.0,
-        bin_s: 0.01,
-        grace_s: 0.002,
-        deadline_s: 0.003,
-    };
+    let clock = BinGrid { t0: 0.0, bin_s: 0.01, grace_s: 0.002, deadline_s: 0.003 };
     let mut binner = Binner::new(clock, n_units.max(1), 8);
     let (mut handed, mut room) = (0.0f64, 4096usize);
     let mut t = 0.0f64;
@@ -142,16 +128,9 @@ pub fn lsl_samples(data: &[u8]) {
     if layout.rates && kind == InputKind::Counts {
         return; // fractional spikes: the binner's counters are whole spikes
     }
-    assert_eq!(
-        stats.spikes.load(Ordering::Relaxed) as f64,
-        handed.round(),
-        "stats.spikes = spikes handed on"
-    );
+    assert_eq!(stats.spikes.load(Ordering::Relaxed) as f64, handed.round(), "stats.spikes = spikes handed on");
     let accounted = closed + (late_future + binner.before_start() + binner.unclosed()) as f64;
-    assert_eq!(
-        accounted, handed,
-        "every spike handed on is binned or counted"
-    );
+    assert_eq!(accounted, handed, "every spike handed on is binned or counted");
 }
 
 /// A rig file's text, through everything `neuroloop check` does with it (against the
@@ -190,33 +169,18 @@ pub fn xdf_recording(data: &[u8]) {
         return;
     }
     let rig = fuzz_rig();
-    for source in [
-        crate::replay::ReplaySource::Bins,
-        crate::replay::ReplaySource::Spikes,
-    ] {
-        let opts = crate::replay::ReplayOptions {
-            source,
-            realtime: false,
-            backend: None,
-            status_line: false,
-        };
+    for source in [crate::replay::ReplaySource::Bins, crate::replay::ReplaySource::Spikes] {
+        let opts = crate::replay::ReplayOptions { source, realtime: false, backend: None, status_line: false };
         let _ = crate::replay::replay(&path, rig, &opts);
     }
-    let _ = crate::fit::data::load(
-        std::slice::from_ref(&path),
-        rig,
-        crate::fit::data::TaskSource::File,
-        0.2,
-    );
+    let _ = crate::fit::data::load(std::slice::from_ref(&path), rig, crate::fit::data::TaskSource::File, 0.2);
     let _ = crate::fit::data::load(std::slice::from_ref(&path), rig, crate::fit::data::TaskSource::Markers, 0.2);
     let _ = std::fs::remove_file(&path);
 }
 
 fn fuzz_rig() -> &'static Rig {
     static RIG: OnceLock<Rig> = OnceLock::new();
-    RIG.get_or_init(|| {
-        Rig::parse(FUZZ_RIG, Path::new("fuzz/rig.toml")).expect("fuzz/rig.toml is a valid rig")
-    })
+    RIG.get_or_init(|| Rig::parse(FUZZ_RIG, Path::new("fuzz/rig.toml")).expect("fuzz/rig.toml is a valid rig"))
 }
 
 /// One file per process for the targets that need a path.

@@ -173,12 +173,7 @@ pub struct StageLatencies {
 impl StageLatencies {
     /// `first_bin`: bins before it (warm-up) are not recorded at all.
     pub fn new(first_bin: u64, keep_series: bool) -> StageLatencies {
-        StageLatencies {
-            total: STAGES.iter().map(|_| histogram()).collect(),
-            log: None,
-            series: keep_series.then(Vec::new),
-            first_bin,
-        }
+        StageLatencies { total: STAGES.iter().map(|_| histogram()).collect(), log: None, series: keep_series.then(Vec::new), first_bin }
     }
 
     /// Also write an interval log to `path`, one interval every `interval_s` of `now`.

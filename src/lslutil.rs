@@ -39,8 +39,9 @@ pub struct StreamSpec {
 
 impl StreamSpec {
     pub fn info(&self) -> Result<lsl::StreamInfo, String> {
-        let mut info = lsl::StreamInfo::new(&self.name, &self.stream_type, self.labels.len() as u32, self.srate, self.format, &self.source_id)
-            .map_err(|e| format!("cannot describe the {} stream '{}': {e:?}", self.stream_type, self.name))?;
+        let mut info =
+            lsl::StreamInfo::new(&self.name, &self.stream_type, self.labels.len() as u32, self.srate, self.format, &self.source_id)
+                .map_err(|e| format!("cannot describe the {} stream '{}': {e:?}", self.stream_type, self.name))?;
         add_channel_labels(&mut info, &self.labels, &self.channel_type);
         Ok(info)
     }

@@ -219,10 +219,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         }
         Command::Sim { rig, bins, write_model } => {
             let rig = Rig::load(&rig)?;
-            let sim_cfg = rig
-                .sim
-                .clone()
-                .with_context(|| format!("rig file {} has no [sim] section", rig.path.display()))?;
+            let sim_cfg = rig.sim.clone().with_context(|| format!("rig file {} has no [sim] section", rig.path.display()))?;
             let truth = neuroloop::sim::truth_model(&sim_cfg, rig.timing.bin_ms * 1e-3);
             if let Some(path) = write_model {
                 truth.save(&path)?;
@@ -313,7 +310,23 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Fit { files, rig, out, report, latent, embed, hidden, seed, iterations, heldout, tasks, alpha, batch, learning_rate, quiet } => {
+        Command::Fit {
+            files,
+            rig,
+            out,
+            report,
+            latent,
+            embed,
+            hidden,
+            seed,
+            iterations,
+            heldout,
+            tasks,
+            alpha,
+            batch,
+            learning_rate,
+            quiet,
+        } => {
             use neuroloop::fit::{data::TaskSource, report as fit_report, FitOptions};
             use std::io::IsTerminal;
             let rig = Rig::load(&rig)?;

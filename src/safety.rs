@@ -25,43 +25,23 @@ impl Safety {
                 message: format!("channel {j}: lower {} > upper {}", lower[j], upper[j]),
             });
         }
-        let invalid = |key: &str, message: String| RigError::Invalid {
-            path: rig.path.clone(),
-            key: key.into(),
-            message,
-        };
+        let invalid = |key: &str, message: String| RigError::Invalid { path: rig.path.clone(), key: key.into(), message };
         let fallback_vector = match &s.fallback_vector {
             None => vec![0.0; m],
-            Some(v) if v.len() != m => {
-                return Err(invalid(
-                    "safety.fallback_vector",
-                    format!("has {} values; m = {m}", v.len()),
-                ))
-            }
+            Some(v) if v.len() != m => return Err(invalid("safety.fallback_vector", format!("has {} values; m = {m}", v.len()))),
             Some(v) => {
                 // A fallback outside the bounds would be clamped silently at every use:
                 // the operator must see the command that goes out when the loop is late.
-                if let Some(j) =
-                    (0..m).find(|&j| !(v[j].is_finite() && v[j] >= lower[j] && v[j] <= upper[j]))
-                {
+                if let Some(j) = (0..m).find(|&j| !(v[j].is_finite() && v[j] >= lower[j] && v[j] <= upper[j])) {
                     return Err(invalid(
                         "safety.fallback_vector",
-                        format!(
-                            "channel {j}: {} is outside [lower, upper] = [{}, {}]",
-                            v[j], lower[j], upper[j]
-                        ),
+                        format!("channel {j}: {} is outside [lower, upper] = [{}, {}]", v[j], lower[j], upper[j]),
                     ));
                 }
                 v.clone()
             }
         };
-        Ok(Safety {
-            lower,
-            upper,
-            max_step: s.max_step,
-            fallback: s.fallback.clone(),
-            fallback_vector,
-        })
+        Ok(Safety { lower, upper, max_step: s.max_step, fallback: s.fallback.clone(), fallback_vector })
     }
 
     /// Bounds [lo, hi] on every channel, a maximum step and a "hold" fallback (tests of the
@@ -89,11 +69,7 @@ impl Safety {
     #[inline]
     pub fn apply(&self, proposed: &[f64], last: &[f64], enabled: bool, out: &mut [f64]) {
         for j in 0..out.len() {
-            let want = if enabled && proposed[j].is_finite() {
-                proposed[j]
-            } else {
-                self.safe_zero(j)
-            };
+            let want = if enabled && proposed[j].is_finite() { proposed[j] } else { self.safe_zero(j) };
             let stepped = want.clamp(last[j] - self.max_step, last[j] + self.max_step);
             out[j] = stepped.clamp(self.lower[j], self.upper[j]);
         }
@@ -117,13 +93,7 @@ mod tests {
     use super::*;
 
     fn safety(fallback: FallbackKind) -> Safety {
-        Safety {
-            lower: vec![-1.0, 0.0],
-            upper: vec![1.0, 2.0],
-            max_step: 0.5,
-            fallback,
-            fallback_vector: vec![0.3, 0.4],
-        }
+        Safety { lower: vec![-1.0, 0.0], upper: vec![1.0, 2.0], max_step: 0.5, fallback, fallback_vector: vec![0.3, 0.4] }
     }
 
     #[test]
@@ -164,32 +134,17 @@ mod properties {
     }
 
     fn safety_layer() -> impl Strategy<Value = Safety> {
-        (
-            prop::collection::vec((-5.0f64..5.0, 0.0f64..5.0), 1..5),
-            0.001f64..2.0,
-            0u8..3,
-            any::<u64>(),
-        )
-            .prop_map(|(bounds, max_step, kind, seed)| {
+        (prop::collection::vec((-5.0f64..5.0, 0.0f64..5.0), 1..5), 0.001f64..2.0, 0u8..3, any::<u64>()).prop_map(
+            |(bounds, max_step, kind, seed)| {
                 let lower: Vec<f64> = bounds.iter().map(|b| b.0).collect();
                 let upper: Vec<f64> = bounds.iter().map(|b| b.0 + b.1).collect();
                 // a fallback vector inside the bounds, as Safety::from_rig insists
-                let fallback_vector = bounds
-                    .iter()
-                    .enumerate()
-                    .map(|(j, b)| b.0 + b.1 * (((seed >> (8 * j)) & 0xff) as f64 / 255.0))
-                    .collect();
-                let fallback = [FallbackKind::Hold, FallbackKind::Zero, FallbackKind::Vector]
-                    [kind as usize]
-                    .clone();
-                Safety {
-                    lower,
-                    upper,
-                    max_step,
-                    fallback,
-                    fallback_vector,
-                }
-            })
+                let fallback_vector =
+                    bounds.iter().enumerate().map(|(j, b)| b.0 + b.1 * (((seed >> (8 * j)) & 0xff) as f64 / 255.0)).collect();
+                let fallback = [FallbackKind::Hold, FallbackKind::Zero, FallbackKind::Vector][kind as usize].clone();
+                Safety { lower, upper, max_step, fallback, fallback_vector }
+            },
+        )
     }
 
     proptest! {

@@ -3,16 +3,11 @@
 //! how long an outlet lingers. The outlets, the recorder and replay read them from here.
 
 use crate::clock::BinGrid;
-use crate::events::{LoopBin, Emitted, JoinedBin, Proposal};
+use crate::events::{Emitted, JoinedBin, LoopBin, Proposal};
 use crate::{MAX_EMBED, MAX_LATENT};
 
 /// The Control stream's description (the outlet and the recording share it).
-pub fn control_stream_spec(
-    name: &str,
-    source_id: &str,
-    bin_s: f64,
-    labels: &[String],
-) -> crate::lslutil::StreamSpec {
+pub fn control_stream_spec(name: &str, source_id: &str, bin_s: f64, labels: &[String]) -> crate::lslutil::StreamSpec {
     crate::lslutil::StreamSpec {
         name: name.into(),
         stream_type: "Control".into(),

@@ -2,21 +2,21 @@
 //! (binning, backend) → emitter, with telemetry on the side and the control plane on
 //! the calling thread.
 
-use crate::backend::{cpu::CpuBackend, probe::ProbeBackend, Backend, BackendConfig};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use crate::backend::gpu::GpuBackend;
+use crate::backend::{cpu::CpuBackend, probe::ProbeBackend, Backend, BackendConfig};
 use crate::clock;
 use crate::control::Objective;
 use crate::emit::{self, EmitCounts, EmitQueues, EmitterSetup};
+use crate::events::LoopStatus;
 use crate::ingest::{self, IngestSetup, IngestStats};
 use crate::model::{Dims, ModelParams};
 use crate::record::{Provenance, Recorder, RecorderSetup};
 use crate::rig::{BackendKind, ObjectiveKind, Rig};
-use crate::events::LoopStatus;
-use crate::tap::FanOut;
 use crate::runloop::{self, LoopSetup};
 use crate::safety::Safety;
 use crate::sim::{self, SimSetup};
+use crate::tap::FanOut;
 use crate::telemetry::{Report, Telemetry, TelemetryConfig, TelemetryInputs, TrackingTarget};
 use crate::units::UnitMap;
 use anyhow::{bail, Context};
@@ -47,9 +47,14 @@ pub struct RunOptions {
 /// What a session runs per bin: a model, or (an identification session) the probe.
 #[allow(clippy::large_enum_variant)] // one per session, moved into the backend
 pub enum SessionModel {
-    Model { params: ModelParams, source: String },
+    Model {
+        params: ModelParams,
+        source: String,
+    },
     /// `[controller] kind = "probe"`: N from the unit map, m from the rig file, no model.
-    Probe { dims: Dims },
+    Probe {
+        dims: Dims,
+    },
 }
 
 impl SessionModel {
@@ -92,7 +97,9 @@ impl SessionModel {
         if let SessionModel::Model { params, .. } = self {
             rig.check_against_model(&params.dims, units.n_units())?;
             // What the backend will be built with: the objective against the model.
-            objective(rig, params)?.validate(&params.dims).map_err(|m| anyhow::anyhow!("rig file {}: `objective`: {m}", rig.path.display()))?;
+            objective(rig, params)?
+                .validate(&params.dims)
+                .map_err(|m| anyhow::anyhow!("rig file {}: `objective`: {m}", rig.path.display()))?;
         }
         // Bounds, fallback vector: exactly what `run` builds.
         Safety::from_rig(rig, self.dims().control)?;
@@ -229,8 +236,16 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     eprintln!(
         "[neuroloop] liblsl {}; rig '{}': N={} d={} e={} m={}, Δ={} ms, grace {} ms, deadline {} ms, backend {}, model: {}",
         lsl::library_version(),
-        rig.name, dims.n_units, dims.latent, dims.embed, dims.control, rig.timing.bin_ms, rig.timing.grace_ms, rig.timing.deadline_ms,
-        backend_name, model_source
+        rig.name,
+        dims.n_units,
+        dims.latent,
+        dims.embed,
+        dims.control,
+        rig.timing.bin_ms,
+        rig.timing.grace_ms,
+        rig.timing.deadline_ms,
+        backend_name,
+        model_source
     );
 
     let end_bin = Arc::new(AtomicU64::new(opts.bins.unwrap_or(u64::MAX)));
@@ -255,7 +270,8 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     let emit_queues = Arc::new(EmitQueues::new(queue_bins));
     let emit_counts = Arc::new(EmitCounts::default());
     let loop_status = Arc::new(LoopStatus::default());
-    let mut queues = TelemetryInputs::new(queue_bins.max(1 << 14), emit_counts.clone(), ingest_stats.clone(), notice_rx, loop_status.clone());
+    let mut queues =
+        TelemetryInputs::new(queue_bins.max(1 << 14), emit_counts.clone(), ingest_stats.clone(), notice_rx, loop_status.clone());
     let enabled = Arc::new(AtomicBool::new(rig.safety.enabled));
 
     // The clock's t0 is fixed now so the simulator and the loop share one bin grid.
@@ -280,7 +296,13 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             control: dims.control,
             unit_labels: units.unit_labels(),
             control_spec: crate::schema::control_stream_spec(&rig.output.control_name, &source_id, bin_s, &labels),
-            status_spec: crate::schema::status_stream_spec(&rig.output.status_name, &format!("{source_id}-status"), bin_s, dims.latent, dims.embed),
+            status_spec: crate::schema::status_stream_spec(
+                &rig.output.status_name,
+                &format!("{source_id}-status"),
+                bin_s,
+                dims.latent,
+                dims.embed,
+            ),
             rig_name: rig.name.clone(),
             source_id: source_id.clone(),
             flush_s: 0.25,
@@ -303,7 +325,9 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             // bins still see a live stream.
             end_bin: Arc::new(AtomicU64::new(u64::MAX)),
             stop: sim_stop.clone(),
-            truth: FanOut::default().with(queues.truth.clone()).with_opt(taps.as_mut().and_then(|t: &mut crate::record::RecorderTaps| t.truth.take())),
+            truth: FanOut::default()
+                .with(queues.truth.clone())
+                .with_opt(taps.as_mut().and_then(|t: &mut crate::record::RecorderTaps| t.truth.take())),
             end_to_end: Some(queues.end_to_end.clone()),
             outage: sc.dropout_bins.map(|[a, b]| (a, b)),
             channel_labels: rig.units.labels.clone(),
@@ -347,28 +371,26 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     let bins_q = queues.bins.clone();
     let telemetry_stop = Arc::new(AtomicBool::new(false));
     let telemetry_cfg = TelemetryConfig {
-            clock: bin_clock,
-            latent: dims.latent,
-            embed: dims.embed,
-            truth_latent: sim_cfg.as_ref().map_or(dims.latent, |s| s.latent_dim),
-            status_stream: Some((rig.output.status_name.clone(), format!("{source_id}-status"))),
-            status_line: opts.status_line,
-            expect_truth: sim_cfg.is_some(),
-            library,
-            target,
-            settle_bins: 50,
-            rig_name: rig.name.clone(),
-            backend: backend_name,
-            warmup_bins: opts.warmup_bins,
-            keep_series: opts.keep_series,
-            interval_log: opts.interval_log.clone(),
+        clock: bin_clock,
+        latent: dims.latent,
+        embed: dims.embed,
+        truth_latent: sim_cfg.as_ref().map_or(dims.latent, |s| s.latent_dim),
+        status_stream: Some((rig.output.status_name.clone(), format!("{source_id}-status"))),
+        status_line: opts.status_line,
+        expect_truth: sim_cfg.is_some(),
+        library,
+        target,
+        settle_bins: 50,
+        rig_name: rig.name.clone(),
+        backend: backend_name,
+        warmup_bins: opts.warmup_bins,
+        keep_series: opts.keep_series,
+        interval_log: opts.interval_log.clone(),
     };
     let telemetry_handle = {
         let s = telemetry_stop.clone();
         // Built on its own thread: it owns the Status outlet, which must stay on one thread.
-        std::thread::Builder::new()
-            .name("neuroloop-telemetry".into())
-            .spawn(move || Telemetry::new(telemetry_cfg, queues).run(s))?
+        std::thread::Builder::new().name("neuroloop-telemetry".into()).spawn(move || Telemetry::new(telemetry_cfg, queues).run(s))?
     };
     // Telemetry (and with it the Status outlet) is up before this wait, so the Status
     // stream's consumers get the same lead before bin 0 as the Control stream's.
@@ -427,7 +449,10 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     let mut report = telemetry_handle.join().map_err(|_| anyhow::anyhow!("the telemetry thread panicked"))?;
     report.device_errors = loop_end.backend.stats().device_errors;
     if report.device_errors > 0 {
-        let msg = format!("the {} backend failed on {} bins (each got the fallback; their x and z are NaN)", report.backend, report.device_errors);
+        let msg = format!(
+            "the {} backend failed on {} bins (each got the fallback; their x and z are NaN)",
+            report.backend, report.device_errors
+        );
         eprintln!("[neuroloop] warning: {msg}");
         report.notices.push(msg);
     }
@@ -484,7 +509,6 @@ pub fn run_sim_only(rig: &Rig, truth: ModelParams, bins: Option<u64>) -> anyhow:
         end_to_end: None,
         outage: sc.dropout_bins.map(|[a, b]| (a, b)),
         channel_labels: rig.units.labels.clone(),
-        
     })?;
     eprintln!("[neuroloop] simulator publishing '{}' ({:?}); Ctrl-C to stop", sc.stream_name, sc.output);
     let _ = h.sim.join();

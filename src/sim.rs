@@ -10,10 +10,10 @@
 //! timers jitter by milliseconds (shared VMs, CI) still delivers whole bins.
 
 use crate::clock::{self, BinGrid};
+use crate::events::TruthBin;
 use crate::model::hypernet::HypernetScratch;
 use crate::model::{dynamics, observation, ModelParams, Theta};
 use crate::rig::{SimConfig, SimOutput};
-use crate::events::TruthBin;
 use crate::tap::{FanOut, Tap};
 use crate::{MAX_EMBED, MAX_LATENT};
 use lsl::{ExPushable, Pullable};
@@ -79,7 +79,9 @@ pub fn start(setup: SimSetup) -> anyhow::Result<SimHandles> {
         let name = setup.control_stream.clone();
         let stop = setup.stop.clone();
         let e2e = setup.end_to_end.clone();
-        std::thread::Builder::new().name("sim-control-rx".into()).spawn(move || receive_control(&name, &latest_u, &stop, e2e, &connected))?
+        std::thread::Builder::new()
+            .name("sim-control-rx".into())
+            .spawn(move || receive_control(&name, &latest_u, &stop, e2e, &connected))?
     };
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let sim = std::thread::Builder::new().name("sim".into()).spawn(move || run(setup, latest_u, ready_tx))?;
@@ -90,13 +92,7 @@ pub fn start(setup: SimSetup) -> anyhow::Result<SimHandles> {
     }
 }
 
-fn receive_control(
-    name: &str,
-    latest: &Mutex<Vec<f64>>,
-    stop: &AtomicBool,
-    e2e: Option<Tap<[f64; 2]>>,
-    connected: &AtomicBool,
-) {
+fn receive_control(name: &str, latest: &Mutex<Vec<f64>>, stop: &AtomicBool, e2e: Option<Tap<[f64; 2]>>, connected: &AtomicBool) {
     let pred = format!("name='{name}' and type='Control'");
     while !stop.load(Ordering::Relaxed) {
         let Ok(found) = lsl::resolve_bypred(&pred, 1, 0.5) else { continue };

@@ -26,9 +26,23 @@ pub const MAX_SORTED_UNITS: usize = 64;
 impl UnitMap {
     pub fn from_config(cfg: &UnitsConfig) -> UnitMap {
         if let Some(labels) = &cfg.labels {
-            UnitMap { table: Vec::new(), stride: 1, channels: 0, n_units: labels.len(), merge_sorted: false, by_label: Some(labels.clone()) }
+            UnitMap {
+                table: Vec::new(),
+                stride: 1,
+                channels: 0,
+                n_units: labels.len(),
+                merge_sorted: false,
+                by_label: Some(labels.clone()),
+            }
         } else if let Some(ch) = cfg.channels {
-            UnitMap { table: (0..ch as i32).collect(), stride: 1, channels: ch, n_units: ch, merge_sorted: cfg.merge_sorted, by_label: None }
+            UnitMap {
+                table: (0..ch as i32).collect(),
+                stride: 1,
+                channels: ch,
+                n_units: ch,
+                merge_sorted: cfg.merge_sorted,
+                by_label: None,
+            }
         } else {
             let map = cfg.map.as_deref().unwrap_or(&[]);
             let channels = map.iter().map(|p| p[0] as usize + 1).max().unwrap_or(0);

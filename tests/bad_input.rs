@@ -103,7 +103,11 @@ fn bad_counts_samples_are_rejected_whole() {
     let ((), _, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &[], || pusher.join().unwrap());
     assert_eq!(r["ingest"]["nonfinite"], 1);
     assert_eq!(r["ingest"]["duplicates"], 1);
-    assert_eq!(r["ingest"]["spikes"].as_u64().unwrap(), 299 * 96, "all valid counts kept: 300 samples + 1 repeat, minus the NaN one and the repeat");
+    assert_eq!(
+        r["ingest"]["spikes"].as_u64().unwrap(),
+        299 * 96,
+        "all valid counts kept: 300 samples + 1 repeat, minus the NaN one and the repeat"
+    );
 }
 
 /// The spike stream vanishes for a second and comes back: the loop keeps emitting (the
@@ -241,7 +245,8 @@ fn input_that_always_arrives_late_gets_a_notice_with_the_grace_it_needs() {
     assert!(in_session >= 200.0 * 96.0, "{r}");
     assert!(r["late_spikes"].as_f64().unwrap() > 0.9 * in_session, "nearly all late: {r}");
     let err = String::from_utf8_lossy(&out.stderr);
-    let notice = err.lines().find(|l| l.contains("arrived after their bin had closed")).unwrap_or_else(|| panic!("no lateness notice: {err}"));
+    let notice =
+        err.lines().find(|l| l.contains("arrived after their bin had closed")).unwrap_or_else(|| panic!("no lateness notice: {err}"));
     // 20 ms behind the stamp, binned 5 ms before it: ≥ 15 ms after the bin's end, grace 4.
     let needed: f64 = notice.split("raise grace_ms to ≥ ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!((15.0..40.0).contains(&needed), "{notice}");

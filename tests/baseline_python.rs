@@ -140,7 +140,12 @@ fn compare(rig_file: &str, edits: &[(&str, &str)], bins: u64, tol: &Tolerance) -
             dx <= tol.x && dz <= tol.z && dll <= tol.loglik && du <= tol.u && pjump[0] == rust_jump,
             "{rig_file} bin {j}: Python and Rust differ\n  x  py {px:?}\n     rs {:?}\n  z  py {pz:?}\n     rs {:?}\n  \
              loglik py {} rs {}\n  u  py {pu:?}\n     rs {:?}\n  task_jump py {} rs {rust_jump}",
-            r.x, r.z, pll[0], r.loglik, r.u, pjump[0]
+            r.x,
+            r.z,
+            pll[0],
+            r.loglik,
+            r.u,
+            pjump[0]
         );
         max.x = max.x.max(dx);
         max.z = max.z.max(dz);
@@ -187,12 +192,7 @@ fn python_baseline_matches_cpu_backend_utah96_mppi() {
 #[test]
 fn python_baseline_matches_cpu_backend_utah96_mppi_rates() {
     let tol = Tolerance { x: 1e-11, z: 1e-11, loglik: 1e-12, u: 1e-8 };
-    compare(
-        "rigs/sim-utah96.toml",
-        &[("open_loop_block_bins = 1000", "open_loop_block_bins = 50"), (UTAH_LATENT, UTAH_RATES)],
-        100,
-        &tol,
-    );
+    compare("rigs/sim-utah96.toml", &[("open_loop_block_bins = 1000", "open_loop_block_bins = 50"), (UTAH_LATENT, UTAH_RATES)], 100, &tol);
 }
 
 /// LQR towards the least-squares latent target of a rate objective (96 units, d = m = 4).

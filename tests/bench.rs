@@ -80,7 +80,11 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
     assert_eq!(r["bins_computed"], total);
     assert_eq!(r["warmup_bins"], warmup);
     assert_eq!(r["telemetry_dropped"], 0);
-    assert_eq!((&r["truth_dropped"], &r["end_to_end_dropped"]), (&serde_json::json!(0), &serde_json::json!(0)), "the simulated rig's records all reached telemetry");
+    assert_eq!(
+        (&r["truth_dropped"], &r["end_to_end_dropped"]),
+        (&serde_json::json!(0), &serde_json::json!(0)),
+        "the simulated rig's records all reached telemetry"
+    );
     let count = |k: &str| r[k]["count"].as_u64().unwrap();
     assert_eq!(count("compute_us"), bins, "one compute time per measured bin");
     assert_eq!(count("close_to_push_us"), bins, "one push per measured bin");
@@ -165,8 +169,25 @@ fn sweep_times_every_grid_point_on_every_backend() {
     let backends = if cfg!(feature = "wgpu") { "cpu,wgpu" } else { "cpu" };
     let bins = 12u64;
     let out = run(&[
-        "sweep", "--rig", rig_path.to_str().unwrap(), "--backends", backends, "--bins", &bins.to_string(), "--warmup", "2",
-        "--units", "16,48", "--latent", "2,3", "--particles", "32", "--samples", "8,24", "--out", out_dir.to_str().unwrap(),
+        "sweep",
+        "--rig",
+        rig_path.to_str().unwrap(),
+        "--backends",
+        backends,
+        "--bins",
+        &bins.to_string(),
+        "--warmup",
+        "2",
+        "--units",
+        "16,48",
+        "--latent",
+        "2,3",
+        "--particles",
+        "32",
+        "--samples",
+        "8,24",
+        "--out",
+        out_dir.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = report(&out_dir.join("sweep.json"));

@@ -1,8 +1,8 @@
 //! The whole loop on the simulated rig, over real LSL on loopback, through the real CLI.
 
 mod common;
-use neuroloop::bench::CpuTimes;
 use common::*;
+use neuroloop::bench::CpuTimes;
 
 /// The R² a live run must reach, given how much of the data reached the filter in time.
 ///
@@ -114,7 +114,8 @@ fn one_sample_per_bin_with_a_slow_model() {
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("slow");
     // A long lead-in: the test's inlet is connected well before bin 0.
-    let rig_path = write(dir.path(), "rig.toml", &long_lead_in(&rig.toml("lqr", "events", "events", "", "[fault]\nslow_every = 10\nslow_ms = 12.0")));
+    let rig_path =
+        write(dir.path(), "rig.toml", &long_lead_in(&rig.toml("lqr", "events", "events", "", "[fault]\nslow_every = 10\nslow_ms = 12.0")));
     let rx = record::<f32>(&rig.control);
     let status_rx = record::<f64>(&rig.status);
     let (_, r) = run_bins(&rig_path, 300, &dir.path().join("report.json"), &[]);
@@ -135,7 +136,13 @@ fn one_sample_per_bin_with_a_slow_model() {
     // The Status stream says so too: [bin, x (4), z (3), loglik, compute_us, flags], flags
     // bit 0 = fallback, bit 1 = deadline miss.
     let status = status_rx.join().unwrap();
-    assert_eq!(status.len(), 300, "one Status sample per bin; received bins {:?} … {:?}", status.first().map(|s| s.1[0]), status.last().map(|s| s.1[0]));
+    assert_eq!(
+        status.len(),
+        300,
+        "one Status sample per bin; received bins {:?} … {:?}",
+        status.first().map(|s| s.1[0]),
+        status.last().map(|s| s.1[0])
+    );
     for (k, (_, s)) in status.iter().enumerate() {
         assert_eq!(s.len(), 11);
         assert_eq!(s[0], k as f64, "Status samples in bin order");

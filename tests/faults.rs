@@ -23,16 +23,8 @@ impl Drop for Killed {
 /// binned + late + future + before bin 0 + after the last bin = the spikes ingest handed on.
 fn assert_every_spike_binned_or_counted(r: &serde_json::Value) {
     let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("report has no {k}"));
-    let accounted = f("binned_spikes")
-        + f("late_spikes")
-        + f("future_spikes")
-        + f("pre_session_spikes")
-        + f("after_end_spikes");
-    assert_eq!(
-        accounted,
-        r["ingest"]["spikes"].as_f64().unwrap(),
-        "every spike binned or counted: {r}"
-    );
+    let accounted = f("binned_spikes") + f("late_spikes") + f("future_spikes") + f("pre_session_spikes") + f("after_end_spikes");
+    assert_eq!(accounted, r["ingest"]["spikes"].as_f64().unwrap(), "every spike binned or counted: {r}");
     assert_eq!(r["ring_overflows"], 0);
     assert_eq!(r["ingest"]["inlet_full"], 0);
 }
@@ -45,13 +37,7 @@ fn a_cpu_hog_beside_the_loop_leaves_every_bin_exactly_one_sample() {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let hogs = Killed(
         (0..2 * cpus)
-            .map(|_| {
-                Command::new("sh")
-                    .args(["-c", "while :; do :; done"])
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("start a CPU hog")
-            })
+            .map(|_| Command::new("sh").args(["-c", "while :; do :; done"]).stdout(Stdio::null()).spawn().expect("start a CPU hog"))
             .collect(),
     );
     let dir = tempfile::tempdir().unwrap();
@@ -63,25 +49,14 @@ fn a_cpu_hog_beside_the_loop_leaves_every_bin_exactly_one_sample() {
     let (_, r) = run_bins(&rig_path, bins, &dir.path().join("report.json"), &[]);
     drop(hogs);
     assert_eq!(r["bins"], bins);
-    assert_eq!(
-        r["control_samples"], bins,
-        "exactly one Control sample per bin"
-    );
+    assert_eq!(r["control_samples"], bins, "exactly one Control sample per bin");
     // Everything that missed its deadline went out as a fallback, on the emitter's clock.
     assert_eq!(r["fallbacks"], r["deadline_misses"]);
     // An inlet of the test's own got every one, stamped with consecutive bin ends.
     let samples = control.join().unwrap();
-    assert_eq!(
-        samples.len() as u64,
-        bins,
-        "the Control stream carried one sample per bin"
-    );
+    assert_eq!(samples.len() as u64, bins, "the Control stream carried one sample per bin");
     for w in samples.windows(2) {
-        assert!(
-            (w[1].0 - w[0].0 - 0.010).abs() < 1e-6,
-            "consecutive bin ends, got Δt = {}",
-            w[1].0 - w[0].0
-        );
+        assert!((w[1].0 - w[0].0 - 0.010).abs() < 1e-6, "consecutive bin ends, got Δt = {}", w[1].0 - w[0].0);
     }
     assert_every_spike_binned_or_counted(&r);
 }
@@ -95,11 +70,7 @@ fn the_source_killed_and_restarted_is_a_gap_and_the_loop_resumes() {
     let rig = SimRig::new("restart");
     let model = rig.write_model(dir.path());
     let sim_rig = write(dir.path(), "sim.toml", &rig.events_toml("lqr"));
-    let ctrl_rig = write(
-        dir.path(),
-        "ctrl.toml",
-        &rig.controller_toml("events", &model),
-    );
+    let ctrl_rig = write(dir.path(), "ctrl.toml", &rig.controller_toml("events", &model));
     let start_source = || {
         Command::new(bin())
             .args(["sim", "--rig", sim_rig.to_str().unwrap()])
@@ -129,44 +100,18 @@ fn the_source_killed_and_restarted_is_a_gap_and_the_loop_resumes() {
     std::thread::sleep(Duration::from_millis(1500));
     source.0.push(start_source());
     let out = run.wait_with_output().expect("wait for neuroloop run");
-    eprintln!(
-        "--- neuroloop run: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    eprintln!("--- neuroloop run: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     drop(source);
     assert!(out.status.success());
     let r = report(&report_path);
-    assert_eq!(
-        r["control_samples"], bins,
-        "exactly one Control sample per bin, through the gap"
-    );
-    assert!(
-        r["ingest"]["disconnects"].as_u64().unwrap() >= 1,
-        "the loss is counted: {}",
-        r["ingest"]
-    );
-    assert!(
-        r["ingest"]["reconnects"].as_u64().unwrap() >= 1,
-        "the new source is taken: {}",
-        r["ingest"]
-    );
-    let gaps: Vec<(u64, u64)> = r["gaps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| (g[0].as_u64().unwrap(), g[1].as_u64().unwrap()))
-        .collect();
+    assert_eq!(r["control_samples"], bins, "exactly one Control sample per bin, through the gap");
+    assert!(r["ingest"]["disconnects"].as_u64().unwrap() >= 1, "the loss is counted: {}", r["ingest"]);
+    assert!(r["ingest"]["reconnects"].as_u64().unwrap() >= 1, "the new source is taken: {}", r["ingest"]);
+    let gaps: Vec<(u64, u64)> = r["gaps"].as_array().unwrap().iter().map(|g| (g[0].as_u64().unwrap(), g[1].as_u64().unwrap())).collect();
     // The source died about 3.5 s (350 bins) into the session and was back 1.5 s later; the
     // gap must end well before the last bin: the loop resumed on the new source.
-    let gap = gaps
-        .iter()
-        .max_by_key(|(a, b)| b - a)
-        .unwrap_or_else(|| panic!("no gap reported: {r}"));
-    assert!(
-        gap.1 - gap.0 >= 50 && gap.1 + 200 < bins,
-        "the outage is one gap and the loop resumes after it: {gaps:?}"
-    );
+    let gap = gaps.iter().max_by_key(|(a, b)| b - a).unwrap_or_else(|| panic!("no gap reported: {r}"));
+    assert!(gap.1 - gap.0 >= 50 && gap.1 + 200 < bins, "the outage is one gap and the loop resumes after it: {gaps:?}");
     assert!(r["fallbacks"].as_u64().unwrap() >= r["gap_bins"].as_u64().unwrap());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("input LOST"), "{err}");
@@ -178,10 +123,7 @@ fn scopeguard_pid(pid: u32) -> impl Drop {
     struct G(u32);
     impl Drop for G {
         fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .args(["-9", &self.0.to_string()])
-                .stderr(Stdio::null())
-                .status();
+            let _ = Command::new("kill").args(["-9", &self.0.to_string()]).stderr(Stdio::null()).status();
         }
     }
     G(pid)

@@ -43,7 +43,18 @@ fn session() -> &'static Session {
         let xdf = dir.path().join("probe.xdf");
         let report = dir.path().join("run.json");
         let bins = (3 * BINS_PER_TASK).to_string();
-        let out = run(&["run", "--rig", rig.to_str().unwrap(), "--bins", &bins, "--quiet", "--record", xdf.to_str().unwrap(), "--report", report.to_str().unwrap()]);
+        let out = run(&[
+            "run",
+            "--rig",
+            rig.to_str().unwrap(),
+            "--bins",
+            &bins,
+            "--quiet",
+            "--record",
+            xdf.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ]);
         assert!(out.status.success(), "the identification session failed");
         let r = common::report(&report);
         assert_eq!(r["bins"], 3 * BINS_PER_TASK, "{r}");
@@ -74,7 +85,18 @@ fn fitted() -> &'static (PathBuf, Value) {
         let s = session();
         let model = s.dir.join("fitted.safetensors");
         let report = s.dir.join("fit.json");
-        let (out, r) = s.fit(&["--tasks", "markers", "--latent", "4", "--embed", "3", "--out", model.to_str().unwrap(), "--report", report.to_str().unwrap()]);
+        let (out, r) = s.fit(&[
+            "--tasks",
+            "markers",
+            "--latent",
+            "4",
+            "--embed",
+            "3",
+            "--out",
+            model.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ]);
         assert!(out.status.success(), "fit failed");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("bits/spike") && stdout.contains("true model"), "{stdout}");
@@ -215,8 +237,14 @@ fn closing_the_loop_with_the_fitted_model_tracks_rates_as_well_as_the_truth() {
         results.push((controller, fit_closed, fit_open, true_closed));
     }
     for (controller, fit_closed, fit_open, true_closed) in results {
-        assert!(fit_closed <= 1.3 * true_closed, "{controller}: tracking error with the fitted model {fit_closed} > 1.3 × the true model's {true_closed}");
-        assert!(fit_closed <= 0.5 * fit_open, "{controller}: closing the loop with the fitted model barely helps: {fit_closed} vs open loop {fit_open}");
+        assert!(
+            fit_closed <= 1.3 * true_closed,
+            "{controller}: tracking error with the fitted model {fit_closed} > 1.3 × the true model's {true_closed}"
+        );
+        assert!(
+            fit_closed <= 0.5 * fit_open,
+            "{controller}: closing the loop with the fitted model barely helps: {fit_closed} vs open loop {fit_open}"
+        );
     }
     // Live: `check` and `run` load the fitted model as is; closed-loop blocks beat open-loop ones.
     let live = closed_loop_rig(&s.dir, "cl-live.toml", Some(model), "mppi", &target);
@@ -224,7 +252,6 @@ fn closing_the_loop_with_the_fitted_model_tracks_rates_as_well_as_the_truth() {
     let (closed, open) = tracking(&s.dir, &live, "live-fitted-mppi");
     assert!(closed <= 0.5 * open, "live closed loop with the fitted model: {closed} vs open loop {open}");
 }
-
 
 /// The same closed loop as `run` computes it, offline and deterministic (no LSL, no clock,
 /// so no fallbacks from a busy machine): the backend's step on the simulated population's
@@ -268,7 +295,6 @@ fn offline_tracking(rig_path: &Path, bins: u64) -> (f64, f64) {
     }
     (closed.0 / closed.1 as f64, open.0 / open.1 as f64)
 }
-
 
 /// A model trained in PyTorch arrives as `safetensors.torch.save_file(state_dict)`: float32
 /// tensors under the module names, dimensions in the metadata. It loads as is.
@@ -326,7 +352,15 @@ fn bad_recordings_get_clear_errors() {
     let o = out.to_str().unwrap();
     let rig = s.rig.to_str().unwrap();
     let xdf = s.xdf.to_str().unwrap();
-    let spikes_name = std::fs::read_to_string(&s.rig).unwrap().lines().find(|l| l.starts_with("name = \"fit-")).unwrap().split('"').nth(1).unwrap().to_string();
+    let spikes_name = std::fs::read_to_string(&s.rig)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("name = \"fit-"))
+        .unwrap()
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .to_string();
 
     // A spike stream without a Control stream: W_xu cannot be identified.
     let no_control = d.join("no-control.xdf");
@@ -361,7 +395,8 @@ fn bad_recordings_get_clear_errors() {
     let other = probe_rig(d, "other.toml", |t| t.replace("# An identification session", "# Another rig file: an identification session"));
     let text = std::fs::read_to_string(&s.rig).unwrap();
     let other_text = std::fs::read_to_string(&other).unwrap();
-    let other_text = other_text.lines().zip(text.lines()).map(|(o, t)| if o.starts_with("#") { o } else { t }).collect::<Vec<_>>().join("\n");
+    let other_text =
+        other_text.lines().zip(text.lines()).map(|(o, t)| if o.starts_with("#") { o } else { t }).collect::<Vec<_>>().join("\n");
     std::fs::write(&other, other_text).unwrap();
     let m = d.join("other.safetensors");
     let (res, _) = fit(&[xdf, "--rig", other.to_str().unwrap(), "--iterations", "2", "--out", m.to_str().unwrap(), "--quiet"]);
@@ -392,7 +427,17 @@ fn a_diverging_fit_stops_and_keeps_the_last_good_parameters() {
     let model = dir.path().join("diverged.safetensors");
     let report = dir.path().join("diverged.json");
     // Adam at 1000 throws the parameters far past where exp() overflows.
-    let (out, r) = s.fit(&["--iterations", "3", "--learning-rate", "1000", "--out", model.to_str().unwrap(), "--report", report.to_str().unwrap(), "--quiet"]);
+    let (out, r) = s.fit(&[
+        "--iterations",
+        "3",
+        "--learning-rate",
+        "1000",
+        "--out",
+        model.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("STOPPED EARLY") && stdout.contains("not finite") && stdout.contains("last good parameters"), "{stdout}");
@@ -404,7 +449,10 @@ fn a_diverging_fit_stops_and_keeps_the_last_good_parameters() {
     assert!(p.validate().is_ok());
     assert!(f(&r["heldout_bits_per_spike"]) > 0.0, "{}", r["heldout_bits_per_spike"]);
     // Out of range: a clear error before anything is read.
-    fit_fails(&[s.xdf.to_str().unwrap(), "--rig", s.rig.to_str().unwrap(), "--learning-rate", "0", "--out", model.to_str().unwrap()], &["--learning-rate", "(0, 1000]"]);
+    fit_fails(
+        &[s.xdf.to_str().unwrap(), "--rig", s.rig.to_str().unwrap(), "--learning-rate", "0", "--out", model.to_str().unwrap()],
+        &["--learning-rate", "(0, 1000]"],
+    );
 }
 
 /// A LabRecorder file holds the raw spike stream and the Control stream, no bins: the fit
@@ -443,7 +491,16 @@ fn a_labrecorder_file_of_the_raw_streams_fits_too() {
     );
     let model = dir.path().join("lab.safetensors");
     let report = dir.path().join("lab.json");
-    let (out, r) = fit(&[lab.to_str().unwrap(), "--rig", s.rig.to_str().unwrap(), "--out", model.to_str().unwrap(), "--report", report.to_str().unwrap(), "--quiet"]);
+    let (out, r) = fit(&[
+        lab.to_str().unwrap(),
+        "--rig",
+        s.rig.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
     assert!(out.status.success());
     let r = r.unwrap();
     assert!(r["inputs"][0]["kind"].as_str().unwrap().contains("LabRecorder"), "{}", r["inputs"][0]);

@@ -10,12 +10,7 @@ fn inputs(target: &str) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for dir in ["corpus", "regressions"] {
         if let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) {
-            files.extend(
-                entries
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| p.is_file()),
-            );
+            files.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()));
         }
     }
     files.sort();
@@ -65,10 +60,7 @@ fn an_event_sample_without_values_is_counted_invalid() {
     let stats = Arc::new(IngestStats::default());
     let (tx, rx) = crossbeam_channel::bounded(4);
     let mut d = SampleDecoder::new(InputKind::Events, units, stats.clone(), tx, None);
-    let layout = CountsLayout {
-        period: 0.01,
-        rates: false,
-    };
+    let layout = CountsLayout { period: 0.01, rates: false };
     d.decode(1.0, &[], layout, &mut |_| panic!("nothing to hand on"));
     assert_eq!(stats.invalid.load(Ordering::Relaxed), 1);
     assert!(format!("{:?}", rx.try_recv().unwrap()).contains("no channel value"));

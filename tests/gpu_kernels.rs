@@ -270,7 +270,12 @@ fn embedding_steps_match_the_cpu_updater() {
             assert_close(&format!("z after the step, {what}"), &out[m + d..m + d + e], z.as_slice(), 1e-4);
             assert_close(&format!("‖Δz‖, {what}"), &out[m + d + e + lay::OUT_STEP..m + d + e + lay::OUT_STEP + 1], &[step], 1e-4);
             let mem = dm.read_mem().unwrap();
-            assert_close(&format!("θ re-decoded, {what}"), region(&mem, &dm.layout, lay::O_THETA, dm.layout.shape.theta_len()), &theta_flat(&theta), 1e-4);
+            assert_close(
+                &format!("θ re-decoded, {what}"),
+                region(&mem, &dm.layout, lay::O_THETA, dm.layout.shape.theta_len()),
+                &theta_flat(&theta),
+                1e-4,
+            );
             // Keep the two filters on the same state so each bin tests one step.
             set_state(&dm, &ekf.x, &ekf.p, &z);
         }
@@ -408,7 +413,8 @@ fn step_timing_probe_cpu_vs_gpu() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rigs/sim-utah96.toml");
     for model_keys in ["", "filter = \"particles\"\n"] {
         for backend in ["cpu", TEST_BACKEND] {
-            let text = std::fs::read_to_string(&path).unwrap().replace("backend = \"cpu\"", &format!("backend = \"{backend}\"\n{model_keys}"));
+            let text =
+                std::fs::read_to_string(&path).unwrap().replace("backend = \"cpu\"", &format!("backend = \"{backend}\"\n{model_keys}"));
             let dir = tempfile::tempdir().unwrap();
             let p = dir.path().join("rig.toml");
             std::fs::write(&p, text).unwrap();

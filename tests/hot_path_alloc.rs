@@ -39,7 +39,9 @@ fn hot_path_does_not_allocate() {
         let rig = common::SimRig::new("alloc");
         let mut text = rig.toml(controller, "events", "events", "switch_every_s = 1.0", "[model.task_id]\nenabled = true");
         if latent == 8 {
-            text = text.replace("latent_dim = 4", "latent_dim = 8").replace("target = [0.3, -0.3, 0.2, -0.1]", "target = [0.3, -0.3, 0.2, -0.1, 0.0, 0.1, 0.0, -0.2]");
+            text = text
+                .replace("latent_dim = 4", "latent_dim = 8")
+                .replace("target = [0.3, -0.3, 0.2, -0.1]", "target = [0.3, -0.3, 0.2, -0.1, 0.0, 0.1, 0.0, -0.2]");
         }
         let path = common::write(dir.path(), "rig.toml", &text);
         let rig = Rig::load(&path).unwrap();
@@ -50,7 +52,11 @@ fn hot_path_does_not_allocate() {
         let recording = report.recording.as_ref().expect("recorded");
         assert!(recording.streams.iter().any(|s| s.samples == 300), "the recording has every bin");
         assert!(report.ingest.spikes > 0);
-        assert_eq!(neuroloop::hot::hot_allocations() - start, 0, "{controller}, d = {latent}: the loop or emitter allocated on the hot path");
+        assert_eq!(
+            neuroloop::hot::hot_allocations() - start,
+            0,
+            "{controller}, d = {latent}: the loop or emitter allocated on the hot path"
+        );
     }
     // An identification session: the probe in place of a model, recording on.
     let dir = tempfile::tempdir().unwrap();
@@ -68,48 +74,48 @@ fn hot_path_does_not_allocate() {
 /// the jitter path), allocate nothing.
 #[test]
 fn per_bin_model_path_does_not_allocate() {
-  for latent in [4, 8] {
-    let dims = Dims { n_units: 96, latent, embed: 3, control: 2, hidden: 16 };
-    let p = ModelParams::synthetic(dims, 3, 0.01, 1);
-    let mut z = p.z_init.clone();
-    let mut theta = Theta::zeros(&dims);
-    let mut hs = HypernetScratch::new(&dims);
-    let mut ekf = PointProcessEkf::new(&dims, p.initial_state_var);
-    let mut upd = EmbeddingUpdater::new(&dims, EmbeddingConfig::default());
-    let mut tid = TaskIdentifier::new(&p, TaskIdConfig { margin: -1e9, min_bins_between_switches: 0, ..Default::default() });
-    let mut grad_z = DVector::zeros(dims.embed);
-    let u = DVector::from_vec(vec![0.3, -0.2]);
-    let y: Vec<f64> = (0..dims.n_units).map(|i| (i % 3) as f64).collect();
-    let mut bad = p.process_noise.clone();
-    bad[0] = -10.0; // forces the covariance jitter path now and then
+    for latent in [4, 8] {
+        let dims = Dims { n_units: 96, latent, embed: 3, control: 2, hidden: 16 };
+        let p = ModelParams::synthetic(dims, 3, 0.01, 1);
+        let mut z = p.z_init.clone();
+        let mut theta = Theta::zeros(&dims);
+        let mut hs = HypernetScratch::new(&dims);
+        let mut ekf = PointProcessEkf::new(&dims, p.initial_state_var);
+        let mut upd = EmbeddingUpdater::new(&dims, EmbeddingConfig::default());
+        let mut tid = TaskIdentifier::new(&p, TaskIdConfig { margin: -1e9, min_bins_between_switches: 0, ..Default::default() });
+        let mut grad_z = DVector::zeros(dims.embed);
+        let u = DVector::from_vec(vec![0.3, -0.2]);
+        let y: Vec<f64> = (0..dims.n_units).map(|i| (i % 3) as f64).collect();
+        let mut bad = p.process_noise.clone();
+        bad[0] = -10.0; // forces the covariance jitter path now and then
 
-    p.hypernet.decode(&z, &mut theta, &mut hs);
-    let before = my_hot_allocs();
-    neuroloop::hot::enter();
-    for k in 0..500 {
-        let q = if k % 97 == 0 { &bad } else { &p.process_noise };
-        ekf.predict(&theta, p.alpha, q, &u);
-        if k % 10 == 3 {
-            ekf.skip_update();
-            continue;
+        p.hypernet.decode(&z, &mut theta, &mut hs);
+        let before = my_hot_allocs();
+        neuroloop::hot::enter();
+        for k in 0..500 {
+            let q = if k % 97 == 0 { &bad } else { &p.process_noise };
+            ekf.predict(&theta, p.alpha, q, &u);
+            if k % 10 == 3 {
+                ekf.skip_update();
+                continue;
+            }
+            let ll = ekf.update(&p.obs_c, &p.obs_d, p.log_rate_max, p.bin_s, &y);
+            if let Some(j) = tid.score(&p, &ekf.x_prev, &u, &y, ll) {
+                z.copy_from(&p.task_library[j]);
+                p.hypernet.decode(&z, &mut theta, &mut hs);
+                tid.jumped_to(j);
+                upd.reset();
+            }
+            upd.gradient(&p, &z, &theta, &ekf.x_prev, &u, &y, &mut hs, &mut grad_z);
+            upd.step(&p, &mut z, &mut theta, &ekf.x_prev, &u, &y, &mut hs);
+            let _ = tid.best();
         }
-        let ll = ekf.update(&p.obs_c, &p.obs_d, p.log_rate_max, p.bin_s, &y);
-        if let Some(j) = tid.score(&p, &ekf.x_prev, &u, &y, ll) {
-            z.copy_from(&p.task_library[j]);
-            p.hypernet.decode(&z, &mut theta, &mut hs);
-            tid.jumped_to(j);
-            upd.reset();
-        }
-        upd.gradient(&p, &z, &theta, &ekf.x_prev, &u, &y, &mut hs, &mut grad_z);
-        upd.step(&p, &mut z, &mut theta, &ekf.x_prev, &u, &y, &mut hs);
-        let _ = tid.best();
+        neuroloop::hot::leave();
+        let after = my_hot_allocs();
+        assert_eq!(after - before, 0, "d = {latent}: the per-bin model path allocated {} times", after - before);
+        assert!(ekf.x.iter().all(|v| v.is_finite()));
+        assert!(ekf.jitter_events > 0, "the jitter path was not exercised");
     }
-    neuroloop::hot::leave();
-    let after = my_hot_allocs();
-    assert_eq!(after - before, 0, "d = {latent}: the per-bin model path allocated {} times", after - before);
-    assert!(ekf.x.iter().all(|v| v.is_finite()));
-    assert!(ekf.jitter_events > 0, "the jitter path was not exercised");
-  }
 }
 
 /// Every backend that says its `step` is allocation-free (`Backend::step_allocates`) is held

@@ -110,7 +110,10 @@ fn run_offline_with(rig_file: &str, controller: &str, bins: u64, model_keys: &st
         closed_mse: closed.0 / closed.1.max(1) as f64,
         open_mse: if open.1 > 0 { open.0 / open.1 as f64 } else { f64::NAN },
     };
-    eprintln!("{rig_file} {controller} [{model_keys}]: R² {:.3}, re-identification {:?}, tracking closed {:.4} open {:.4}", o.r2, o.reidentify, o.closed_mse, o.open_mse);
+    eprintln!(
+        "{rig_file} {controller} [{model_keys}]: R² {:.3}, re-identification {:?}, tracking closed {:.4} open {:.4}",
+        o.r2, o.reidentify, o.closed_mse, o.open_mse
+    );
     o
 }
 
@@ -137,7 +140,6 @@ fn utah96_policy_runs() {
     assert!(o.r2 >= 0.7, "R² {}", o.r2);
     assert!(o.closed_mse.is_finite() && o.open_mse.is_finite());
 }
-
 
 /// The particle filter in place of the EKF (CPU backend).
 #[test]
@@ -180,24 +182,14 @@ fn utah96_gpu_particle_filter_tracks_and_controls() {
 fn gpu_backend_switches_objective_between_latent_and_rates() {
     use nalgebra::DVector;
     use neuroloop::control::Objective;
-    let backend_kind = if cfg!(feature = "cuda") {
-        "cuda"
-    } else {
-        "wgpu"
-    };
+    let backend_kind = if cfg!(feature = "cuda") { "cuda" } else { "wgpu" };
     let load = |objective: &str| {
         let path = repo().join("rigs/sim-utah96.toml");
         let text = std::fs::read_to_string(&path)
             .unwrap()
             .replace("backend = \"cpu\"\n", "")
-            .replace(
-                "[model]\n",
-                &format!("[model]\nbackend = \"{backend_kind}\"\n"),
-            )
-            .replace(
-                "kind = \"latent\"\ntarget = [0.3, -0.3, 0.2, -0.1]",
-                objective,
-            );
+            .replace("[model]\n", &format!("[model]\nbackend = \"{backend_kind}\"\n"))
+            .replace("kind = \"latent\"\ntarget = [0.3, -0.3, 0.2, -0.1]", objective);
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("rig.toml");
         std::fs::write(&p, text).unwrap();
@@ -224,13 +216,7 @@ fn gpu_backend_switches_objective_between_latent_and_rates() {
     let run = |b: &mut Box<dyn neuroloop::backend::Backend>, bins: std::ops::Range<usize>| {
         let mut out = BinOutput::new(&dims);
         bins.map(|j| {
-            let input = BinInput {
-                bin: j as u64,
-                counts: &counts[j],
-                u_prev: &u_prev,
-                has_data: true,
-                want_control: true,
-            };
+            let input = BinInput { bin: j as u64, counts: &counts[j], u_prev: &u_prev, has_data: true, want_control: true };
             b.step(&input, &mut out);
             assert!(out.control_valid, "bin {j}: no valid control");
             out.u.clone()
@@ -244,33 +230,15 @@ fn gpu_backend_switches_objective_between_latent_and_rates() {
     let mut there_and_back = load(latent).1;
     there_and_back.set_objective(to_rates.clone());
     there_and_back.set_objective(to_latent.clone());
-    assert_eq!(
-        run(&mut switched, 0..6),
-        run(&mut fresh_rates, 0..6),
-        "latent → rates"
-    );
-    assert_eq!(
-        run(&mut there_and_back, 0..6),
-        run(&mut fresh_latent, 0..6),
-        "latent → rates → latent"
-    );
+    assert_eq!(run(&mut switched, 0..6), run(&mut fresh_rates, 0..6), "latent → rates");
+    assert_eq!(run(&mut there_and_back, 0..6), run(&mut fresh_latent, 0..6), "latent → rates → latent");
     // Switched mid-run: from then on it no longer follows the rate objective.
     switched.set_objective(to_latent);
-    assert_ne!(
-        run(&mut switched, 6..12),
-        run(&mut fresh_rates, 6..12),
-        "the rate objective must have been left"
-    );
+    assert_ne!(run(&mut switched, 6..12), run(&mut fresh_rates, 6..12), "the rate objective must have been left");
     // An objective that does not fit the model is ignored, as on the CPU backend.
     fresh_latent.set_objective(Objective::Rates(DVector::from_element(3, 1.0)));
-    fresh_latent.set_objective(Objective::Latent(DVector::from_element(
-        dims.latent,
-        f64::NAN,
-    )));
-    assert_eq!(
-        run(&mut fresh_latent, 6..12),
-        run(&mut there_and_back, 6..12)
-    );
+    fresh_latent.set_objective(Objective::Latent(DVector::from_element(dims.latent, f64::NAN)));
+    assert_eq!(run(&mut fresh_latent, 6..12), run(&mut there_and_back, 6..12));
 }
 
 /// A rate objective on both backends in lockstep (the same counts, the CPU's commands
@@ -289,8 +257,8 @@ fn gpu_mppi_follows_the_cpu_on_a_rate_objective() {
     let dims = truth.dims;
     // A reachable target: the population's rates in task 0 under a constant input.
     let target: Vec<String> = reachable_rates(&truth).iter().map(|r| format!("{r:.6}")).collect();
-    let text = base
-        .replace("kind = \"latent\"\ntarget = [0.3, -0.3, 0.2, -0.1]", &format!("kind = \"rates\"\ntarget = [{}]", target.join(", ")));
+    let text =
+        base.replace("kind = \"latent\"\ntarget = [0.3, -0.3, 0.2, -0.1]", &format!("kind = \"rates\"\ntarget = [{}]", target.join(", ")));
     let dir = tempfile::tempdir().unwrap();
     let mk = |name: &str, t: &str| {
         let p = dir.path().join(name);

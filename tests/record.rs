@@ -307,15 +307,39 @@ fn recordings_with_streams_of_the_wrong_shape_are_refused_by_name() {
     let ends: Vec<f64> = (0..bins).map(|k| 100.0 + 0.01 * (k + 1) as f64).collect();
     let bins_stream = (2, "NeuroloopBins", 98, ends.clone(), vec![0.0; bins * 98]);
     let control = (3, "Control", 4, ends.clone(), vec![0.0; bins * 4]);
-    let timing = |ch: usize| (5, "NeuroloopTiming", ch, ends.clone(), (0..bins).flat_map(|k| std::iter::once(k as f64).chain(std::iter::repeat_n(1.0, ch - 1))).collect::<Vec<_>>());
-    let status = |ch: usize| (4, "NeuroloopStatus", ch, ends.clone(), (0..bins).flat_map(|k| std::iter::once(k as f64).chain(std::iter::repeat_n(0.0, ch - 1))).collect::<Vec<_>>());
+    let timing = |ch: usize| {
+        (
+            5,
+            "NeuroloopTiming",
+            ch,
+            ends.clone(),
+            (0..bins).flat_map(|k| std::iter::once(k as f64).chain(std::iter::repeat_n(1.0, ch - 1))).collect::<Vec<_>>(),
+        )
+    };
+    let status = |ch: usize| {
+        (
+            4,
+            "NeuroloopStatus",
+            ch,
+            ends.clone(),
+            (0..bins).flat_map(|k| std::iter::once(k as f64).chain(std::iter::repeat_n(0.0, ch - 1))).collect::<Vec<_>>(),
+        )
+    };
     let timing_channels = neuroloop::schema::TIMING_LABELS.len();
     let status_channels = neuroloop::schema::status_channels(4, 3);
     for (name, streams, want) in [
         ("timing-narrow.xdf", vec![bins_stream.clone(), control.clone(), timing(3)], "NeuroloopTiming stream has 3 channels"),
         ("timing-wide.xdf", vec![bins_stream.clone(), control.clone(), timing(timing_channels + 5)], "NeuroloopTiming stream has"),
-        ("status-narrow.xdf", vec![bins_stream.clone(), control.clone(), timing(timing_channels), status(2)], "NeuroloopStatus stream has 2 channels"),
-        ("status-wide.xdf", vec![bins_stream.clone(), control.clone(), timing(timing_channels), status(status_channels + 1)], "NeuroloopStatus stream has"),
+        (
+            "status-narrow.xdf",
+            vec![bins_stream.clone(), control.clone(), timing(timing_channels), status(2)],
+            "NeuroloopStatus stream has 2 channels",
+        ),
+        (
+            "status-wide.xdf",
+            vec![bins_stream.clone(), control.clone(), timing(timing_channels), status(status_channels + 1)],
+            "NeuroloopStatus stream has",
+        ),
     ] {
         let p = dir.path().join(name);
         crafted(&p, &streams);
@@ -372,7 +396,16 @@ fn sigterm_and_sighup_end_a_run_cleanly_and_a_bad_report_path_stops_it_at_start(
     for signal in ["TERM", "HUP"] {
         let xdf = dir.path().join(format!("{signal}.xdf"));
         let report_path = dir.path().join(format!("{signal}.json"));
-        let child = spawn(&["run", "--rig", rig_path.to_str().unwrap(), "--quiet", "--record", xdf.to_str().unwrap(), "--report", report_path.to_str().unwrap()]);
+        let child = spawn(&[
+            "run",
+            "--rig",
+            rig_path.to_str().unwrap(),
+            "--quiet",
+            "--record",
+            xdf.to_str().unwrap(),
+            "--report",
+            report_path.to_str().unwrap(),
+        ]);
         wait_until_recorded(&xdf, 100_000);
         let out = common::signal(child, signal);
         assert!(out.status.success(), "SIG{signal}: {}", String::from_utf8_lossy(&out.stderr));

@@ -86,7 +86,8 @@ fn limited(cmd: &str, text: &str) -> (Option<i32>, String) {
 #[test]
 fn every_out_of_range_key_is_refused_by_check_and_run_alike() {
     let good = SimRig::new("ranges").events_toml("mppi");
-    let embedding = |kv: &str| edit(&good, "[model]\nbackend = \"cpu\"\n", &format!("[model]\nbackend = \"cpu\"\n[model.embedding]\n{kv}\n"));
+    let embedding =
+        |kv: &str| edit(&good, "[model]\nbackend = \"cpu\"\n", &format!("[model]\nbackend = \"cpu\"\n[model.embedding]\n{kv}\n"));
     let task_id = |kv: &str| edit(&good, "[model]\nbackend = \"cpu\"\n", &format!("[model]\nbackend = \"cpu\"\n[model.task_id]\n{kv}\n"));
     let controller = |kv: &str| edit(&good, "kind = \"mppi\"\n", &format!("kind = \"mppi\"\n{kv}\n"));
     let cases: Vec<(String, &str)> = vec![
@@ -135,9 +136,14 @@ fn absurd_model_dimensions_name_the_metadata_key() {
     let model = rig.write_model(dir.path());
     for (key, value) in [("latent_dim", "4294967296"), ("n_units", "1000000000000"), ("hidden_dim", "99999999"), ("control_dim", "-1")] {
         let broken = dir.path().join(format!("{key}.safetensors"));
-        rewrite_model(&model, &broken, |_| true, |m| {
-            m.insert(key.into(), value.into());
-        });
+        rewrite_model(
+            &model,
+            &broken,
+            |_| true,
+            |m| {
+                m.insert(key.into(), value.into());
+            },
+        );
         let (code, err) = limited("check", &rig.controller_toml("events", &broken));
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains(&format!("metadata key `{key}`")) && err.contains(value), "{key}: {err}");
@@ -163,7 +169,10 @@ fn errors_say_each_cause_once_in_plain_terms() {
     for (name, bytes, want) in cases {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
-        for cmd in [&["replay", p.to_str().unwrap(), "--rig", rig.to_str().unwrap()][..], &["fit", p.to_str().unwrap(), "--rig", rig.to_str().unwrap(), "--out", dir.path().join("m.safetensors").to_str().unwrap()][..]] {
+        for cmd in [
+            &["replay", p.to_str().unwrap(), "--rig", rig.to_str().unwrap()][..],
+            &["fit", p.to_str().unwrap(), "--rig", rig.to_str().unwrap(), "--out", dir.path().join("m.safetensors").to_str().unwrap()][..],
+        ] {
             let out = run(cmd);
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");

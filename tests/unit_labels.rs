@@ -80,11 +80,20 @@ fn counts_mapped_by_label_land_on_the_labelled_units_live_recorded_and_replayed(
         .collect();
     let pusher = labelled_outlet(rig.spikes.clone(), Some(labels), Some(sample), 0);
     let xdf = dir.path().join("run.xdf");
-    let ((), _, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &["--record", xdf.to_str().unwrap()], || pusher.join().unwrap());
+    let ((), _, r) =
+        run_until_source_done(&rig_path, &dir.path().join("report.json"), &["--record", xdf.to_str().unwrap()], || pusher.join().unwrap());
     let per_sample: u64 = (0..N as u64).map(|k| k % 4).sum();
-    assert_eq!(r["ingest"]["spikes"].as_u64().unwrap(), SAMPLES as u64 * per_sample, "every mapped count kept, none of the unmapped channels'");
+    assert_eq!(
+        r["ingest"]["spikes"].as_u64().unwrap(),
+        SAMPLES as u64 * per_sample,
+        "every mapped count kept, none of the unmapped channels'"
+    );
     assert_eq!(r["ingest"]["unknown_units"], 0);
-    assert_eq!((&r["ingest"]["nonfinite"], &r["ingest"]["invalid"]), (&serde_json::json!(0), &serde_json::json!(0)), "unmapped channels are not checked");
+    assert_eq!(
+        (&r["ingest"]["nonfinite"], &r["ingest"]["invalid"]),
+        (&serde_json::json!(0), &serde_json::json!(0)),
+        "unmapped channels are not checked"
+    );
 
     // The recording's bins hold each unit's own counts, and say which label each unit is.
     let d = xdf_dump(&xdf);

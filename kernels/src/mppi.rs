@@ -51,7 +51,8 @@ pub fn mppi_rate_cost_kernel(mem: &mut Array<f32>, lay: &Array<u32>, cfg: &Array
 #[cube(launch)]
 pub fn mppi_rollout_kernel(mem: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>, stream_lo: u32, stream_hi: u32) {
     let k = ABSOLUTE_POS_X as usize;
-    let Lay { d, m, hor, nk, flags, key0, key1, o_lo, o_hi, o_tgtx, o_x, o_theta, o_unom, o_eps, o_costs, o_xs, o_vs, o_xtraj, .. } = Lay::read(lay);
+    let Lay { d, m, hor, nk, flags, key0, key1, o_lo, o_hi, o_tgtx, o_x, o_theta, o_unom, o_eps, o_costs, o_xs, o_vs, o_xtraj, .. } =
+        Lay::read(lay);
     if k < nk {
         let rates = (flags & FLAG_RATES) != 0;
         let alpha = cfg[CFG_ALPHA];

@@ -54,7 +54,15 @@ pub fn pf_weigh_kernel(mem: &mut Array<f32>, bin: &Array<f32>, lay: &Array<u32>,
 /// systematic resampling with u = uniform_at(seed, bin + 2⁶³, 0). Writes x and the ESS to
 /// `out`.
 #[cube(launch)]
-pub fn pf_resample_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>, has_data: u32, stream_lo: u32, stream_hi: u32) {
+pub fn pf_resample_kernel(
+    mem: &mut Array<f32>,
+    out: &mut Array<f32>,
+    lay: &Array<u32>,
+    cfg: &Array<f32>,
+    has_data: u32,
+    stream_lo: u32,
+    stream_hi: u32,
+) {
     let t = UNIT_POS as usize;
     let nt = CUBE_DIM as usize;
     let Lay { d, e, m, np, pkey0, pkey1, o_x, o_part, o_part2, o_logw, o_pscal, o_pw, o_pcum, .. } = Lay::read(lay);

@@ -43,7 +43,17 @@ pub fn tanh_safe(x: f32) -> f32 {
 /// `mem[th..]` (W_hh d×d, W_xu d×m, b d), x at `x[x_at..]` and u at `u[u_at..]`. The step is
 /// then x_i + α (tanh a_i − x_i) (src/model/dynamics.rs; same summation order).
 #[cube]
-pub fn dynamics_tanh(mem: &Array<f32>, th: usize, x: &Array<f32>, x_at: usize, u: &Array<f32>, u_at: usize, i: usize, d: usize, m: usize) -> f32 {
+pub fn dynamics_tanh(
+    mem: &Array<f32>,
+    th: usize,
+    x: &Array<f32>,
+    x_at: usize,
+    u: &Array<f32>,
+    u_at: usize,
+    i: usize,
+    d: usize,
+    m: usize,
+) -> f32 {
     let mut a = mem[th + d * d + d * m + i];
     for j in 0..d {
         a += mem[th + i * d + j] * x[x_at + j];

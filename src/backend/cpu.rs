@@ -79,8 +79,7 @@ impl Backend for CpuBackend {
             out.loglik = self.filter.update(p, &self.theta, &self.u_prev, input.counts, input.bin);
             let x_prev = self.filter.x_prev();
             if self.embed_cfg.enabled {
-                out.embed_step =
-                    self.embed.step(p, &mut self.z, &mut self.theta, x_prev, &self.u_prev, input.counts, &mut self.hyper);
+                out.embed_step = self.embed.step(p, &mut self.z, &mut self.theta, x_prev, &self.u_prev, input.counts, &mut self.hyper);
                 // re-decodes θ(z) for the next bin
             }
             if let Some(tid) = &mut self.taskid {

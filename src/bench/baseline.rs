@@ -10,12 +10,12 @@
 //! received) exactly as it does for neuroloop; the Python loop writes its own per-bin
 //! times (bin close → model done, bin close → pushed) and latent estimates to a file.
 
-use crate::clock;
 use super::LoopSummary;
+use crate::clock;
+use crate::events::TruthBin;
 use crate::latency::{histogram, Percentiles};
 use crate::rig::Rig;
 use crate::sim::{self, SimSetup};
-use crate::events::TruthBin;
 use crate::tap::{FanOut, Tap};
 use crate::telemetry::r_squared;
 use anyhow::{bail, Context};
@@ -121,7 +121,10 @@ pub fn default_python() -> PathBuf {
 /// Runs one baseline against the rig's simulator and returns what it measured.
 pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result<BaselineResult> {
     let sim_cfg = rig.sim.clone().with_context(|| {
-        format!("rig file {}: the baselines run against the simulated rig, and this rig has no [sim] section (use --baselines none)", rig.path.display())
+        format!(
+            "rig file {}: the baselines run against the simulated rig, and this rig has no [sim] section (use --baselines none)",
+            rig.path.display()
+        )
     })?;
     let script = script_path()?;
     let bin_s = rig.timing.bin_ms * 1e-3;

@@ -138,15 +138,7 @@ impl Comparison {
                 compute_p50: ratio(&neuroloop.compute_us, &b.summary.compute_us, |p| p.p50),
             })
             .collect();
-        Comparison {
-            rig: rig.name.clone(),
-            machine: machine_summary(),
-            bins: o.bins,
-            warmup_bins: o.warmup,
-            neuroloop,
-            baselines,
-            ratios,
-        }
+        Comparison { rig: rig.name.clone(), machine: machine_summary(), bins: o.bins, warmup_bins: o.warmup, neuroloop, baselines, ratios }
     }
 
     /// The side-by-side table and the ratios, as Markdown.
@@ -219,7 +211,8 @@ pub fn run(rig: &Rig, o: &BenchOptions) -> anyhow::Result<(Report, String)> {
     let cpu_at_start = CpuTimes::now();
     let report = session::run(rig, &opts)?;
     let steal = cpu_at_start.steal_percent_since();
-    let title = format!("{} · {} backend · Δ = {} ms · {} bins after {} warm-up", rig.name, report.backend, rig.timing.bin_ms, o.bins, o.warmup);
+    let title =
+        format!("{} · {} backend · Δ = {} ms · {} bins after {} warm-up", rig.name, report.backend, rig.timing.bin_ms, o.bins, o.warmup);
     let table = table(&report, &title);
     std::fs::write(&files.table, &table).with_context(|| format!("cannot write {}", files.table.display()))?;
     plot::distribution(&files.distribution_svg, &format!("latency distribution — {title}"), &report.quantile_curves)?;
@@ -236,7 +229,8 @@ pub fn run(rig: &Rig, o: &BenchOptions) -> anyhow::Result<(Report, String)> {
         results.push(baseline::run(rig, kind, &bo)?);
     }
     let cmp = Comparison::new(rig, o, LoopSummary::of_neuroloop(&report, steal), results);
-    std::fs::write(&files.baselines, serde_json::to_string_pretty(&cmp)?).with_context(|| format!("cannot write {}", files.baselines.display()))?;
+    std::fs::write(&files.baselines, serde_json::to_string_pretty(&cmp)?)
+        .with_context(|| format!("cannot write {}", files.baselines.display()))?;
     let table = format!("{table}\n{}", cmp.table());
     std::fs::write(&files.table, &table).with_context(|| format!("cannot write {}", files.table.display()))?;
     Ok((report, table))
@@ -244,21 +238,24 @@ pub fn run(rig: &Rig, o: &BenchOptions) -> anyhow::Result<(Report, String)> {
 
 /// The per-stage table (µs) and the counters, as Markdown.
 pub fn table(r: &Report, title: &str) -> String {
-    let mut s = format!("### {title}\n\n| stage | count | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    let mut s =
+        format!("### {title}\n\n| stage | count | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for stage in STAGES {
         let p = stage_percentiles(r, stage);
         let cell = |v: f64| format!("{v:.0}");
         match p {
-            Some(p) => s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
-                stage.describe(),
-                p.count,
-                cell(p.p50),
-                cell(p.p90),
-                cell(p.p99),
-                cell(p.p999),
-                cell(p.max)
-            ),
+            Some(p) => {
+                s += &format!(
+                    "| {} | {} | {} | {} | {} | {} | {} |\n",
+                    stage.describe(),
+                    p.count,
+                    cell(p.p50),
+                    cell(p.p90),
+                    cell(p.p99),
+                    cell(p.p999),
+                    cell(p.max)
+                )
+            }
             None => s += &format!("| {} | 0 | – | – | – | – | – |\n", stage.describe()),
         }
     }
@@ -310,8 +307,7 @@ pub struct CpuTimes(f64, f64);
 impl CpuTimes {
     pub fn now() -> CpuTimes {
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let fields: Vec<f64> =
-            stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        let fields: Vec<f64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
         CpuTimes(fields.get(7).copied().unwrap_or(0.0), fields.iter().sum())
     }
 

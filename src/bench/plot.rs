@@ -6,7 +6,8 @@ use crate::latency::{BinLatency, Stage};
 use plotters::prelude::*;
 use std::path::Path;
 
-const COLORS: [RGBColor; 5] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189)];
+const COLORS: [RGBColor; 5] =
+    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189)];
 
 fn color(stage: Stage) -> RGBColor {
     COLORS[crate::latency::STAGES.iter().position(|&s| s == stage).unwrap_or(0)]
@@ -24,9 +25,7 @@ pub fn distribution(path: &Path, title: &str, curves: &[(Stage, Vec<(f64, f64)>)
     let (y_min, y_max) = y_range(curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.1)));
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = frame(&root, title)
-        .build_cartesian_2d((1.0..x_max).log_scale(), (y_min..y_max).log_scale())
-        .map_err(err(path))?;
+    let mut chart = frame(&root, title).build_cartesian_2d((1.0..x_max).log_scale(), (y_min..y_max).log_scale()).map_err(err(path))?;
     chart
         .configure_mesh()
         .x_desc("percentile")
@@ -74,9 +73,7 @@ pub fn over_time(path: &Path, title: &str, series: &[BinLatency], bin_s: f64, fi
     let t_end = t_of(series.len().max(1));
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = frame(&root, title)
-        .build_cartesian_2d(t_of(0)..t_end, (y_min..y_max).log_scale())
-        .map_err(err(path))?;
+    let mut chart = frame(&root, title).build_cartesian_2d(t_of(0)..t_end, (y_min..y_max).log_scale()).map_err(err(path))?;
     chart
         .configure_mesh()
         .x_desc("time since the first bin (s)")
@@ -136,9 +133,8 @@ pub fn scaling(path: &Path, title: &str, x_desc: &str, lines: &[(String, Scaling
     let (y_min, y_max) = y_range(lines.iter().flat_map(|(_, p)| p.iter().flat_map(|q| [q.1, q.2])));
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = frame(&root, title)
-        .build_cartesian_2d((x_lo * 0.8..x_hi * 1.25).log_scale(), (y_min..y_max).log_scale())
-        .map_err(err(path))?;
+    let mut chart =
+        frame(&root, title).build_cartesian_2d((x_lo * 0.8..x_hi * 1.25).log_scale(), (y_min..y_max).log_scale()).map_err(err(path))?;
     chart
         .configure_mesh()
         .x_desc(x_desc)

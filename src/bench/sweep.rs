@@ -389,11 +389,7 @@ pub fn parse_backends(text: &str) -> anyhow::Result<Vec<BackendKind>> {
                 bail!("--backends: unknown backend '{}' (expected cpu, wgpu or cuda)", t.trim());
             };
             if !compiled.contains(&b) {
-                bail!(
-                    "--backends: {} is not compiled into this neuroloop (rebuild with `--features {}`)",
-                    b.name(),
-                    b.name()
-                );
+                bail!("--backends: {} is not compiled into this neuroloop (rebuild with `--features {}`)", b.name(), b.name());
             }
             Ok(b)
         })

@@ -20,7 +20,11 @@ impl ActuationLimits {
     /// Checks there are `m` finite bounds with lo ≤ hi.
     pub fn validate(&self, m: usize) -> Result<(), String> {
         if self.lo.len() != m || self.hi.len() != m {
-            return Err(format!("actuation limits have {}/{} values (lo/hi), the model has {m} control channels", self.lo.len(), self.hi.len()));
+            return Err(format!(
+                "actuation limits have {}/{} values (lo/hi), the model has {m} control channels",
+                self.lo.len(),
+                self.hi.len()
+            ));
         }
         for j in 0..m {
             if !(self.lo[j].is_finite() && self.hi[j].is_finite() && self.lo[j] <= self.hi[j]) {

@@ -19,8 +19,8 @@
 //! Objectives in rate space use the least-squares latent target of
 //! [`ObjectiveTarget`](super::ObjectiveTarget) (computed once per objective change).
 
+use super::{ActuationLimits, ControlContext, ControllerConfig, Objective, ObjectiveTarget};
 use crate::linalg::gemm_nn;
-use super::{ActuationLimits, ControlContext, ControllerConfig, ObjectiveTarget, Objective};
 use crate::linalg::spd_solve_mut;
 use crate::model::{dynamics, Dims};
 use nalgebra::{DMatrix, DVector};
@@ -285,9 +285,11 @@ impl Lqr {
         if !self.p_warm {
             self.p.copy_from(&self.q);
         }
-        self.last_iterations = solve_dare_warm(&self.a, &self.b, &self.q, &self.r, self.iterations, RICCATI_TOL, &mut self.p, &mut self.dare);
+        self.last_iterations =
+            solve_dare_warm(&self.a, &self.b, &self.q, &self.r, self.iterations, RICCATI_TOL, &mut self.p, &mut self.dare);
         let p_ok = self.p.iter().all(|v| v.is_finite());
-        let k_ok = p_ok && lqr_gain(&self.a, &self.b, &self.r, &self.p, &mut self.k, &mut self.dare) && self.k.iter().all(|v| v.is_finite());
+        let k_ok =
+            p_ok && lqr_gain(&self.a, &self.b, &self.r, &self.p, &mut self.k, &mut self.dare) && self.k.iter().all(|v| v.is_finite());
         if k_ok {
             self.p_warm = true;
         } else {
@@ -428,7 +430,11 @@ mod tests {
         let (d, m, n) = (8, 6, 10);
         let c = pseudo_random(n, d, 11, 0.5);
         let p = params(n, d, m, 0.3, c, DVector::from_element(n, 2.0));
-        let theta = Theta { w_hh: pseudo_random(d, d, 12, 0.3), w_xu: pseudo_random(d, m, 13, 1.0), b: pseudo_random(d, 1, 14, 0.1).column(0).into() };
+        let theta = Theta {
+            w_hh: pseudo_random(d, d, 12, 0.3),
+            w_xu: pseudo_random(d, m, 13, 1.0),
+            b: pseudo_random(d, 1, 14, 0.1).column(0).into(),
+        };
         let limits = ActuationLimits { lo: DVector::from_element(m, -1.0), hi: DVector::from_element(m, 1.0) };
         let cfg = ControllerConfig { kind: ControllerKind::Lqr, ..Default::default() };
         let mut ctrl = Controller::new(&cfg, &p.dims, &p).unwrap();

@@ -234,7 +234,8 @@ mod tests {
     fn tiny() -> (crate::model::ModelParams, Theta, ActuationLimits) {
         // d = 1, m = 1: x' = x + α(−x + tanh(w x + g u + b)).
         let p = params(1, 1, 1, 0.5, DMatrix::from_element(1, 1, 1.0), DVector::from_element(1, 1.0));
-        let theta = Theta { w_hh: DMatrix::from_element(1, 1, 0.4), w_xu: DMatrix::from_element(1, 1, 1.3), b: DVector::from_element(1, -0.1) };
+        let theta =
+            Theta { w_hh: DMatrix::from_element(1, 1, 0.4), w_xu: DMatrix::from_element(1, 1, 1.3), b: DVector::from_element(1, -0.1) };
         let limits = ActuationLimits { lo: DVector::from_element(1, -1.5), hi: DVector::from_element(1, 1.0) };
         (p, theta, limits)
     }
@@ -249,7 +250,16 @@ mod tests {
     fn mppi_matches_brute_force_one_step_optimum() {
         let (p, theta, limits) = tiny();
         let (x0, xs) = (0.2, 0.45);
-        let cfg = ControllerConfig { kind: ControllerKind::Mppi, horizon: 1, samples: 4000, temperature: 1e-4, noise_std: 0.3, q_latent: 1.0, r_control: 0.05, ..Default::default() };
+        let cfg = ControllerConfig {
+            kind: ControllerKind::Mppi,
+            horizon: 1,
+            samples: 4000,
+            temperature: 1e-4,
+            noise_std: 0.3,
+            q_latent: 1.0,
+            r_control: 0.05,
+            ..Default::default()
+        };
         // Brute force on a fine grid of [lo, hi].
         let (lo, hi) = (limits.lo[0], limits.hi[0]);
         let mut best = (f64::INFINITY, 0.0);
@@ -277,7 +287,14 @@ mod tests {
     fn mppi_brute_force_with_active_limit() {
         // Target out of reach: the optimum sits on the upper limit.
         let (p, theta, limits) = tiny();
-        let cfg = ControllerConfig { kind: ControllerKind::Mppi, horizon: 1, samples: 4000, temperature: 1e-4, r_control: 0.01, ..Default::default() };
+        let cfg = ControllerConfig {
+            kind: ControllerKind::Mppi,
+            horizon: 1,
+            samples: 4000,
+            temperature: 1e-4,
+            r_control: 0.01,
+            ..Default::default()
+        };
         let mut ctrl = Controller::new(&cfg, &p.dims, &p).unwrap();
         let obj = Objective::Latent(DVector::from_element(1, 0.95));
         let x = DVector::from_element(1, 0.0);

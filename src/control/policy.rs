@@ -29,7 +29,12 @@ impl PolicyController {
         let (d, m) = (dims.latent, dims.control);
         let hp = pol.w1.nrows();
         if pol.w1.ncols() != 2 * d {
-            return Err(format!("policy layer 1 weight is {}×{}, expected hp×{} (input [x; x*], d = {d})", pol.w1.nrows(), pol.w1.ncols(), 2 * d));
+            return Err(format!(
+                "policy layer 1 weight is {}×{}, expected hp×{} (input [x; x*], d = {d})",
+                pol.w1.nrows(),
+                pol.w1.ncols(),
+                2 * d
+            ));
         }
         if pol.b1.len() != hp {
             return Err(format!("policy layer 1 bias has {} values, expected {hp}", pol.b1.len()));
@@ -119,7 +124,8 @@ mod tests {
     #[test]
     fn policy_shape_mismatch_is_an_error() {
         let mut p = params(1, 1, 1, 0.5, DMatrix::from_element(1, 1, 1.0), DVector::from_element(1, 0.0));
-        p.policy = Some(Policy { w1: DMatrix::zeros(2, 3), b1: DVector::zeros(2), w2: DMatrix::zeros(1, 2), b2: DVector::zeros(1), scale: 1.0 });
+        p.policy =
+            Some(Policy { w1: DMatrix::zeros(2, 3), b1: DVector::zeros(2), w2: DMatrix::zeros(1, 2), b2: DVector::zeros(1), scale: 1.0 });
         let cfg = ControllerConfig { kind: ControllerKind::Policy, ..Default::default() };
         assert!(Controller::new(&cfg, &p.dims, &p).unwrap_err().contains("layer 1"));
     }

@@ -1,8 +1,8 @@
 //! Shared test fixtures of the controllers, and the allocation count for the "no allocation per bin" rule.
 
 use super::*;
-use nalgebra::DMatrix;
 use crate::model::{Generator, Hypernet};
+use nalgebra::DMatrix;
 
 /// Allocations made by this thread so far (the library's unit tests run with
 /// `hot::CountingAlloc` installed, lib.rs).
@@ -48,11 +48,7 @@ pub fn reachable_model() -> (ModelParams, Theta, DVector<f64>, ActuationLimits) 
     let n = 3;
     let c = DMatrix::from_row_slice(n, d, &[1.0, 0.0, 0.0, 1.0, 0.7, -0.7]);
     let p = params(n, d, m, 0.2, c, DVector::from_element(n, 2.0));
-    let theta = Theta {
-        w_hh: DMatrix::from_row_slice(2, 2, &[0.3, -0.2, 0.1, 0.4]),
-        w_xu: DMatrix::identity(2, 2),
-        b: DVector::zeros(2),
-    };
+    let theta = Theta { w_hh: DMatrix::from_row_slice(2, 2, &[0.3, -0.2, 0.1, 0.4]), w_xu: DMatrix::identity(2, 2), b: DVector::zeros(2) };
     let target = DVector::from_vec(vec![0.5, -0.3]);
     let limits = ActuationLimits { lo: DVector::from_element(m, -2.0), hi: DVector::from_element(m, 2.0) };
     (p, theta, target, limits)

@@ -10,9 +10,9 @@
 //!
 //! u_k is the command emitted for bin k: it drives x_{k+1} (README, "The model").
 
-use crate::record::{sha256_hex, TASK_MARKER_PREFIX};
 use crate::clock::bin_ending_at;
-use crate::replay::{header_text, recorded_grid, pick_input, rebin_spikes, streams_of, Recorded};
+use crate::record::{sha256_hex, TASK_MARKER_PREFIX};
+use crate::replay::{header_text, pick_input, rebin_spikes, recorded_grid, streams_of, Recorded};
 use crate::rig::Rig;
 use crate::units::UnitMap;
 use anyhow::{bail, Context};
@@ -177,7 +177,8 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
         }
         let missing = present.iter().filter(|p| !**p).count();
         if missing > 0 {
-            notices.push(format!("{}: {missing} bins have no recorded counts (dropped while recording); they are left out", path.display()));
+            notices
+                .push(format!("{}: {missing} bins have no recorded counts (dropped while recording); they are left out", path.display()));
         }
         let fd = FileData {
             path: path.to_path_buf(),
@@ -388,9 +389,7 @@ pub fn load(paths: &[PathBuf], rig: &Rig, tasks: TaskSource, heldout: f64) -> an
         let f = &mut r.file;
         match tasks {
             TaskSource::File => f.task = vec![Some(fi); f.bins],
-            TaskSource::Markers => {
-                f.task = r.labels.iter().map(|l| l.as_ref().and_then(|l| labels.iter().position(|x| x == l))).collect()
-            }
+            TaskSource::Markers => f.task = r.labels.iter().map(|l| l.as_ref().and_then(|l| labels.iter().position(|x| x == l))).collect(),
         }
         // Held-out: the last fraction of each block of one task.
         let mut k = 0;

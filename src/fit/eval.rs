@@ -176,7 +176,12 @@ pub fn task_identification(data: &FitData, p: &ModelParams, rig: &crate::rig::Ri
             let Some(t) = f.task[k] else { continue };
             if k > 0 && f.task[k - 1].is_some() && f.task[k - 1] != Some(t) {
                 if let Some((sb, st, _)) = pending.take() {
-                    switches.push(Reidentification { file: f.path.display().to_string(), switch_bin: sb, true_task: data.labels[st].clone(), bins_to_reidentify: None });
+                    switches.push(Reidentification {
+                        file: f.path.display().to_string(),
+                        switch_bin: sb,
+                        true_task: data.labels[st].clone(),
+                        bins_to_reidentify: None,
+                    });
                 }
                 pending = Some((k, t, 0));
                 since_switch = 0;
@@ -201,7 +206,12 @@ pub fn task_identification(data: &FitData, p: &ModelParams, rig: &crate::rig::Ri
             since_switch += 1;
         }
         if let Some((sb, st, _)) = pending {
-            switches.push(Reidentification { file: f.path.display().to_string(), switch_bin: sb, true_task: data.labels[st].clone(), bins_to_reidentify: None });
+            switches.push(Reidentification {
+                file: f.path.display().to_string(),
+                switch_bin: sb,
+                true_task: data.labels[st].clone(),
+                bins_to_reidentify: None,
+            });
         }
     }
     Ok(TaskIdentification { switches, accuracy: if scored > 0 { right as f64 / scored as f64 } else { f64::NAN } })

@@ -247,11 +247,8 @@ fn initial_params(data: &FitData, opts: &FitOptions, segs: &[(usize, usize, usiz
     // A slow stable start: W_hh = ½ I (x' ≈ (1 − α/2) x near 0), no input gain, no bias.
     let w_hh0 = DMatrix::<f64>::identity(d, d) * 0.5;
     let flat = |mtx: &DMatrix<f64>| DVector::from_iterator(mtx.len(), mtx.transpose().iter().copied());
-    let hypernet = Hypernet {
-        w_hh: gen(0, d * d, flat(&w_hh0)),
-        w_xu: gen(1, d * m, DVector::zeros(d * m)),
-        b: gen(2, d, DVector::zeros(d)),
-    };
+    let hypernet =
+        Hypernet { w_hh: gen(0, d * d, flat(&w_hh0)), w_xu: gen(1, d * m, DVector::zeros(d * m)), b: gen(2, d, DVector::zeros(d)) };
     // Task embeddings: orthogonal directions while they last, norm 1.
     let t = data.labels.len();
     let mut lib: Vec<DVector<f64>> = Vec::new();
@@ -360,11 +357,7 @@ pub fn fit(data: &FitData, opts: &FitOptions, mut on_iteration: impl FnMut(&Iter
     opts.validate()?;
     let segs = training_segments(data);
     for (t, label) in data.labels.iter().enumerate() {
-        let bins: usize = segs
-            .iter()
-            .filter(|&&(fi, a, _)| data.files[fi].task[a] == Some(t))
-            .map(|&(_, a, b)| b - a)
-            .sum();
+        let bins: usize = segs.iter().filter(|&&(fi, a, _)| data.files[fi].task[a] == Some(t)).map(|&(_, a, b)| b - a).sum();
         if bins < MIN_BINS_PER_TASK {
             bail!(
                 "task '{label}' has {bins} training bins; the fit needs at least {MIN_BINS_PER_TASK} per task (record longer, or lower --heldout)"

@@ -222,7 +222,9 @@ impl MStep {
             trans: s
                 .trans
                 .iter()
-                .map(|tr| (!tr.x.is_empty()).then(|| (rows::<Ad>(&tr.x, d, dev), rows::<Ad>(&tr.u, m, dev), rows::<Ad>(&tr.x_next, d, dev))))
+                .map(|tr| {
+                    (!tr.x.is_empty()).then(|| (rows::<Ad>(&tr.x, d, dev), rows::<Ad>(&tr.u, m, dev), rows::<Ad>(&tr.x_next, d, dev)))
+                })
                 .collect(),
             obs: (rows::<Ad>(&s.obs_m, d, dev), rows::<Ad>(&s.obs_p, d * d, dev), rows::<Ad>(&s.obs_y, n, dev)),
         }
@@ -241,7 +243,9 @@ impl MStep {
             return None;
         }
         let idx: Vec<i64> = (0..self.batch as u64)
-            .map(|i| ((uniform_at(self.seed, stream.wrapping_mul(1 << 20) + self.steps, i) as f64 * total as f64) as i64).min(total as i64 - 1))
+            .map(|i| {
+                ((uniform_at(self.seed, stream.wrapping_mul(1 << 20) + self.steps, i) as f64 * total as f64) as i64).min(total as i64 - 1)
+            })
             .collect();
         Some(Tensor::from_data(TensorData::new(idx, [self.batch]), &self.dev))
     }
@@ -255,7 +259,9 @@ impl MStep {
         let mut zv = md.z.val();
         if sample {
             let [t, e] = zv.dims();
-            let eps: Vec<f64> = (0..(t * e) as u64).map(|i| Z_NOISE * neuroloop_kernels::philox::normal_at(self.seed ^ 0x2e, self.steps, i) as f64).collect();
+            let eps: Vec<f64> = (0..(t * e) as u64)
+                .map(|i| Z_NOISE * neuroloop_kernels::philox::normal_at(self.seed ^ 0x2e, self.steps, i) as f64)
+                .collect();
             zv = zv + Tensor::<Ad, 2>::from_data(TensorData::new(eps, [t, e]), dev);
         }
         let out_hh = md.w_hh.forward(zv.clone());
@@ -276,7 +282,9 @@ impl MStep {
                 let share = ((self.batch as f64) * k as f64 / n_trans).ceil() as usize;
                 if k > share.max(1) {
                     let idx: Vec<i64> = (0..share as u64)
-                        .map(|i| ((uniform_at(self.seed, (t as u64 + 1) * (1 << 20) + self.steps, i) as f64 * k as f64) as i64).min(k as i64 - 1))
+                        .map(|i| {
+                            ((uniform_at(self.seed, (t as u64 + 1) * (1 << 20) + self.steps, i) as f64 * k as f64) as i64).min(k as i64 - 1)
+                        })
                         .collect();
                     let idx: Tensor<Ad, 1, Int> = Tensor::from_data(TensorData::new(idx, [share]), dev);
                     x = x.select(0, idx.clone());

@@ -112,8 +112,10 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new(opts.iterations as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("[neuroloop] fit {bar:30} {pos}/{len} EM iterations, {elapsed} elapsed, ETA {eta} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "[neuroloop] fit {bar:30} {pos}/{len} EM iterations, {elapsed} elapsed, ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     } else {
@@ -140,11 +142,8 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
         }
         _ => None,
     };
-    let task_id = if data.labels.len() > 1 && opts.tasks == TaskSource::Markers {
-        Some(eval::task_identification(&data, p, rig)?)
-    } else {
-        None
-    };
+    let task_id =
+        if data.labels.len() > 1 && opts.tasks == TaskSource::Markers { Some(eval::task_identification(&data, p, rig)?) } else { None };
     let lib = &p.task_library;
     let distances: Vec<Vec<f64>> = lib.iter().map(|a| lib.iter().map(|b| (a - b).norm()).collect()).collect();
     let final_objective = fitted.iterations.last().map(|r| r.objective);
@@ -182,7 +181,9 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
     p.save_with_metadata(&opts.out, &provenance).with_context(|| format!("cannot write the model to {}", opts.out.display()))?;
 
     let curve = curve_path(opts);
-    let series = |name: &str, f: fn(&IterationRecord) -> f64| (name.to_string(), fitted.iterations.iter().map(|r| (r.iteration as f64, f(r))).collect::<Vec<_>>());
+    let series = |name: &str, f: fn(&IterationRecord) -> f64| {
+        (name.to_string(), fitted.iterations.iter().map(|r| (r.iteration as f64, f(r))).collect::<Vec<_>>())
+    };
     let curve_written = crate::bench::plot::training_curve(
         &curve,
         "neuroloop fit: M-step objective per bin",
@@ -194,7 +195,10 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
         notices.push(format!("training curve: {e}"));
     }
     if let Some(why) = &fitted.diverged {
-        notices.push(format!("the fit stopped early: {why}; {} holds the last good parameters (a lower --learning-rate may help)", opts.out.display()));
+        notices.push(format!(
+            "the fit stopped early: {why}; {} holds the last good parameters (a lower --learning-rate may help)",
+            opts.out.display()
+        ));
     }
     let report = FitReport {
         neuroloop_version: env!("CARGO_PKG_VERSION").into(),
@@ -235,7 +239,8 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
         notices,
     };
     if let Some(path) = &opts.report {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write the report to {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
     Ok(report)
 }
@@ -271,7 +276,11 @@ pub fn summary(r: &FitReport, out: &Path) -> String {
     }
     if let Some(t) = &r.task_identification {
         let found: Vec<String> = t.switches.iter().map(|s| s.bins_to_reidentify.map_or("never".into(), |b| b.to_string())).collect();
-        s += &format!("task identification: {:.1} % of bins right; bins to re-identify after each switch: [{}]\n", 100.0 * t.accuracy, found.join(", "));
+        s += &format!(
+            "task identification: {:.1} % of bins right; bins to re-identify after each switch: [{}]\n",
+            100.0 * t.accuracy,
+            found.join(", ")
+        );
     }
     if let Some(m) = r.peak_memory_bytes {
         s += &format!("peak memory {:.0} MiB\n", m as f64 / (1 << 20) as f64);

@@ -215,7 +215,9 @@ impl SampleDecoder {
         }
         if let Some(c) = bad(&|v| v < 0.0) {
             self.stats.invalid.fetch_add(1, Ordering::Relaxed);
-            self.reject(Rejection::Invalid, || format!("a counts sample with a negative value in channel {c} (at t={t:.6}) was rejected whole"));
+            self.reject(Rejection::Invalid, || {
+                format!("a counts sample with a negative value in channel {c} (at t={t:.6}) was rejected whole")
+            });
             return;
         }
         if !conn.rates {
@@ -255,7 +257,9 @@ impl SampleDecoder {
         if t < self.last_t {
             self.stats.out_of_order.fetch_add(1, Ordering::Relaxed);
             let last = self.last_t;
-            self.reject(Rejection::Order, || format!("out-of-order counts timestamps: {t:.6} after {last:.6}; binned by their own timestamp"));
+            self.reject(Rejection::Order, || {
+                format!("out-of-order counts timestamps: {t:.6} after {last:.6}; binned by their own timestamp")
+            });
         } else {
             self.last_t = t;
         }

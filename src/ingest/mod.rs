@@ -3,8 +3,8 @@
 //! preallocated SPSC ring. Nothing is dropped silently: every rejected sample and every
 //! full-ring event is counted and reported.
 
-use crate::tap::{InputTap, InputWriter};
 use crate::rig::Input;
+use crate::tap::{InputTap, InputWriter};
 use crate::units::UnitMap;
 use lsl::Pullable;
 use ringbuf::traits::Producer;
@@ -221,10 +221,8 @@ impl Ingest {
             new
         });
         if found.len() > 1 {
-            let list: Vec<String> = found
-                .iter()
-                .map(|i| format!("'{}' (source_id '{}', on {})", i.stream_name(), i.source_id(), i.hostname()))
-                .collect();
+            let list: Vec<String> =
+                found.iter().map(|i| format!("'{}' (source_id '{}', on {})", i.stream_name(), i.source_id(), i.hostname())).collect();
             return Err(ConnectError::Refused(format!(
                 "{} streams match [input] ({pred}): {}; give [input] source_id (or a name only the rig's stream has) \
                  so that neuroloop reads the rig and not another source",
@@ -275,10 +273,13 @@ impl Ingest {
         let mut full = (self.decoder.units().by_label() || self.record.is_some()).then(|| inlet.info(timeout_s.max(1.0)).ok()).flatten();
         if self.decoder.units().by_label() {
             let Some(info) = full.as_mut() else {
-                return Err(ConnectError::Refused(format!("{description}: its description (channel labels) could not be read; [units] labels needs it")));
+                return Err(ConnectError::Refused(format!(
+                    "{description}: its description (channel labels) could not be read; [units] labels needs it"
+                )));
             };
             let labels = crate::lslutil::channel_labels(info);
-            let bound = self.decoder.units().bind_labels(&labels, channels).map_err(|e| ConnectError::Refused(format!("{description}: {e}")))?;
+            let bound =
+                self.decoder.units().bind_labels(&labels, channels).map_err(|e| ConnectError::Refused(format!("{description}: {e}")))?;
             self.decoder.set_units(bound);
         }
         let offset = inlet.time_correction(timeout_s.max(1.0)).unwrap_or(0.0);
@@ -382,4 +383,3 @@ impl Ingest {
         }
     }
 }
-

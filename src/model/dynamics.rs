@@ -7,14 +7,7 @@ use nalgebra::{DMatrix, DVector};
 /// `tanh_a` (a = W_hh x + W_xu u + b), which the Jacobians and gradients reuse.
 /// Allocation-free; `out` must not alias `x`.
 #[inline]
-pub fn step(
-    theta: &Theta,
-    alpha: f64,
-    x: &DVector<f64>,
-    u: &DVector<f64>,
-    out: &mut DVector<f64>,
-    tanh_a: &mut DVector<f64>,
-) {
+pub fn step(theta: &Theta, alpha: f64, x: &DVector<f64>, u: &DVector<f64>, out: &mut DVector<f64>, tanh_a: &mut DVector<f64>) {
     tanh_a.copy_from(&theta.b);
     tanh_a.gemv(1.0, &theta.w_hh, x, 1.0);
     if !u.is_empty() {

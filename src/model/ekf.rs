@@ -225,11 +225,7 @@ mod tests {
     fn update_is_one_newton_step_from_the_prediction() {
         let (n, d, m) = (12, 3, 2);
         let dims = dims(n, d, m);
-        let theta = Theta {
-            w_hh: randn_matrix(1, 0, d, d, 0.6),
-            w_xu: randn_matrix(1, 1, d, m, 0.5),
-            b: randn_vector(1, 2, d, 0.3),
-        };
+        let theta = Theta { w_hh: randn_matrix(1, 0, d, d, 0.6), w_xu: randn_matrix(1, 1, d, m, 0.5), b: randn_vector(1, 2, d, 0.3) };
         let c = randn_matrix(1, 3, n, d, 0.7);
         let mut dd = randn_vector(1, 4, n, 0.5).add_scalar(3.0);
         dd[5] = 20.0; // clamped above: masked out
@@ -294,11 +290,7 @@ mod tests {
         assert!((&ekf.p - &p_ref).amax() < 1e-12);
 
         // (2) Nonlinear regime: F from central finite differences of the dynamics.
-        let theta = Theta {
-            w_hh: randn_matrix(2, 1, d, d, 0.8),
-            w_xu: randn_matrix(2, 2, d, m, 0.8),
-            b: randn_vector(2, 3, d, 0.4),
-        };
+        let theta = Theta { w_hh: randn_matrix(2, 1, d, d, 0.8), w_xu: randn_matrix(2, 2, d, m, 0.8), b: randn_vector(2, 3, d, 0.4) };
         let x0 = randn_vector(2, 4, d, 0.6);
         let u = DVector::from_vec(vec![0.7]);
         ekf.reset(&x0, 0.1);

@@ -48,11 +48,7 @@ pub struct HypernetScratch {
 impl HypernetScratch {
     pub fn new(dims: &Dims) -> Self {
         let (d, m, h) = (dims.latent, dims.control, dims.hidden);
-        HypernetScratch {
-            w_hh: GeneratorScratch::new(h, d * d),
-            w_xu: GeneratorScratch::new(h, d * m),
-            b: GeneratorScratch::new(h, d),
-        }
+        HypernetScratch { w_hh: GeneratorScratch::new(h, d * d), w_xu: GeneratorScratch::new(h, d * m), b: GeneratorScratch::new(h, d) }
     }
 }
 
@@ -123,13 +119,7 @@ impl Hypernet {
     /// `scratch` must hold the forward pass of a [`Hypernet::decode`] at this same `z`
     /// (`z` itself is not read again: the ReLU masks come from the scratch).
     /// `grad_z` is **overwritten** with dL/dz (it is not accumulated into).
-    pub fn backprop(
-        &self,
-        _z: &DVector<f64>,
-        grad_theta: &Theta,
-        scratch: &mut HypernetScratch,
-        grad_z: &mut DVector<f64>,
-    ) {
+    pub fn backprop(&self, _z: &DVector<f64>, grad_theta: &Theta, scratch: &mut HypernetScratch, grad_z: &mut DVector<f64>) {
         grad_z.fill(0.0);
         flatten_row_major(&grad_theta.w_hh, &mut scratch.w_hh.grad_out);
         self.w_hh.backward_acc(&mut scratch.w_hh, grad_z);
@@ -158,11 +148,7 @@ mod tests {
 
     fn hypernet(dims: &Dims, seed: u64) -> Hypernet {
         let (d, m, e, h) = (dims.latent, dims.control, dims.embed, dims.hidden);
-        Hypernet {
-            w_hh: generator(seed, 0, e, h, d * d),
-            w_xu: generator(seed, 10, e, h, d * m),
-            b: generator(seed, 20, e, h, d),
-        }
+        Hypernet { w_hh: generator(seed, 0, e, h, d * d), w_xu: generator(seed, 10, e, h, d * m), b: generator(seed, 20, e, h, d) }
     }
 
     fn dims() -> Dims {

@@ -13,8 +13,8 @@
 //! tasks (distinct fixed points) and W_xu is O(1) so inputs in [−1, 1] move the latent by
 //! O(1) at steady state.
 
-use super::{Dims, Generator, Hypernet, ModelParams, Policy, Theta};
 use super::hypernet::HypernetScratch;
+use super::{Dims, Generator, Hypernet, ModelParams, Policy, Theta};
 use nalgebra::{DMatrix, DVector};
 use neuroloop_kernels::philox::{normal_at, uniform_at};
 

@@ -177,7 +177,14 @@ impl TaskIdentifier {
     /// `current_loglik` the current model's predictive log-likelihood of `y` (what
     /// [`super::ekf::PointProcessEkf::update`] returns). Returns Some(j) when the caller
     /// should jump to library entry j.
-    pub fn score(&mut self, params: &ModelParams, x_prev: &DVector<f64>, u: &DVector<f64>, y: &[f64], current_loglik: f64) -> Option<usize> {
+    pub fn score(
+        &mut self,
+        params: &ModelParams,
+        x_prev: &DVector<f64>,
+        u: &DVector<f64>,
+        y: &[f64],
+        current_loglik: f64,
+    ) -> Option<usize> {
         if !self.cfg.enabled || self.thetas.is_empty() || !current_loglik.is_finite() {
             return None;
         }

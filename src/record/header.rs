@@ -57,4 +57,3 @@ fn utc_now_iso8601() -> String {
     let year = yoe + era * 400 + (month <= 2) as i64;
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
-

@@ -23,12 +23,12 @@ pub mod read;
 mod writer;
 pub mod xdf;
 
-pub use provenance::{sha256_hex, Provenance};
 use header::file_header_body;
+pub use provenance::{sha256_hex, Provenance};
 use writer::RecorderThread;
 
 use crate::clock::BinGrid;
-use crate::events::{LoopBin, Emitted, JoinedBin, TruthBin};
+use crate::events::{Emitted, JoinedBin, LoopBin, TruthBin};
 use crate::lslutil::StreamSpec;
 use crate::schema::{StatusSample, TIMING_LABELS};
 use crate::tap::{BinTap, InputConnection, InputTap, Tap, TOKEN_SAMPLE};
@@ -200,4 +200,3 @@ impl Recorder {
         })
     }
 }
-

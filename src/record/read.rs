@@ -75,9 +75,10 @@ pub fn open(path: &Path) -> anyhow::Result<Opened> {
     if walk.whole <= 4 && walk.stopped.is_some() {
         anyhow::bail!("{} is not a readable XDF file: {}", path.display(), walk.stopped.unwrap_or_default());
     }
-    let truncated = walk.stopped.as_ref().map(|why| {
-        format!("{}: {why}; read {} of {} bytes (up to the last whole chunk)", path.display(), walk.whole, bytes.len())
-    });
+    let truncated = walk
+        .stopped
+        .as_ref()
+        .map(|why| format!("{}: {why}; read {} of {} bytes (up to the last whole chunk)", path.display(), walk.whole, bytes.len()));
     let file = xdf::XDFFile::from_bytes(&bytes[..walk.whole]).map_err(|e| {
         // The xdf crate's errors print nom's internals (byte arrays): keep the first line short.
         let mut why = e.to_string();

@@ -90,8 +90,7 @@ const TAG_BOUNDARY: u16 = 5;
 const TAG_STREAM_FOOTER: u16 = 6;
 
 /// The boundary chunk's fixed content (spec): readers scan for it to resynchronise.
-pub const BOUNDARY_UUID: [u8; 16] =
-    [0x43, 0xA5, 0x46, 0xDC, 0xCB, 0xF5, 0x41, 0x0F, 0xB3, 0x0E, 0xD5, 0x46, 0x73, 0x83, 0xCB, 0xE4];
+pub const BOUNDARY_UUID: [u8; 16] = [0x43, 0xA5, 0x46, 0xDC, 0xCB, 0xF5, 0x41, 0x0F, 0xB3, 0x0E, 0xD5, 0x46, 0x73, 0x83, 0xCB, 0xE4];
 
 /// What the footer of one stream summarises.
 #[derive(Debug, Clone)]
@@ -178,7 +177,16 @@ impl XdfWriter {
         if !self.failed {
             put_chunk(&mut self.buf, TAG_STREAM_HEADER, &content);
         }
-        self.streams.push(StreamState { id, format, channels, first_timestamp: None, last_timestamp: None, samples: 0, lost: 0, offsets: Vec::new() });
+        self.streams.push(StreamState {
+            id,
+            format,
+            channels,
+            first_timestamp: None,
+            last_timestamp: None,
+            samples: 0,
+            lost: 0,
+            offsets: Vec::new(),
+        });
     }
 
     fn stream(&mut self, id: u32) -> &mut StreamState {
@@ -370,7 +378,8 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         // magic, then the file header chunk
         assert_eq!(&bytes[..4], b"XDF:");
-        let needle: Vec<u8> = [&7u32.to_le_bytes()[..], &[1, 1, 8], &1.5f64.to_le_bytes(), &3i16.to_le_bytes(), &(-2i16).to_le_bytes()].concat();
+        let needle: Vec<u8> =
+            [&7u32.to_le_bytes()[..], &[1, 1, 8], &1.5f64.to_le_bytes(), &3i16.to_le_bytes(), &(-2i16).to_le_bytes()].concat();
         let at = bytes.windows(needle.len()).position(|w| w == needle.as_slice()).expect("samples chunk content");
         // [1][len][3, 0] precede the content
         assert_eq!(&bytes[at - 4..at], &[1, (2 + needle.len()) as u8, 3, 0]);

@@ -134,7 +134,8 @@ pub fn replay(path: &Path, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<Re
         None => None,
     };
     if opts.backend.is_none() && rig.model.backend != BackendKind::Cpu && source == ReplaySource::Bins {
-        notices.push(format!("backend {}: a bit-for-bit match is only expected on the CPU backend (--backend cpu)", rig.model.backend.name()));
+        notices
+            .push(format!("backend {}: a bit-for-bit match is only expected on the CPU backend (--backend cpu)", rig.model.backend.name()));
     }
     let mut r = match source {
         ReplaySource::Bins => replay_bins(path, &file, streams, &rig, opts)?,
@@ -235,7 +236,11 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     let grid = |k: &str| recorded_grid(file, path, k);
     let clock = BinGrid { t0: grid("t0")?, bin_s: grid("bin_s")?, grace_s: grid("grace_s")?, deadline_s: grid("deadline_s")? };
     if (clock.bin_s - rig.timing.bin_ms * 1e-3).abs() > 1e-12 {
-        bail!("the recording binned at Δ = {} ms, the rig at {} ms: replay needs the rig the session ran with", clock.bin_s * 1e3, rig.timing.bin_ms);
+        bail!(
+            "the recording binned at Δ = {} ms, the rig at {} ms: replay needs the rig the session ran with",
+            clock.bin_s * 1e3,
+            rig.timing.bin_ms
+        );
     }
     let mut mach = Machine::new(rig)?;
     let (n, m) = (mach.n, mach.m);
@@ -280,8 +285,15 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     let c_idx = index(&control, false);
     let s_idx = status.as_ref().map(|s| index(s, true));
     let col = |name: &str| crate::schema::TIMING_LABELS.iter().position(|l| *l == name).unwrap();
-    let (c_started, c_has, c_want, c_miss, c_fb, c_en, c_from) =
-        (col("started_at"), col("has_data"), col("want_control"), col("deadline_miss"), col("fallback"), col("enabled"), col("u_prev_from"));
+    let (c_started, c_has, c_want, c_miss, c_fb, c_en, c_from) = (
+        col("started_at"),
+        col("has_data"),
+        col("want_control"),
+        col("deadline_miss"),
+        col("fallback"),
+        col("enabled"),
+        col("u_prev_from"),
+    );
 
     let mut emitted = vec![0.0f64; n_bins * m];
     let mut u_prev = vec![0.0f64; m];
@@ -294,7 +306,9 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     for k in 0..n_bins {
         progress.tick(k as u64);
         let Some(ti) = t_idx[k] else {
-            bail!("the recording has no timing row for bin {k} (its records were dropped while recording): replay cannot go on past bin {k}");
+            bail!(
+                "the recording has no timing row for bin {k} (its records were dropped while recording): replay cannot go on past bin {k}"
+            );
         };
         let t = timing.row(ti);
         if opts.realtime {
@@ -316,7 +330,13 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
                 Some(j) => u_prev.copy_from_slice(&emitted[j as usize * m..(j as usize + 1) * m]),
                 None => u_prev.fill(0.0),
             }
-            let bin_start = BinStart { bin: k as u64, started_at: t[c_started], has_data: t[c_has] == 1.0, want_control: t[c_want] == 1.0, u_prev_from };
+            let bin_start = BinStart {
+                bin: k as u64,
+                started_at: t[c_started],
+                has_data: t[c_has] == 1.0,
+                want_control: t[c_want] == 1.0,
+                u_prev_from,
+            };
             result = Some(mach.step(&bin_start, &counts, &u_prev));
             report.gap_bins += !bin_start.has_data as u64;
             if let (Some(st), Some(si)) = (&status, s_idx.as_ref().and_then(|ix| ix[k])) {

@@ -88,9 +88,8 @@ pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebin
     if rows.len() == 0 {
         bail!("the stream '{name}' has no samples");
     }
-    let units = UnitMap::from_config(&rig.units)
-        .bind_labels(&stream.labels, rows.channels)
-        .map_err(|e| anyhow::anyhow!("stream '{name}': {e}"))?;
+    let units =
+        UnitMap::from_config(&rig.units).bind_labels(&stream.labels, rows.channels).map_err(|e| anyhow::anyhow!("stream '{name}': {e}"))?;
     let n = units.n_units();
     let srate = stream.srate;
     rig.input.check_stream_shape(&units, rows.channels, srate).map_err(|e| anyhow::anyhow!("stream '{name}': {e}"))?;
@@ -132,7 +131,11 @@ pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebin
     // A wrong rig (Δ) or garbage timestamps must not ask for an absurd allocation.
     const MAX_BINS: u64 = 50_000_000;
     if n_bins.saturating_mul(n as u64) > 2_000_000_000 || n_bins > MAX_BINS {
-        bail!("the stream '{name}' spans {:.0} s = {n_bins} bins of {} ms: too long to bin (wrong timestamps, or the wrong rig?)", last_t - t0, rig.timing.bin_ms);
+        bail!(
+            "the stream '{name}' spans {:.0} s = {n_bins} bins of {} ms: too long to bin (wrong timestamps, or the wrong rig?)",
+            last_t - t0,
+            rig.timing.bin_ms
+        );
     }
     let mut binner = Binner::new(clock, n, rig.timing.lookahead_bins());
     let mut out = Rebinned {
@@ -183,4 +186,3 @@ pub(crate) fn rebin_spikes(stream: &Recorded, rig: &Rig) -> anyhow::Result<Rebin
     }
     Ok(out)
 }
-

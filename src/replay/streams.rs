@@ -16,7 +16,12 @@ pub(crate) struct Rows {
 
 impl Rows {
     fn of(channels: usize, samples: &[xdf::Sample]) -> Rows {
-        let mut r = Rows { channels, timestamps: Vec::with_capacity(samples.len()), values: Vec::with_capacity(samples.len() * channels), texts: Vec::new() };
+        let mut r = Rows {
+            channels,
+            timestamps: Vec::with_capacity(samples.len()),
+            values: Vec::with_capacity(samples.len() * channels),
+            texts: Vec::new(),
+        };
         for smp in samples {
             r.timestamps.push(smp.timestamp.unwrap_or(f64::NAN));
             match &smp.values {
@@ -96,8 +101,11 @@ pub(crate) fn recorded_grid(file: &XDFFile, path: &Path, key: &str) -> anyhow::R
         .and_then(|t| t.trim().parse().ok())
         .with_context(|| format!("{}: the file header has no neuroloop/bin_grid/{key}", path.display()))?;
     if !v.is_finite() || (key == "bin_s" && v <= 0.0) {
-        bail!("{}: the file header's neuroloop/bin_grid/{key} is {v}, not a usable {}: the header is damaged", path.display(), if key == "bin_s" { "bin width (a finite number > 0)" } else { "time (a finite number)" });
+        bail!(
+            "{}: the file header's neuroloop/bin_grid/{key} is {v}, not a usable {}: the header is damaged",
+            path.display(),
+            if key == "bin_s" { "bin width (a finite number > 0)" } else { "time (a finite number)" }
+        );
     }
     Ok(v)
 }
-

@@ -64,8 +64,7 @@ impl Rig {
     /// Parse and validate a rig file's text; `path` names it in errors and resolves the
     /// paths it holds (the model file).
     pub fn parse(text: &str, path: &Path) -> Result<Rig, RigError> {
-        let mut rig: Rig =
-            toml::from_str(text).map_err(|e| RigError::Parse { path: path.into(), message: e.to_string() })?;
+        let mut rig: Rig = toml::from_str(text).map_err(|e| RigError::Parse { path: path.into(), message: e.to_string() })?;
         rig.path = path.to_path_buf();
         rig.validate()?;
         Ok(rig)
@@ -99,13 +98,7 @@ impl Rig {
 
     /// The model path resolved against the rig file's folder.
     pub fn model_path(&self) -> Option<PathBuf> {
-        self.model.path.as_ref().map(|p| {
-            if p.is_absolute() {
-                p.clone()
-            } else {
-                self.path.parent().unwrap_or(Path::new(".")).join(p)
-            }
-        })
+        self.model.path.as_ref().map(|p| if p.is_absolute() { p.clone() } else { self.path.parent().unwrap_or(Path::new(".")).join(p) })
     }
 
     /// Expand a per-channel list that may be given as one value for all channels.

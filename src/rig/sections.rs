@@ -353,4 +353,3 @@ pub struct FaultConfig {
     #[serde(default)]
     pub slow_ms: f64,
 }
-

@@ -15,10 +15,9 @@ impl Rig {
             return Err(self.invalid("timing.grace_ms", format!("must be between 0 and 10 bins, got {}", t.grace_ms)));
         }
         if !(t.deadline_ms.is_finite() && t.deadline_ms > 0.0 && t.deadline_ms < t.bin_ms) {
-            return Err(self.invalid(
-                "timing.deadline_ms",
-                format!("must be > 0 and < timing.bin_ms ({}), got {}", t.bin_ms, t.deadline_ms),
-            ));
+            return Err(
+                self.invalid("timing.deadline_ms", format!("must be > 0 and < timing.bin_ms ({}), got {}", t.bin_ms, t.deadline_ms))
+            );
         }
         if !(t.start_delay_ms.is_finite() && t.start_delay_ms >= 0.0) {
             return Err(self.invalid("timing.start_delay_ms", "must be ≥ 0"));
@@ -31,7 +30,8 @@ impl Rig {
             return Err(self.invalid("input.stall_ms", "must be > 0"));
         }
         if !(16..=crate::MAX_RING_CAPACITY).contains(&i.ring_capacity) {
-            return Err(self.invalid("input.ring_capacity", format!("must be in 16..={} spikes, got {}", crate::MAX_RING_CAPACITY, i.ring_capacity)));
+            return Err(self
+                .invalid("input.ring_capacity", format!("must be in 16..={} spikes, got {}", crate::MAX_RING_CAPACITY, i.ring_capacity)));
         }
         let u = &self.units;
         match [u.channels.is_some(), u.map.is_some(), u.labels.is_some()].iter().filter(|b| **b).count() {
@@ -55,7 +55,8 @@ impl Rig {
                 ));
             }
             if labels.is_empty() || labels.len() > crate::MAX_UNITS {
-                return Err(self.invalid("units.labels", format!("has {} labels; give 1..={} (one per model unit)", labels.len(), crate::MAX_UNITS)));
+                return Err(self
+                    .invalid("units.labels", format!("has {} labels; give 1..={} (one per model unit)", labels.len(), crate::MAX_UNITS)));
             }
             let mut seen = std::collections::HashSet::new();
             for (i, l) in labels.iter().enumerate() {
@@ -63,7 +64,8 @@ impl Rig {
                     return Err(self.invalid("units.labels", format!("entry {i} is empty")));
                 }
                 if l.trim() != l {
-                    return Err(self.invalid("units.labels", format!("entry {i} '{l}' has leading or trailing spaces (labels are matched exactly)")));
+                    return Err(self
+                        .invalid("units.labels", format!("entry {i} '{l}' has leading or trailing spaces (labels are matched exactly)")));
                 }
                 if !seen.insert(l.as_str()) {
                     return Err(self.invalid("units.labels", format!("entry {i} '{l}' appears twice")));
@@ -109,7 +111,10 @@ impl Rig {
         }
         if let Some(v) = &s.fallback_vector {
             if let Some(j) = v.iter().position(|x| !x.is_finite()) {
-                return Err(self.invalid("safety.fallback_vector", format!("value {j} is {}; it must be a finite command inside [lower, upper]", v[j])));
+                return Err(self.invalid(
+                    "safety.fallback_vector",
+                    format!("value {j} is {}; it must be a finite command inside [lower, upper]", v[j]),
+                ));
             }
         }
         // Lower ≤ upper where the lengths already agree; with broadcasting, once m is known
@@ -121,7 +126,10 @@ impl Rig {
         }
         match &self.objective {
             None if !self.is_probe() => {
-                return Err(self.invalid("objective", "is required (a [objective] table with kind and target); only kind = \"probe\" runs without one"))
+                return Err(self.invalid(
+                    "objective",
+                    "is required (a [objective] table with kind and target); only kind = \"probe\" runs without one",
+                ))
             }
             None => {}
             Some(o) => {
@@ -190,17 +198,19 @@ impl Rig {
     /// Checks that need the model's dimensions.
     pub fn check_against_model(&self, dims: &crate::model::Dims, n_mapped_units: usize) -> Result<(), RigError> {
         if n_mapped_units != dims.n_units {
-            return Err(self.invalid(
-                "units",
-                format!("maps {n_mapped_units} model units but the model has {} units", dims.n_units),
-            ));
+            return Err(self.invalid("units", format!("maps {n_mapped_units} model units but the model has {} units", dims.n_units)));
         }
         if dims.latent > crate::MAX_LATENT || dims.embed > crate::MAX_EMBED || dims.control > crate::MAX_CONTROL {
             return Err(self.invalid(
                 "model.path",
                 format!(
                     "model dimensions d={} e={} m={} exceed neuroloop's limits d ≤ {}, e ≤ {}, m ≤ {}",
-                    dims.latent, dims.embed, dims.control, crate::MAX_LATENT, crate::MAX_EMBED, crate::MAX_CONTROL
+                    dims.latent,
+                    dims.embed,
+                    dims.control,
+                    crate::MAX_LATENT,
+                    crate::MAX_EMBED,
+                    crate::MAX_CONTROL
                 ),
             ));
         }
@@ -231,7 +241,9 @@ impl Rig {
         }
         if let Some(labels) = &self.output.control_labels {
             if labels.len() != dims.control {
-                return Err(self.invalid("output.control_labels", format!("has {} labels; the model has m = {}", labels.len(), dims.control)));
+                return Err(
+                    self.invalid("output.control_labels", format!("has {} labels; the model has m = {}", labels.len(), dims.control))
+                );
             }
         }
         Ok(())

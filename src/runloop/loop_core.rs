@@ -4,7 +4,7 @@
 
 use crate::backend::{Backend, BinInput, BinOutput};
 use crate::binning::BinTally;
-use crate::events::{LoopBin, ControlResult, Delivery, Proposal};
+use crate::events::{ControlResult, Delivery, LoopBin, Proposal};
 use crate::model::Dims;
 use crate::{MAX_CONTROL, MAX_EMBED, MAX_LATENT};
 
@@ -151,7 +151,8 @@ mod tests {
     /// the deadline.
     fn one_bin(core: &mut LoopCore, emit: &mut EmitCore, k: u64, has_data: bool, started_at: f64, done_at: f64) -> (LoopBin, Pushed, f64) {
         let deadline = 1.0;
-        let start = BinStart { bin: k, started_at, has_data, want_control: wants_control(started_at, deadline), u_prev_from: k.checked_sub(1) };
+        let start =
+            BinStart { bin: k, started_at, has_data, want_control: wants_control(started_at, deadline), u_prev_from: k.checked_sub(1) };
         let result = core.step(&start, &[3.0], &[0.0]);
         let delivery = delivery(start.want_control, done_at, deadline);
         let rec = core.loop_bin(&start, &result, &BinTally::default(), done_at, delivery);

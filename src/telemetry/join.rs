@@ -2,7 +2,7 @@
 //! simulator report for each bin. Telemetry runs it; the recorder's timing stream is written
 //! from what it joins, so the report and the recording account every bin the same way.
 
-use crate::events::{LoopBin, Emitted, TruthBin};
+use crate::events::{Emitted, LoopBin, TruthBin};
 use std::collections::BTreeMap;
 
 /// One bin's parts, as far as they came.

@@ -5,12 +5,14 @@
 
 use crate::clock::BinGrid;
 use crate::emit::EmitCounts;
-use crate::events::{LoopBin, Emitted, JoinedBin, LoopStatus, TruthBin};
+use crate::events::{Emitted, JoinedBin, LoopBin, LoopStatus, TruthBin};
 use crate::ingest::{IngestNotice, IngestStats};
-use crate::latency::{Stage, StageLatencies};
-use crate::schema::{fill_status_sample, status_channels, status_flags, status_stream_spec, StatusSample, MAX_STATUS_CHANNELS, OUTLET_LINGER_MS};
-use crate::tap::{FanOut, Tap};
 pub use crate::latency::Percentiles;
+use crate::latency::{Stage, StageLatencies};
+use crate::schema::{
+    fill_status_sample, status_channels, status_flags, status_stream_spec, StatusSample, MAX_STATUS_CHANNELS, OUTLET_LINGER_MS,
+};
+use crate::tap::{FanOut, Tap};
 use lsl::ExPushable;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,11 +22,11 @@ pub mod join;
 mod lateness;
 pub mod report;
 mod status_line;
-use join::{BinJoiner, Parts};
-pub use report::{IngestCounts, Reidentification, Report, Tracking};
-use lateness::InputLateness;
 pub use evaluation::{affine_r2, r_squared};
 use evaluation::{EvalRow, Evaluation};
+use join::{BinJoiner, Parts};
+use lateness::InputLateness;
+pub use report::{IngestCounts, Reidentification, Report, Tracking};
 
 /// What telemetry is fed through.
 pub struct TelemetryInputs {
@@ -74,7 +76,12 @@ impl TelemetryInputs {
 pub enum TrackingTarget {
     Latent(Vec<f64>),
     /// Target rates (Hz) with the observation model to turn true latents into rates.
-    Rates { target_hz: Vec<f64>, c: nalgebra::DMatrix<f64>, d: nalgebra::DVector<f64>, log_rate_max: f64 },
+    Rates {
+        target_hz: Vec<f64>,
+        c: nalgebra::DMatrix<f64>,
+        d: nalgebra::DVector<f64>,
+        log_rate_max: f64,
+    },
 }
 
 pub struct TelemetryConfig {

@@ -110,7 +110,9 @@ pub fn report(path: &Path) -> serde_json::Value {
 /// its output and its report.
 pub fn run_bins(rig: &Path, bins: u64, report_path: &Path, extra: &[&str]) -> (Output, serde_json::Value) {
     let bins = bins.to_string();
-    let out = run(&[&["run", "--rig", rig.to_str().unwrap(), "--bins", &bins, "--report", report_path.to_str().unwrap(), "--quiet"], extra].concat());
+    let out =
+        run(&[&["run", "--rig", rig.to_str().unwrap(), "--bins", &bins, "--report", report_path.to_str().unwrap(), "--quiet"], extra]
+            .concat());
     assert!(out.status.success(), "neuroloop run failed: {}", out.status);
     (out, report(report_path))
 }
@@ -119,7 +121,12 @@ pub fn run_bins(rig: &Path, bins: u64, report_path: &Path, extra: &[&str]) -> (O
 /// runs until `source_done` returns (the source has pushed all it will), then gets a Ctrl-C,
 /// so the run lasts as long as the input, however fast the machine. The run must succeed.
 /// Returns what `source_done` returned, the run's output and its report.
-pub fn run_until_source_done<T>(rig: &Path, report_path: &Path, extra: &[&str], source_done: impl FnOnce() -> T) -> (T, Output, serde_json::Value) {
+pub fn run_until_source_done<T>(
+    rig: &Path,
+    report_path: &Path,
+    extra: &[&str],
+    source_done: impl FnOnce() -> T,
+) -> (T, Output, serde_json::Value) {
     let child = spawn(&[&["run", "--rig", rig.to_str().unwrap(), "--report", report_path.to_str().unwrap(), "--quiet"], extra].concat());
     let done = source_done();
     let out = interrupt(child);
@@ -147,7 +154,11 @@ pub struct SimRig {
 
 impl SimRig {
     pub fn new(tag: &str) -> SimRig {
-        SimRig { spikes: unique(&format!("{tag}-spikes")), control: unique(&format!("{tag}-control")), status: unique(&format!("{tag}-status")) }
+        SimRig {
+            spikes: unique(&format!("{tag}-spikes")),
+            control: unique(&format!("{tag}-control")),
+            status: unique(&format!("{tag}-status")),
+        }
     }
 
     /// The simulator's true model, saved by the real CLI (`neuroloop sim --write-model`).

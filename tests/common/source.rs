@@ -31,7 +31,15 @@ pub fn wait_for_consumer(outlet: &lsl::StreamOutlet) {
 
 /// An outlet (as [`outlet`]) held open for `secs` on a thread of its own, pushing nothing: a
 /// stream for neuroloop to resolve and refuse at connect.
-pub fn hold_outlet(name: String, ty: &'static str, channels: u32, rate: f64, format: lsl::ChannelFormat, source_id: &'static str, secs: u64) -> JoinHandle<()> {
+pub fn hold_outlet(
+    name: String,
+    ty: &'static str,
+    channels: u32,
+    rate: f64,
+    format: lsl::ChannelFormat,
+    source_id: &'static str,
+    secs: u64,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let _outlet = outlet(&name, ty, channels, rate, format, source_id);
         std::thread::sleep(Duration::from_secs(secs));

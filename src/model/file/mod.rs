@@ -113,11 +113,9 @@ impl<'a> Reader<'a> {
         }
         let data: Vec<f64> = match view.dtype() {
             Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect(),
-            Dtype::F64 => view
-                .data()
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-                .collect(),
+            Dtype::F64 => {
+                view.data().chunks_exact(8).map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect()
+            }
             other => return Err(ModelFileError::WrongDtype { path, name: name.to_string(), dtype: format!("{other:?}") }),
         };
         if !data.iter().all(|v| v.is_finite()) {
@@ -357,10 +355,8 @@ impl ModelParams {
         self.validate_at(path)?;
         let fmt_err = |message: String| ModelFileError::Format { path: path.to_path_buf(), message };
         let tensors = self.named_tensors();
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .into_iter()
-            .map(|(name, shape, data)| (name, shape, data.iter().flat_map(|v| v.to_le_bytes()).collect()))
-            .collect();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+            tensors.into_iter().map(|(name, shape, data)| (name, shape, data.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
         let views = bytes
             .iter()
             .map(|(name, shape, b)| TensorView::new(Dtype::F64, shape.clone(), b).map(|v| (name.clone(), v)))
@@ -452,10 +448,19 @@ impl ModelParams {
         if let Some(p) = &self.policy {
             scalar("policy_scale", p.scale, true, "must be finite")?;
         }
-        if dims.n_units > crate::MAX_UNITS || dims.latent > crate::MAX_LATENT || dims.embed > crate::MAX_EMBED || dims.control > crate::MAX_CONTROL || dims.hidden > crate::MAX_HIDDEN {
+        if dims.n_units > crate::MAX_UNITS
+            || dims.latent > crate::MAX_LATENT
+            || dims.embed > crate::MAX_EMBED
+            || dims.control > crate::MAX_CONTROL
+            || dims.hidden > crate::MAX_HIDDEN
+        {
             return invalid(format!(
                 "dimensions {dims:?} exceed neuroloop's limits (N ≤ {}, d ≤ {}, e ≤ {}, m ≤ {}, h ≤ {})",
-                crate::MAX_UNITS, crate::MAX_LATENT, crate::MAX_EMBED, crate::MAX_CONTROL, crate::MAX_HIDDEN
+                crate::MAX_UNITS,
+                crate::MAX_LATENT,
+                crate::MAX_EMBED,
+                crate::MAX_CONTROL,
+                crate::MAX_HIDDEN
             ));
         }
         if self.task_library.len() > crate::MAX_TASKS {
