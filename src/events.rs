@@ -14,7 +14,8 @@ pub enum Proposal {
     /// No live input (a stream gap longer than `stall_ms`): the model predicted only.
     Gap,
     /// Live input, but no usable command: the bin started past its deadline (the controller
-    /// did not run) or the controller's result was not usable (e.g. not finite).
+    /// did not run), or the backend found the controller's result unusable (the GPU backend:
+    /// not finite). A backend reports a usable command only for a bin with live input.
     NoCommand,
 }
 

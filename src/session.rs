@@ -457,7 +457,10 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         report.notices.push(msg);
     }
     if let Some(r) = recorder {
-        let summary = r.finish();
+        let mut summary = r.finish();
+        // The timing rows are telemetry's joined bins: a record telemetry lost is a row's
+        // missing half.
+        summary.dropped_timing += report.telemetry_dropped;
         let samples: Vec<String> = summary.streams.iter().map(|s| format!("{} {}", s.name, s.samples)).collect();
         eprintln!("[neuroloop] recorded {} ({} bytes): {}", summary.path, summary.bytes, samples.join(", "));
         let lost = summary.dropped_input_samples

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 # ---------------------------------------------------------------------------------------
-# Model file (src/model/file.rs, `ModelParams::load`)
+# Model file (src/model/file/mod.rs, `ModelParams::load`)
 # ---------------------------------------------------------------------------------------
 
 FORMAT = "neuroloop-model"
@@ -156,7 +156,7 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def load_model(path: str) -> Model:
-    """src/model/file.rs `ModelParams::load`: same tensor names, metadata keys, defaults and
+    """src/model/file/mod.rs `ModelParams::load`: same tensor names, metadata keys, defaults and
     checks (shapes, finiteness, unknown tensor names, the all-or-none controller group,
     `format` / `format_version`, ranges of the constants)."""
     tensors, meta = read_safetensors(path)
@@ -242,7 +242,7 @@ def load_model(path: str) -> Model:
 
 
 # ---------------------------------------------------------------------------------------
-# Rig file settings (src/rig.rs and the serde Default impls)
+# Rig file settings (src/rig/sections.rs and the serde Default impls)
 # ---------------------------------------------------------------------------------------
 
 
@@ -287,7 +287,7 @@ class ControllerConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """src/rig.rs `ObjectiveConfig` (both keys required)."""
+    """src/rig/sections.rs `ObjectiveConfig` (both keys required)."""
 
     kind: str
     target: list
@@ -295,7 +295,7 @@ class ObjectiveConfig:
 
 @dataclass
 class SafetyConfig:
-    """src/rig.rs `SafetyConfig` (`enabled` defaults to true, `fallback_vector` to none)."""
+    """src/rig/sections.rs `SafetyConfig` (`enabled` defaults to true, `fallback_vector` to none)."""
 
     lower: list
     upper: list
@@ -307,7 +307,7 @@ class SafetyConfig:
 
 @dataclass
 class RigConfig:
-    """The parts of a rig file the model and controller read (src/rig.rs `Rig`)."""
+    """The parts of a rig file the model and controller read (src/rig/mod.rs `Rig`)."""
 
     path: str
     name: str
@@ -382,7 +382,7 @@ def load_rig_config(rig_toml_path: str) -> RigConfig:
 
 
 def broadcast(values, n: int, key: str = "value") -> np.ndarray:
-    """src/rig.rs `Rig::broadcast`: one value for all channels, or exactly n."""
+    """src/rig/mod.rs `Rig::broadcast`: one value for all channels, or exactly n."""
     if len(values) == 1:
         return np.full(n, float(values[0]))
     if len(values) == n:

@@ -116,7 +116,8 @@ pub struct RecordingSummary {
     pub dropped_truth: u64,
     /// Status samples lost the same way.
     pub dropped_status: u64,
-    /// Timing rows (joined bins) lost the same way.
+    /// Timing rows lost the same way, or written with the loop's or the emitter's half
+    /// missing because telemetry (which joins them) lost that record.
     pub dropped_timing: u64,
     /// A write error that stopped the recording early (the file holds what came before).
     pub error: Option<String>,
@@ -155,13 +156,13 @@ impl Recorder {
         let writer = XdfWriter::create(&setup.path, &file_header_body(&setup))
             .with_context(|| format!("cannot create the recording {}", setup.path.display()))?;
         // The counts ring holds `bins_capacity` bins, capped at 256 MiB for huge arrays.
+        let joined = Tap::new(bins_capacity);
         let bins_capacity = bins_capacity.min(((32usize << 20) / setup.n_units.max(1)).max(64));
         let (counts_prod, counts_cons) = ringbuf::HeapRb::<f64>::new(bins_capacity * setup.n_units.max(1)).split();
         let records = Tap::new(bins_capacity);
         let emitted = Tap::new(bins_capacity);
         let truth = setup.sim_truth_latent.map(|_| Tap::new(bins_capacity));
         let status = Tap::new(bins_capacity);
-        let joined = Tap::new(bins_capacity);
         let (conn_tx, conn_rx) = crossbeam_channel::unbounded();
         let input_dropped = Arc::new(AtomicU64::new(0));
         let taps = RecorderTaps {

@@ -14,7 +14,7 @@
 //!   offsets.
 //!
 //! As fast as possible by default; `--realtime` paces bins at Δ (and then, for a spike
-//! stream, a bin that starts or ends past its deadline gets the fallback, as live).
+//! stream, a bin whose computation ends past its deadline gets the fallback, as live).
 
 mod rebin;
 mod streams;
@@ -124,7 +124,7 @@ pub fn replay(path: &Path, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<Re
                     "the rig file {} is not the one the recording ran with (sha256 {} vs {}); a bit-for-bit match is not expected",
                     rig.path.display(),
                     &ours[..12],
-                    &sha[..sha.len().min(12)]
+                    sha.chars().take(12).collect::<String>()
                 );
                 eprintln!("[neuroloop] warning: {msg}");
                 notices.push(msg);
@@ -300,6 +300,7 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     let mut counts = vec![0.0f64; n];
     let mut report = empty_report(path, "recorded bins", mach.backend_name(), opts.realtime);
     let mut latent_diff: Option<f64> = None;
+    let mut emitter_unknown = 0u64;
     let mut progress = Progress { on: opts.status_line, last: clock::now(), total: n_bins as u64 };
     let start = clock::now();
     let pace_t0 = clock::now() + 0.05;
@@ -347,7 +348,9 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
             }
         }
         // The live emitter's side as recorded: the result reached it in time unless it
-        // missed the deadline.
+        // missed the deadline. A row without it (the record was lost) is assumed in time
+        // with the gate closed, and counted.
+        emitter_unknown += !t[c_miss].is_finite() as u64;
         let in_time = t[c_miss] != 1.0;
         let (pushed, cmd) = mach.emit(k as u64, result.as_ref(), in_time, t[c_en] == 1.0);
         let fallback = pushed.fallback();
@@ -375,6 +378,11 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     report.identical = (report.compared > 0).then_some(report.differing_bins == 0);
     report.latent_max_abs_difference = latent_diff;
     report.compute_us = mach.compute_us();
+    if emitter_unknown > 0 {
+        report.notices.push(format!(
+            "{emitter_unknown} bins' timing rows lack the emitter's decision (its record was lost while recording): replay assumed the result in time and the gate closed there, so those bins may differ"
+        ));
+    }
     let missing = n_bins as u64 - report.compared;
     if missing > 0 {
         report.notices.push(format!("{missing} bins have no recorded Control sample to compare"));
@@ -420,23 +428,23 @@ fn replay_spikes(path: &Path, streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOp
     let mut report = empty_report(path, &stream.name, mach.backend_name(), opts.realtime);
     let mut progress = Progress { on: opts.status_line, last: clock::now(), total: n_bins };
     let start = clock::now();
-    // Paced: bin k closes at pace_t0 + close(k), and its deadline follows as live.
+    // Paced: bin k closes at pace_t0 + close(k). Its computation is due `deadline_s` after
+    // it starts (a replay that falls behind is not charged for the backlog).
     let pace_t0 = clock::now() + 0.05 - clock.t0;
     for k in 0..n_bins {
         progress.tick(k);
-        let deadline = if opts.realtime { pace_t0 + clock.deadline(k) } else { f64::INFINITY };
         if opts.realtime {
             clock::sleep_until(pace_t0 + clock.close(k));
         }
         let started_at = clock::now();
+        let deadline = if opts.realtime { started_at + clock.deadline_s } else { f64::INFINITY };
         let ku = k as usize;
         let counts = &binned.counts[ku * n..(ku + 1) * n];
         let has_data = binned.has_data[ku];
-        // The previous bin's command drove this bin, as live.
-        let want_control = loop_core::wants_control(started_at, deadline);
-        let bin_start = BinStart { bin: k, started_at, has_data, want_control, u_prev_from: k.checked_sub(1) };
+        // The previous bin's command drove this bin, as live; the controller always runs.
+        let bin_start = BinStart { bin: k, started_at, has_data, want_control: true, u_prev_from: k.checked_sub(1) };
         let result = mach.step(&bin_start, counts, &last);
-        let in_time = loop_core::delivery(want_control, clock::now(), deadline).on_time();
+        let in_time = loop_core::delivery(true, clock::now(), deadline).on_time();
         let (pushed, cmd) = mach.emit(k, Some(&result), in_time, rig.safety.enabled);
         last.copy_from_slice(cmd);
         report.fallbacks += pushed.fallback() as u64;

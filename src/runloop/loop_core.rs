@@ -85,6 +85,8 @@ impl LoopCore {
     pub fn step(&mut self, s: &BinStart, counts: &[f64], u_prev: &[f64]) -> ControlResult {
         let input = BinInput { bin: s.bin, counts, u_prev, has_data: s.has_data, want_control: s.want_control };
         self.backend.step(&input, &mut self.out);
+        // The recorded `control_valid` is derived from the proposal (schema::timing_row).
+        debug_assert!(s.has_data || !self.out.control_valid, "a backend reported a command for a bin without live input");
         let mut result = ControlResult { bin: s.bin, u: [0.0; MAX_CONTROL], proposal: proposal(s.has_data, self.out.control_valid) };
         result.u[..self.dims.control].copy_from_slice(&self.out.u);
         result

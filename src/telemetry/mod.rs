@@ -133,7 +133,7 @@ pub struct Telemetry {
     last_line: f64,
 }
 
-/// Bins the joiner waits for a bin's missing parts: a second of bins, and at least 50.
+/// Bins the joiner waits for a bin's simulator truth: a second of bins, and at least 50.
 fn join_horizon(clock: &BinGrid) -> u64 {
     ((1.0 / clock.bin_s).ceil() as u64).max(50)
 }
