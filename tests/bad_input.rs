@@ -208,6 +208,8 @@ fn input_stamped_far_in_the_past_is_counted_stale_and_not_live() {
             pace.tick();
             outlet.push_sample_ex(&vec![(i % 96) as f32, 0.0], 1.0 + i as f64 * 0.005, true).unwrap();
         }
+        // Ingest pulls the last samples before the run is interrupted.
+        std::thread::sleep(std::time::Duration::from_secs(1));
         600u64
     });
     let (pushed, out, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &[], || pusher.join().unwrap());
@@ -238,6 +240,7 @@ fn input_that_always_arrives_late_gets_a_notice_with_the_grace_it_needs() {
             pace.tick();
             outlet.push_sample_ex(&vec![1.0f32; 96], lsl::local_clock() - 0.02, true).unwrap();
         }
+        std::thread::sleep(std::time::Duration::from_secs(1));
     });
     let ((), out, r) = run_until_source_done(&rig_path, &dir.path().join("report.json"), &[], || pusher.join().unwrap());
     // Those before bin 0 (the session's start-up) are counted apart; the rest are late.
