@@ -19,6 +19,7 @@ pub mod bench;
 pub mod binning;
 pub mod clock;
 pub mod control;
+pub mod control_plane;
 pub mod emit;
 pub mod events;
 pub mod fit;
