@@ -1,5 +1,5 @@
-//! The control plane (issue 15, in progress): how an operator acts on a running session.
-//! So far its command grammar ([`command`]), shared by every interface to come (HTTP,
-//! WebSocket, LSL Markers) and checked against the session before anything changes.
+//! The control plane: how an operator acts on a running session. So far its command
+//! grammar ([`command`]), shared by every interface to come (HTTP, WebSocket, LSL Markers)
+//! and checked against the session before anything changes.
 
 pub mod command;
