@@ -4,27 +4,51 @@
 //! later is dropped (never emitted). Everything pushed passes through [`Safety`].
 
 use crate::clock::{self, BinGrid};
-use crate::events::{ControlResult, Emitted, Pushed};
+use crate::events::{Applied, ControlResult, Emitted, EmitterCommand, Pushed};
 use crate::safety::Safety;
 use crate::schema::{control_stream_spec, OUTLET_LINGER_MS};
 use crate::tap::FanOut;
 use crate::MAX_CONTROL;
 use crossbeam_queue::ArrayQueue;
 use lsl::ExPushable;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// The loop ↔ emitter hand-offs (lock-free, preallocated).
+/// The emitter's hand-offs (lock-free, preallocated).
 pub struct EmitQueues {
     /// loop → emitter
     pub results: ArrayQueue<ControlResult>,
     /// emitter → loop (what was actually emitted, for the next bin's prediction)
     pub feedback: ArrayQueue<Emitted>,
+    /// control plane → emitter: commands (with their ids) applied before the next push.
+    pub commands: ArrayQueue<(u64, EmitterCommand)>,
+    /// emitter → control plane: the bin each command took effect at (the oldest are
+    /// overwritten when nobody reads them).
+    pub applied: ArrayQueue<Applied>,
 }
+
+/// Commands the emitter holds before it applies them (far more than an operator sends in a
+/// bin).
+pub const COMMAND_QUEUE: usize = 256;
 
 impl EmitQueues {
     pub fn new(capacity: usize) -> EmitQueues {
-        EmitQueues { results: ArrayQueue::new(capacity), feedback: ArrayQueue::new(capacity) }
+        EmitQueues {
+            results: ArrayQueue::new(capacity),
+            feedback: ArrayQueue::new(capacity),
+            commands: ArrayQueue::new(COMMAND_QUEUE),
+            applied: ArrayQueue::new(COMMAND_QUEUE),
+        }
+    }
+}
+
+/// Applies the commands waiting for the emitter before it pushes bin `k`: they take effect
+/// at bin k, and each one's reply says so. Never waits, never allocates.
+#[inline]
+pub fn apply_commands(queues: &EmitQueues, k: u64, enabled: &mut bool) {
+    while let Some((id, command)) = queues.commands.pop() {
+        *enabled = command == EmitterCommand::Arm;
+        queues.applied.force_push(Applied { id, at_bin: k });
     }
 }
 
@@ -47,7 +71,8 @@ pub struct EmitterSetup {
     pub source_id: String,
     pub labels: Vec<String>,
     pub safety: Safety,
-    pub enabled: Arc<AtomicBool>,
+    /// The enable gate at bin 0; `EmitQueues::commands` change it from a known bin on.
+    pub enabled: bool,
     pub queues: Arc<EmitQueues>,
     pub counts: Arc<EmitCounts>,
     /// Emit bins 0..end_bin; set lower (e.g. on stop) to end early.
@@ -88,6 +113,7 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
     let mut core = EmitCore::new(s.safety, m);
     let mut sample: Vec<f32> = vec![0.0; m];
     let mut pending: Option<ControlResult> = None;
+    let mut enabled = s.enabled;
     let (ch, counts) = (&s.queues, &s.counts);
     crate::hot::enter();
     let mut k: u64 = 0;
@@ -110,7 +136,7 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
                 Decision::Wait => clock::park_until(deadline),
             }
         };
-        let enabled = s.enabled.load(Ordering::Relaxed);
+        apply_commands(ch, k, &mut enabled);
         let out = core.command(pushed, used.as_ref(), enabled);
         for j in 0..m {
             sample[j] = out[j] as f32;
@@ -215,6 +241,25 @@ mod tests {
         u[0] = bin as f64;
         let proposal = if use_fallback { Proposal::Gap } else { Proposal::Command };
         ControlResult { bin, u, proposal }
+    }
+
+    /// Commands take effect at the bin about to be pushed, in order, each one's reply naming
+    /// that bin.
+    #[test]
+    fn commands_take_effect_at_the_next_bin_pushed() {
+        let q = EmitQueues::new(4);
+        let mut enabled = true;
+        apply_commands(&q, 0, &mut enabled);
+        assert!(enabled && q.applied.is_empty(), "nothing waiting, nothing changes");
+        q.commands.push((7, EmitterCommand::Disarm)).unwrap();
+        apply_commands(&q, 12, &mut enabled);
+        assert!(!enabled);
+        q.commands.push((8, EmitterCommand::Arm)).unwrap();
+        q.commands.push((9, EmitterCommand::Disarm)).unwrap();
+        apply_commands(&q, 13, &mut enabled);
+        assert!(!enabled, "the last command wins");
+        let replies: Vec<Applied> = std::iter::from_fn(|| q.applied.pop()).collect();
+        assert_eq!(replies, [Applied { id: 7, at_bin: 12 }, Applied { id: 8, at_bin: 13 }, Applied { id: 9, at_bin: 13 }]);
     }
 
     /// The deadline protocol, case by case.

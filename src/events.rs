@@ -6,6 +6,23 @@
 use crate::{MAX_CONTROL, MAX_EMBED, MAX_LATENT};
 use std::sync::atomic::AtomicU64;
 
+/// A command the emitter applies just before it pushes its next bin, so that it takes
+/// effect at a known bin: the control plane's route to what acts on what goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmitterCommand {
+    /// Open the enable gate.
+    Arm,
+    /// Close it: the safe zero goes out (rate-limited by the safety layer).
+    Disarm,
+}
+
+/// Command `id` took effect at bin `at_bin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub id: u64,
+    pub at_bin: u64,
+}
+
 /// What the loop proposes for a bin: a command, or (two reasons) the fallback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proposal {

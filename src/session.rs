@@ -8,7 +8,7 @@ use crate::backend::{cpu::CpuBackend, probe::ProbeBackend, Backend, BackendConfi
 use crate::clock;
 use crate::control::Objective;
 use crate::emit::{self, EmitCounts, EmitQueues, EmitterSetup};
-use crate::events::LoopStatus;
+use crate::events::{EmitterCommand, LoopStatus};
 use crate::ingest::{self, IngestSetup, IngestStats};
 use crate::model::{Dims, ModelParams};
 use crate::record::{Provenance, Recorder, RecorderSetup};
@@ -272,7 +272,6 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     let loop_status = Arc::new(LoopStatus::default());
     let mut queues =
         TelemetryInputs::new(queue_bins.max(1 << 14), emit_counts.clone(), ingest_stats.clone(), notice_rx, loop_status.clone());
-    let enabled = Arc::new(AtomicBool::new(rig.safety.enabled));
 
     // The clock's t0 is fixed now so the simulator and the loop share one bin grid.
     let t0 = clock::now() + rig.timing.start_delay_ms * 1e-3 + 1.0;
@@ -362,7 +361,8 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         source_id: source_id.clone(),
         labels,
         safety,
-        enabled: enabled.clone(),
+        // With an open/closed-loop schedule, the session starts open loop.
+        enabled: rig.safety.enabled && sim_cfg.as_ref().map_or(0, |s| s.open_loop_block_bins) == 0,
         queues: emit_queues.clone(),
         counts: emit_counts,
         end_bin: end_bin.clone(),
@@ -409,7 +409,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             ring: consumer,
             ingest: ingest_stats.clone(),
             stall_s: rig.input.stall_ms * 1e-3,
-            emit: emit_queues,
+            emit: emit_queues.clone(),
             emitter: emitter.thread().clone(),
             observers: FanOut::default().with(bins_q),
             end_bin: end_bin.clone(),
@@ -419,8 +419,11 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         loop_status.clone(),
     )?;
 
-    // Control plane: the enable gate's open/closed-loop schedule and Ctrl-C.
+    // Control plane: the simulated rig's open/closed-loop schedule (arm and disarm commands,
+    // each taking effect at the bin the emitter pushes next) and Ctrl-C.
     let block = sim_cfg.as_ref().map_or(0, |s| s.open_loop_block_bins);
+    let mut gate_sent = Some(rig.safety.enabled && block == 0);
+    let mut command_id = 0u64;
     while !loop_handle.is_finished() {
         let done = loop_status.bins_done.load(Ordering::Acquire);
         if interrupted.swap(false, Ordering::AcqRel) {
@@ -429,8 +432,15 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         }
         if let Some(blocks) = done.checked_div(block) {
             // Open loop first, then closed, alternating.
-            let closed = blocks % 2 == 1;
-            enabled.store(rig.safety.enabled && closed, Ordering::Relaxed);
+            let arm = rig.safety.enabled && blocks % 2 == 1;
+            if gate_sent != Some(arm) {
+                let command = if arm { EmitterCommand::Arm } else { EmitterCommand::Disarm };
+                // The queue holds far more than one command per 20 ms; a full one retries.
+                if emit_queues.commands.push((command_id, command)).is_ok() {
+                    gate_sent = Some(arm);
+                    command_id += 1;
+                }
+            }
         }
         // Coarse on purpose: every wake-up costs CPU the loop may need on a small machine.
         std::thread::sleep(std::time::Duration::from_millis(20));
