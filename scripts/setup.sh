@@ -6,7 +6,8 @@
 #     recorder the recording tests check neuroloop's XDF files against, and safetensors (the
 #     fit tests load a model file written from numpy with PyTorch's module names),
 #   - liblsl 1.18 copied from the pylsl wheel into .liblsl/, which .cargo/config.toml links,
-#   - rustfmt and clippy, if the toolchain lacks them.
+#   - rustfmt and clippy, if the toolchain lacks them,
+#   - Chromium (headless), for the dashboard's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,8 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # The wgpu backend and its tests need a Vulkan driver; Mesa's lavapipe runs the kernels on
 # the CPU when the machine has no GPU (CI).
+# The dashboard's browser test (tests/dashboard.rs) drives Debian's Chromium, headless.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
 [ -e /usr/lib/x86_64-linux-gnu/libvulkan.so.1 ] || ls /usr/lib/*/libvulkan.so.1 >/dev/null 2>&1 || need_apt+=(libvulkan1)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -4,7 +4,7 @@
 //! later is dropped (never emitted). Everything pushed passes through [`Safety`].
 
 use crate::clock::{self, BinGrid};
-use crate::events::{Applied, ControlResult, Emitted, EmitterCommand, Pushed};
+use crate::events::{Applied, ControlResult, Emitted, EmitterCommand, Pushed, COMMAND_QUEUE};
 use crate::safety::Safety;
 use crate::schema::{control_stream_spec, OUTLET_LINGER_MS};
 use crate::tap::FanOut;
@@ -27,10 +27,6 @@ pub struct EmitQueues {
     pub applied: ArrayQueue<Applied>,
 }
 
-/// Commands the emitter holds before it applies them (far more than an operator sends in a
-/// bin).
-pub const COMMAND_QUEUE: usize = 256;
-
 impl EmitQueues {
     pub fn new(capacity: usize) -> EmitQueues {
         EmitQueues {
@@ -45,9 +41,9 @@ impl EmitQueues {
 /// Applies the commands waiting for the emitter before it pushes bin `k`: they take effect
 /// at bin k, and each one's reply says so. Never waits, never allocates.
 #[inline]
-pub fn apply_commands(queues: &EmitQueues, k: u64, enabled: &mut bool) {
+pub fn apply_commands(queues: &EmitQueues, k: u64, core: &mut EmitCore, enabled: &mut bool) {
     while let Some((id, command)) = queues.commands.pop() {
-        *enabled = command == EmitterCommand::Arm;
+        core.apply(&command, enabled);
         queues.applied.force_push(Applied { id, at_bin: k });
     }
 }
@@ -136,7 +132,7 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
                 Decision::Wait => clock::park_until(deadline),
             }
         };
-        apply_commands(ch, k, &mut enabled);
+        apply_commands(ch, k, &mut core, &mut enabled);
         let out = core.command(pushed, used.as_ref(), enabled);
         for j in 0..m {
             sample[j] = out[j] as f32;
@@ -214,6 +210,22 @@ impl EmitCore {
         &self.out[..m]
     }
 
+    /// Applies a control-plane command (the live emitter through [`apply_commands`], replay
+    /// from the recording's commands stream). Never allocates.
+    pub fn apply(&mut self, command: &EmitterCommand, enabled: &mut bool) {
+        match command {
+            EmitterCommand::Arm => *enabled = true,
+            EmitterCommand::Disarm => *enabled = false,
+            EmitterCommand::SetLimits { lower, upper, max_step } => self.safety.set_limits(lower, upper, *max_step),
+            EmitterCommand::SetFallback { fallback, vector } => self.safety.set_fallback(*fallback, vector),
+        }
+    }
+
+    /// The safety layer as it is now (after any commands).
+    pub fn safety(&self) -> &Safety {
+        &self.safety
+    }
+
     /// The last command, padded to the record's width.
     pub fn last_full(&self) -> [f64; MAX_CONTROL] {
         self.last
@@ -234,6 +246,7 @@ pub fn command(safety: &Safety, proposal: &mut [f64], fallback: bool, last: &[f6
 mod tests {
     use super::*;
     use crate::events::Proposal;
+    use crate::rig::FallbackKind;
     use proptest::prelude::*;
 
     fn result(bin: u64, use_fallback: bool) -> ControlResult {
@@ -248,18 +261,34 @@ mod tests {
     #[test]
     fn commands_take_effect_at_the_next_bin_pushed() {
         let q = EmitQueues::new(4);
+        let mut core = EmitCore::new(Safety::for_tests(2, -1.0, 1.0, 0.5), 2);
         let mut enabled = true;
-        apply_commands(&q, 0, &mut enabled);
+        apply_commands(&q, 0, &mut core, &mut enabled);
         assert!(enabled && q.applied.is_empty(), "nothing waiting, nothing changes");
         q.commands.push((7, EmitterCommand::Disarm)).unwrap();
-        apply_commands(&q, 12, &mut enabled);
+        apply_commands(&q, 12, &mut core, &mut enabled);
         assert!(!enabled);
         q.commands.push((8, EmitterCommand::Arm)).unwrap();
         q.commands.push((9, EmitterCommand::Disarm)).unwrap();
-        apply_commands(&q, 13, &mut enabled);
+        apply_commands(&q, 13, &mut core, &mut enabled);
         assert!(!enabled, "the last command wins");
         let replies: Vec<Applied> = std::iter::from_fn(|| q.applied.pop()).collect();
         assert_eq!(replies, [Applied { id: 7, at_bin: 12 }, Applied { id: 8, at_bin: 13 }, Applied { id: 9, at_bin: 13 }]);
+        // Tighter limits and a new fallback act on the next command pushed.
+        let (mut lower, mut upper, mut vector) = ([0.0; MAX_CONTROL], [0.0; MAX_CONTROL], [0.0; MAX_CONTROL]);
+        lower[..2].copy_from_slice(&[-0.2, 0.0]);
+        upper[..2].copy_from_slice(&[0.2, 0.3]);
+        vector[..2].copy_from_slice(&[0.1, 0.2]);
+        q.commands.push((10, EmitterCommand::Arm)).unwrap();
+        q.commands.push((11, EmitterCommand::SetLimits { lower, upper, max_step: 0.25 })).unwrap();
+        q.commands.push((12, EmitterCommand::SetFallback { fallback: FallbackKind::Vector, vector })).unwrap();
+        apply_commands(&q, 14, &mut core, &mut enabled);
+        assert_eq!((core.safety().lower(), core.safety().upper(), core.safety().max_step()), (&[-0.2, 0.0][..], &[0.2, 0.3][..], 0.25));
+        let mut u = [0.0; MAX_CONTROL];
+        u[..2].copy_from_slice(&[5.0, 5.0]);
+        let r = ControlResult { bin: 14, u, proposal: crate::events::Proposal::Command };
+        assert_eq!(core.command(Pushed::Command, Some(&r), enabled), &[0.2, 0.25], "bounds, then the step from 0");
+        assert_eq!(core.command(Pushed::MissedDeadline, None, enabled), &[0.1, 0.2], "the fallback vector");
     }
 
     /// The deadline protocol, case by case.

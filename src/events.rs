@@ -1,19 +1,74 @@
 //! The per-bin records the stages hand on: the loop's [`LoopBin`] and [`ControlResult`],
 //! the emitter's [`Emitted`], the simulator's [`TruthBin`], and the loop's progress.
-//! Plain `Copy` data with no behaviour, so that stages and their observers (telemetry,
-//! recording, the control plane) share them without importing each other.
+//! Plain data with no behaviour (`Copy` but for a loop command's objective), so that stages
+//! and their observers (telemetry, recording, the control plane) share them without
+//! importing each other; and the commands the control plane sends the loop and the emitter.
 
+use crate::control::Objective;
+use crate::rig::FallbackKind;
 use crate::{MAX_CONTROL, MAX_EMBED, MAX_LATENT};
+use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::AtomicU64;
 
 /// A command the emitter applies just before it pushes its next bin, so that it takes
-/// effect at a known bin: the control plane's route to what acts on what goes out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// effect at a known bin: the control plane's route to what acts on what goes out. Fixed
+/// size, so queueing and applying one allocates nothing.
+// Sized for the largest command on purpose: boxing it would allocate per command.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum EmitterCommand {
     /// Open the enable gate.
     Arm,
     /// Close it: the safe zero goes out (rate-limited by the safety layer).
     Disarm,
+    /// New bounds (m values each) and maximum step, already checked to lie within the rig
+    /// file's (`control_plane::command`).
+    SetLimits { lower: [f64; MAX_CONTROL], upper: [f64; MAX_CONTROL], max_step: f64 },
+    /// A new fallback; `vector` (m values) is used by `Vector` only.
+    SetFallback { fallback: FallbackKind, vector: [f64; MAX_CONTROL] },
+}
+
+/// A command the loop applies at the start of a bin, before the backend steps it. An
+/// objective carries its target on the heap: it is built off the loop thread, and the
+/// objective it replaces goes back on [`LoopQueues::retired`] to be freed there.
+// Fixed-size limits on purpose: the loop must not free a boxed payload.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoopCommand {
+    SetObjective(Objective),
+    /// Hold the embedding on this library task (None: let task identification run).
+    LockTask(Option<usize>),
+    /// The bounds the controller plans within (m values each; the emitter's safety layer
+    /// gets the same bounds as an [`EmitterCommand::SetLimits`]).
+    SetLimits {
+        lower: [f64; MAX_CONTROL],
+        upper: [f64; MAX_CONTROL],
+    },
+}
+
+/// The loop's command hand-offs (lock-free, preallocated).
+pub struct LoopQueues {
+    /// control plane → loop
+    pub commands: ArrayQueue<(u64, LoopCommand)>,
+    /// loop → control plane: the bin each command took effect at, or why the backend
+    /// refused it.
+    pub applied: ArrayQueue<(Applied, Option<&'static str>)>,
+    /// loop → control plane: objectives replaced, to be dropped off the loop thread.
+    pub retired: ArrayQueue<Objective>,
+}
+
+/// Commands a queue holds before they are applied (far more than an operator sends in a
+/// bin).
+pub const COMMAND_QUEUE: usize = 256;
+
+impl Default for LoopQueues {
+    fn default() -> Self {
+        LoopQueues {
+            commands: ArrayQueue::new(COMMAND_QUEUE),
+            applied: ArrayQueue::new(COMMAND_QUEUE),
+            retired: ArrayQueue::new(COMMAND_QUEUE),
+        }
+    }
 }
 
 /// Command `id` took effect at bin `at_bin`.

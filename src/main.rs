@@ -38,6 +38,13 @@ enum Command {
         /// `neuroloop replay`).
         #[arg(long, value_name = "FILE.xdf")]
         record: Option<PathBuf>,
+        /// Serve the control plane (dashboard, HTTP API) here instead of the rig file's
+        /// `[control] listen` (default 127.0.0.1:7878; port 0 picks a free one).
+        #[arg(long, value_name = "ADDR:PORT", conflicts_with = "no_control")]
+        control: Option<String>,
+        /// No control plane: no dashboard, no HTTP API, no Markers commands.
+        #[arg(long)]
+        no_control: bool,
     },
     /// Run only the simulated rig of a rig file: publish spikes, take its Control stream.
     Sim {
@@ -210,9 +217,14 @@ fn main() -> ExitCode {
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { rig, bins, report, no_sim, quiet, record } => {
+        Command::Run { rig, bins, report, no_sim, quiet, record, control, no_control } => {
             let rig = Rig::load(&rig)?;
-            let opts = RunOptions { bins, report, with_sim: !no_sim, status_line: !quiet, record, ..Default::default() };
+            let control = match (no_control, control) {
+                (true, _) => None,
+                (false, Some(addr)) => Some(addr),
+                (false, None) => rig.control.enabled.then(|| rig.control.listen.clone()),
+            };
+            let opts = RunOptions { bins, report, with_sim: !no_sim, status_line: !quiet, record, control, ..Default::default() };
             let r = session::run(&rig, &opts)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(ExitCode::SUCCESS)

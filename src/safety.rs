@@ -41,7 +41,7 @@ impl Safety {
                 v.clone()
             }
         };
-        Ok(Safety { lower, upper, max_step: s.max_step, fallback: s.fallback.clone(), fallback_vector })
+        Ok(Safety { lower, upper, max_step: s.max_step, fallback: s.fallback, fallback_vector })
     }
 
     /// Bounds [lo, hi] on every channel, a maximum step and a "hold" fallback (tests of the
@@ -56,6 +56,33 @@ impl Safety {
     }
     pub fn upper(&self) -> &[f64] {
         &self.upper
+    }
+    pub fn max_step(&self) -> f64 {
+        self.max_step
+    }
+    pub fn fallback_kind(&self) -> FallbackKind {
+        self.fallback
+    }
+    pub fn fallback_vector(&self) -> &[f64] {
+        &self.fallback_vector
+    }
+
+    /// New bounds and maximum step (a run-time command; the control plane has checked that
+    /// they lie within the rig file's). Copies in place: never allocates.
+    pub fn set_limits(&mut self, lower: &[f64], upper: &[f64], max_step: f64) {
+        let m = self.lower.len();
+        self.lower.copy_from_slice(&lower[..m]);
+        self.upper.copy_from_slice(&upper[..m]);
+        self.max_step = max_step;
+    }
+
+    /// A new fallback (`vector`, m values, is used by `Vector` only). Never allocates.
+    pub fn set_fallback(&mut self, fallback: FallbackKind, vector: &[f64]) {
+        let m = self.fallback_vector.len();
+        self.fallback = fallback;
+        if fallback == FallbackKind::Vector {
+            self.fallback_vector.copy_from_slice(&vector[..m]);
+        }
     }
 
     /// The value nearest to zero inside the bounds (the safe "off" command).
@@ -141,7 +168,7 @@ mod properties {
                 // a fallback vector inside the bounds, as Safety::from_rig insists
                 let fallback_vector =
                     bounds.iter().enumerate().map(|(j, b)| b.0 + b.1 * (((seed >> (8 * j)) & 0xff) as f64 / 255.0)).collect();
-                let fallback = [FallbackKind::Hold, FallbackKind::Zero, FallbackKind::Vector][kind as usize].clone();
+                let fallback = [FallbackKind::Hold, FallbackKind::Zero, FallbackKind::Vector][kind as usize];
                 Safety { lower, upper, max_step, fallback, fallback_vector }
             },
         )

@@ -7,8 +7,11 @@ use crate::backend::gpu::GpuBackend;
 use crate::backend::{cpu::CpuBackend, probe::ProbeBackend, Backend, BackendConfig};
 use crate::clock;
 use crate::control::Objective;
+use crate::control_plane::http::{ControlServer, ServerSetup};
+use crate::control_plane::markers::MarkersSetup;
+use crate::control_plane::{Dispatcher, DispatcherSetup, Request, SessionLimits, Settings, Source};
 use crate::emit::{self, EmitCounts, EmitQueues, EmitterSetup};
-use crate::events::{EmitterCommand, LoopStatus};
+use crate::events::{LoopQueues, LoopStatus};
 use crate::ingest::{self, IngestSetup, IngestStats};
 use crate::model::{Dims, ModelParams};
 use crate::record::{Provenance, Recorder, RecorderSetup};
@@ -42,6 +45,9 @@ pub struct RunOptions {
     pub interval_log: Option<PathBuf>,
     /// Record the session to this XDF file (src/record).
     pub record: Option<PathBuf>,
+    /// Serve the control plane (dashboard, HTTP API, Markers commands) on this address
+    /// (None: no control plane).
+    pub control: Option<String>,
 }
 
 /// What a session runs per bin: a model, or (an identification session) the probe.
@@ -180,6 +186,7 @@ pub fn backend(rig: &Rig, params: ModelParams) -> anyhow::Result<Box<dyn Backend
 /// Sets the stop flags when dropped (an early `?` return from [`run`]).
 struct StopOnDrop {
     stop: Arc<AtomicBool>,
+    markers_stop: Arc<AtomicBool>,
     sim_stop: Arc<AtomicBool>,
     end_bin: Arc<AtomicU64>,
 }
@@ -187,6 +194,7 @@ struct StopOnDrop {
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.markers_stop.store(true, Ordering::Release);
         self.sim_stop.store(true, Ordering::Release);
         self.end_bin.store(0, Ordering::Release);
     }
@@ -197,6 +205,8 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     if let Some(path) = &opts.report {
         crate::ensure_writable(path, "report")?;
     }
+    // A busy port or a missing token stops the run before anything starts.
+    let control_listener = opts.control.as_deref().map(|addr| crate::control_plane::bind(rig, addr)).transpose()?;
     let model = SessionModel::resolve(rig)?;
     let model_source = model.source();
     let dims = model.dims();
@@ -230,9 +240,22 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         });
     }
     let safety = Safety::from_rig(rig, dims.control)?;
+    let tasks = model.params().map_or(0, |p| p.task_library.len());
     // Fault injection (rig [fault]) wraps the backend; the loop itself has no test branch.
     let backend = crate::backend::fault::SlowEvery::wrap(model.backend(rig)?, &rig.fault);
     let backend_name = backend.name().to_string();
+    let session_limits = SessionLimits {
+        n_units: dims.n_units,
+        latent: dims.latent,
+        control: dims.control,
+        tasks,
+        lower: safety.lower().to_vec(),
+        upper: safety.upper().to_vec(),
+        max_step: safety.max_step(),
+        probe: rig.is_probe(),
+        lock_refusal: (tasks > 0 && !backend.can_lock_task())
+            .then(|| format!("the {backend_name} backend cannot hold the embedding on a task; lock_task runs on backend = \"cpu\"")),
+    };
     eprintln!(
         "[neuroloop] liblsl {}; rig '{}': N={} d={} e={} m={}, Δ={} ms, grace {} ms, deadline {} ms, backend {}, model: {}",
         lsl::library_version(),
@@ -254,7 +277,9 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     // On an early error return, threads already started wind down instead of running on.
     // The simulated rig stops last, so the ingest never sees it vanish at the end of a run.
     let sim_stop = Arc::new(AtomicBool::new(false));
-    let _stop_guard = StopOnDrop { stop: stop.clone(), sim_stop: sim_stop.clone(), end_bin: end_bin.clone() };
+    let markers_stop = Arc::new(AtomicBool::new(false));
+    let _stop_guard =
+        StopOnDrop { stop: stop.clone(), markers_stop: markers_stop.clone(), sim_stop: sim_stop.clone(), end_bin: end_bin.clone() };
     {
         let interrupted = interrupted.clone();
         // Only one handler per process; a second session in the same process keeps the first.
@@ -268,6 +293,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     // thread loses nothing.
     let queue_bins = ((4.0 / bin_s).ceil() as usize).max(1024);
     let emit_queues = Arc::new(EmitQueues::new(queue_bins));
+    let loop_queues = Arc::new(LoopQueues::default());
     let emit_counts = Arc::new(EmitCounts::default());
     let loop_status = Arc::new(LoopStatus::default());
     let mut queues =
@@ -282,6 +308,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     // created now: a path that cannot be written stops the run before it starts.
     let mut recorder = None;
     let mut taps = None;
+    let mut journal = None;
     let source_id = rig.source_id();
     let labels = rig.output.control_labels_or_default(dims.control);
     if let Some(path) = &opts.record {
@@ -308,6 +335,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             sim_truth_latent: rig.sim.as_ref().filter(|_| opts.with_sim).map(|s| s.latent_dim),
         };
         let (r, t) = Recorder::start(setup, queue_bins)?;
+        journal = Some(t.commands.clone());
         eprintln!("[neuroloop] recording to {}", path.display());
         recorder = Some(r);
         taps = Some(t);
@@ -333,6 +361,12 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         })?);
     }
 
+    let live = control_listener.as_ref().map(|_| {
+        let (tap, reader) = crate::tap::BinTap::pair(queue_bins, dims.n_units);
+        let shared = Arc::new(crate::telemetry::live::LiveShared::default());
+        queues.live = Some(crate::telemetry::live::LiveInputs { shared: shared.clone(), counts: reader, n_units: dims.n_units });
+        (shared, tap)
+    });
     let (input_tap, bin_tap, emitted_tap) = match taps {
         Some(t) => {
             queues.status_observers = FanOut::default().with(t.status);
@@ -362,18 +396,22 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         labels,
         safety,
         // With an open/closed-loop schedule, the session starts open loop.
-        enabled: rig.safety.enabled && sim_cfg.as_ref().map_or(0, |s| s.open_loop_block_bins) == 0,
+        enabled: sim_cfg
+            .as_ref()
+            .map_or(rig.safety.enabled, |s| sim::GateSchedule::new(s.open_loop_block_bins, rig.safety.enabled).initial()),
         queues: emit_queues.clone(),
         counts: emit_counts,
         end_bin: end_bin.clone(),
         observers: FanOut::default().with(queues.emitted.clone()).with_opt(emitted_tap),
     })?;
     let bins_q = queues.bins.clone();
+    let (live_shared, live_tap) = live.unzip();
     let telemetry_stop = Arc::new(AtomicBool::new(false));
     let telemetry_cfg = TelemetryConfig {
         clock: bin_clock,
         latent: dims.latent,
         embed: dims.embed,
+        control: dims.control,
         truth_latent: sim_cfg.as_ref().map_or(dims.latent, |s| s.latent_dim),
         status_stream: Some((rig.output.status_name.clone(), format!("{source_id}-status"))),
         status_line: opts.status_line,
@@ -382,7 +420,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         target,
         settle_bins: 50,
         rig_name: rig.name.clone(),
-        backend: backend_name,
+        backend: backend_name.clone(),
         warmup_bins: opts.warmup_bins,
         keep_series: opts.keep_series,
         interval_log: opts.interval_log.clone(),
@@ -410,36 +448,81 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             ingest: ingest_stats.clone(),
             stall_s: rig.input.stall_ms * 1e-3,
             emit: emit_queues.clone(),
+            commands: loop_queues.clone(),
             emitter: emitter.thread().clone(),
             observers: FanOut::default().with(bins_q),
             end_bin: end_bin.clone(),
             lookahead_bins: rig.timing.lookahead_bins(),
-            with_counts: bin_tap,
+            with_counts: bin_tap.into_iter().chain(live_tap).collect(),
         },
         loop_status.clone(),
     )?;
 
-    // Control plane: the simulated rig's open/closed-loop schedule (arm and disarm commands,
-    // each taking effect at the bin the emitter pushes next) and Ctrl-C.
-    let block = sim_cfg.as_ref().map_or(0, |s| s.open_loop_block_bins);
-    let mut gate_sent = Some(rig.safety.enabled && block == 0);
-    let mut command_id = 0u64;
+    // Control plane: every command takes effect at a known bin, through the loop's and the
+    // emitter's queues, and is journaled into the recording. Its clients here: Ctrl-C and the
+    // simulated rig's open/closed-loop schedule.
+    let settings = Settings {
+        objective_kind: rig.objective.as_ref().filter(|_| !rig.is_probe()).map(|o| o.kind),
+        objective_target: match rig.objective.as_ref().filter(|_| !rig.is_probe()) {
+            Some(o) if o.kind == ObjectiveKind::Rates => rig.broadcast("objective.target", &o.target, dims.n_units)?,
+            Some(o) => o.target.clone(),
+            None => Vec::new(),
+        },
+        locked_task: None,
+        lower: session_limits.lower.clone(),
+        upper: session_limits.upper.clone(),
+        max_step: session_limits.max_step,
+        fallback: rig.safety.fallback,
+        fallback_vector: rig.safety.fallback_vector.clone().unwrap_or_else(|| vec![0.0; dims.control]),
+        armed: sim_cfg
+            .as_ref()
+            .map_or(rig.safety.enabled, |s| sim::GateSchedule::new(s.open_loop_block_bins, rig.safety.enabled).initial()),
+    };
+    let config = crate::control_plane::session_config(rig, &session_limits, &backend_name, &model_source);
+    let dispatcher = Arc::new(Dispatcher::new(DispatcherSetup {
+        limits: session_limits,
+        clock: bin_clock,
+        loop_queues,
+        emit_queues: emit_queues.clone(),
+        end_bin: end_bin.clone(),
+        status: loop_status.clone(),
+        journal: journal.take(),
+        rate_per_s: rig.control.max_commands_per_s,
+        settings,
+    }));
+    let control_plane = match (control_listener, live_shared) {
+        (Some((listener, token)), Some(live)) => {
+            let server = ControlServer::start(ServerSetup { listener, dispatcher: dispatcher.clone(), live, config, token })?;
+            eprintln!(
+                "[neuroloop] control plane: dashboard http://{}/ (API: /api/status, /api/config, /api/commands, /api/stream)",
+                server.addr
+            );
+            let markers = crate::control_plane::markers::start(MarkersSetup {
+                name: rig.control.markers_name_or_default(&rig.name),
+                source_id: format!("{source_id}-replies"),
+                dispatcher: dispatcher.clone(),
+                stop: markers_stop.clone(),
+            })?;
+            eprintln!(
+                "[neuroloop] control plane: commands also on the LSL Markers stream '{}' (replies on '{}')",
+                rig.control.markers_name_or_default(&rig.name),
+                crate::control_plane::markers::replies_name(&rig.control.markers_name_or_default(&rig.name))
+            );
+            Some((server, markers))
+        }
+        _ => None,
+    };
+    let mut schedule = sim_cfg.as_ref().map(|s| sim::GateSchedule::new(s.open_loop_block_bins, rig.safety.enabled));
     while !loop_handle.is_finished() {
         let done = loop_status.bins_done.load(Ordering::Acquire);
         if interrupted.swap(false, Ordering::AcqRel) {
             eprintln!("[neuroloop] interrupted: finishing bin {done} and writing the report");
-            end_bin.fetch_min(done + 1, Ordering::AcqRel);
+            let _ = dispatcher.submit(Source::Signal, Request::Stop);
         }
-        if let Some(blocks) = done.checked_div(block) {
-            // Open loop first, then closed, alternating.
-            let arm = rig.safety.enabled && blocks % 2 == 1;
-            if gate_sent != Some(arm) {
-                let command = if arm { EmitterCommand::Arm } else { EmitterCommand::Disarm };
-                // The queue holds far more than one command per 20 ms; a full one retries.
-                if emit_queues.commands.push((command_id, command)).is_ok() {
-                    gate_sent = Some(arm);
-                    command_id += 1;
-                }
+        if let Some(request) = schedule.as_mut().and_then(|s| s.due(done)) {
+            if dispatcher.submit(Source::Schedule, request).is_err() {
+                // The session is ending; the schedule has nothing left to do.
+                schedule = None;
             }
         }
         // Coarse on purpose: every wake-up costs CPU the loop may need on a small machine.
@@ -458,6 +541,13 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     telemetry_stop.store(true, Ordering::Release);
     let mut report = telemetry_handle.join().map_err(|_| anyhow::anyhow!("the telemetry thread panicked"))?;
     report.device_errors = loop_end.backend.stats().device_errors;
+    if let Some((server, markers)) = control_plane {
+        // After telemetry's last frame, so that the dashboard shows how the session ended.
+        server.stop();
+        markers_stop.store(true, Ordering::Release);
+        let _ = markers.join();
+    }
+    report.commands = dispatcher.counts();
     if report.device_errors > 0 {
         let msg = format!(
             "the {} backend failed on {} bins (each got the fallback; their x and z are NaN)",

@@ -34,6 +34,45 @@ pub fn truth_model(cfg: &SimConfig, bin_s: f64) -> ModelParams {
     ModelParams::synthetic(dims, cfg.tasks, bin_s, cfg.seed)
 }
 
+/// The simulated rig's open/closed-loop schedule (`[sim] open_loop_block_bins`): blocks of
+/// B bins, open loop first (gate closed), then closed, alternating — so a session measures
+/// what control does against what the population does on its own. A client of the control
+/// plane: it asks for `arm` and `disarm` like an operator (session.rs).
+pub struct GateSchedule {
+    block: u64,
+    armed: bool,
+    /// The gate as last asked for.
+    sent: bool,
+}
+
+impl GateSchedule {
+    /// `armed`: the rig file's `safety.enabled` (false: the gate never opens).
+    pub fn new(block: u64, armed: bool) -> GateSchedule {
+        let mut s = GateSchedule { block, armed, sent: false };
+        s.sent = s.initial();
+        s
+    }
+
+    /// The gate at bin 0.
+    pub fn initial(&self) -> bool {
+        self.armed && self.block == 0
+    }
+
+    /// The command due once `bins_done` bins are done, if the gate is to change.
+    pub fn due(&mut self, bins_done: u64) -> Option<crate::control_plane::Request> {
+        let blocks = bins_done.checked_div(self.block)?;
+        let want = self.armed && blocks % 2 == 1;
+        (want != self.sent).then(|| {
+            self.sent = want;
+            if want {
+                crate::control_plane::Request::Arm
+            } else {
+                crate::control_plane::Request::Disarm
+            }
+        })
+    }
+}
+
 /// How long after the controller's deadline for bin j−1 the simulator takes u_{j−1}.
 const STEP_MARGIN_S: f64 = 0.5e-3;
 

@@ -81,7 +81,20 @@ pub struct BinTap {
     pub(crate) n_units: usize,
 }
 
+/// The observer's end of a [`BinTap`]: each record, and its counts in the same order.
+pub struct BinTapReader {
+    pub records: Tap<LoopBin>,
+    pub counts: ringbuf::HeapCons<f64>,
+}
+
 impl BinTap {
+    /// A tap holding `capacity` bins of N = `n_units` counts, and its reader.
+    pub fn pair(capacity: usize, n_units: usize) -> (BinTap, BinTapReader) {
+        let records = Tap::new(capacity);
+        let (counts, reader) = ringbuf::HeapRb::<f64>::new(capacity.max(1) * n_units.max(1)).split();
+        (BinTap { records: records.clone(), counts, n_units }, BinTapReader { records, counts: reader })
+    }
+
     /// Never waits, never allocates. The loop is the only producer of both, so room seen
     /// here is still there when it pushes.
     #[inline]

@@ -166,3 +166,56 @@ fn backends_that_claim_an_allocation_free_step_do_not_allocate() {
     neuroloop::hot::leave();
     assert_eq!(my_hot_allocs() - before, 0, "the probe allocated in step");
 }
+
+/// The hot path stays allocation-free with the control plane on: a dashboard client on the
+/// WebSocket the whole run, and every kind of command applied by the loop and the emitter
+/// (objectives of both kinds, a task lock and unlock, tighter limits, a new fallback, the
+/// gate), with the recording on.
+#[test]
+fn hot_path_does_not_allocate_with_the_control_plane_and_a_websocket_client() {
+    let start = neuroloop::hot::hot_allocations();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = common::SimRig::new("alloc-control");
+    let text = sim.toml("lqr", "events", "events", "", "[model.task_id]\nenabled = true");
+    let rig = Rig::load(&common::write(dir.path(), "rig.toml", &text)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let xdf = dir.path().join("run.xdf");
+    let opts = RunOptions { bins: Some(800), with_sim: true, record: Some(xdf), control: Some(addr.clone()), ..Default::default() };
+    let session = std::thread::spawn(move || session::run(&rig, &opts).unwrap());
+    let status = format!("http://{addr}/api/status");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while common::http_get_ok(&status).is_none() {
+        assert!(std::time::Instant::now() < until, "the control plane never answered");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/api/stream")).expect("WebSocket");
+    let reader = std::thread::spawn(move || {
+        let mut frames = 0u64;
+        while let Ok(m) = ws.read() {
+            frames += m.is_text() as u64;
+        }
+        frames
+    });
+    let commands = [
+        r#"{"command": "set_objective", "kind": "latent", "target": [0.1, -0.1, 0.0, 0.2]}"#,
+        r#"{"command": "lock_task", "task": 1}"#,
+        r#"{"command": "unlock_task"}"#,
+        r#"{"command": "set_objective", "kind": "rates", "target": [10.0]}"#,
+        r#"{"command": "set_limits", "upper": [0.6], "max_step": 0.2}"#,
+        r#"{"command": "set_fallback", "fallback": "vector", "vector": [0.1, 0.0, 0.1, 0.0]}"#,
+        r#"{"command": "disarm"}"#,
+        r#"{"command": "arm"}"#,
+    ];
+    for c in commands {
+        let (code, reply) = common::http_post(&format!("http://{addr}/api/commands"), c);
+        assert_eq!(code, 202, "{c}: {reply}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let report = session.join().unwrap();
+    let frames = reader.join().unwrap();
+    assert_eq!(report.bins, 800);
+    assert_eq!(report.commands.accepted, commands.len() as u64);
+    assert!(frames > 10, "the WebSocket client got {frames} frames");
+    assert_eq!(neuroloop::hot::hot_allocations() - start, 0, "the loop or emitter allocated on the hot path with the control plane on");
+}

@@ -226,18 +226,18 @@ fn gpu_backend_switches_objective_between_latent_and_rates() {
     let to_rates = Objective::Rates(DVector::from_element(dims.n_units, 12.0));
     let to_latent = Objective::Latent(DVector::from_vec(vec![0.3, -0.3, 0.2, -0.1]));
     // Switched before the first bin: identical to a backend started with that objective.
-    switched.set_objective(to_rates.clone());
+    switched.set_objective(to_rates.clone()).unwrap();
     let mut there_and_back = load(latent).1;
-    there_and_back.set_objective(to_rates.clone());
-    there_and_back.set_objective(to_latent.clone());
+    there_and_back.set_objective(to_rates.clone()).unwrap();
+    there_and_back.set_objective(to_latent.clone()).unwrap();
     assert_eq!(run(&mut switched, 0..6), run(&mut fresh_rates, 0..6), "latent → rates");
     assert_eq!(run(&mut there_and_back, 0..6), run(&mut fresh_latent, 0..6), "latent → rates → latent");
     // Switched mid-run: from then on it no longer follows the rate objective.
-    switched.set_objective(to_latent);
+    switched.set_objective(to_latent).unwrap();
     assert_ne!(run(&mut switched, 6..12), run(&mut fresh_rates, 6..12), "the rate objective must have been left");
-    // An objective that does not fit the model is ignored, as on the CPU backend.
-    fresh_latent.set_objective(Objective::Rates(DVector::from_element(3, 1.0)));
-    fresh_latent.set_objective(Objective::Latent(DVector::from_element(dims.latent, f64::NAN)));
+    // An objective that does not fit the model is refused (and changes nothing), as on the CPU backend.
+    assert!(fresh_latent.set_objective(Objective::Rates(DVector::from_element(3, 1.0))).is_err());
+    assert!(fresh_latent.set_objective(Objective::Latent(DVector::from_element(dims.latent, f64::NAN))).is_err());
     assert_eq!(run(&mut fresh_latent, 6..12), run(&mut there_and_back, 6..12));
 }
 

@@ -30,6 +30,11 @@ pub struct CpuBackend {
     limits: ActuationLimits,
     u_prev: DVector<f64>,
     u: DVector<f64>,
+    /// The library task the embedding is held on (`lock_task`): no embedding update and no
+    /// task identification while it is set.
+    locked: Option<usize>,
+    /// A lock's jump, reported as the next bin's `task_jump`.
+    lock_jump: Option<usize>,
 }
 
 impl CpuBackend {
@@ -52,6 +57,8 @@ impl CpuBackend {
             limits: ActuationLimits { lo: DVector::from_column_slice(&cfg.lower), hi: DVector::from_column_slice(&cfg.upper) },
             u_prev: DVector::zeros(dims.control),
             u: DVector::zeros(dims.control),
+            locked: None,
+            lock_jump: None,
             z,
             theta,
             hyper,
@@ -73,16 +80,18 @@ impl Backend for CpuBackend {
         let p = &self.params;
         self.u_prev.as_mut_slice().copy_from_slice(input.u_prev);
         self.filter.predict(p, &self.theta, &self.u_prev, input.bin);
-        out.task_jump = None;
+        out.task_jump = self.lock_jump.take();
         out.embed_step = 0.0;
         if input.has_data {
             out.loglik = self.filter.update(p, &self.theta, &self.u_prev, input.counts, input.bin);
             let x_prev = self.filter.x_prev();
-            if self.embed_cfg.enabled {
+            if self.locked.is_some() {
+                // Held on a task: the embedding stays where the lock put it.
+            } else if self.embed_cfg.enabled {
                 out.embed_step = self.embed.step(p, &mut self.z, &mut self.theta, x_prev, &self.u_prev, input.counts, &mut self.hyper);
                 // re-decodes θ(z) for the next bin
             }
-            if let Some(tid) = &mut self.taskid {
+            if let Some(tid) = self.taskid.as_mut().filter(|_| self.locked.is_none()) {
                 if let Some(j) = tid.score(p, x_prev, &self.u_prev, input.counts, out.loglik) {
                     self.z.copy_from(&p.task_library[j]);
                     p.hypernet.decode(&self.z, &mut self.theta, &mut self.hyper);
@@ -107,10 +116,51 @@ impl Backend for CpuBackend {
         out.z.copy_from_slice(self.z.as_slice());
     }
 
-    fn set_objective(&mut self, objective: Objective) {
-        if self.controller.set_objective(&objective, &self.params).is_ok() {
-            self.objective = objective;
+    fn set_objective(&mut self, mut objective: Objective) -> Result<Objective, (Objective, &'static str)> {
+        // Validates (allocation-free) and primes the controller's target cache now, so the
+        // conversion does not land on the next bin's budget.
+        if self.controller.set_objective(&objective, &self.params).is_err() {
+            return Err((objective, "the objective does not fit the model (its length, or a value that is not finite)"));
         }
+        std::mem::swap(&mut self.objective, &mut objective);
+        Ok(objective)
+    }
+
+    fn lock_task(&mut self, task: Option<usize>) -> Result<(), &'static str> {
+        let p = &self.params;
+        match task {
+            Some(j) if j >= p.task_library.len() => Err("no such library task"),
+            Some(j) => {
+                self.z.copy_from(&p.task_library[j]);
+                p.hypernet.decode(&self.z, &mut self.theta, &mut self.hyper);
+                self.embed.reset();
+                if let Some(tid) = &mut self.taskid {
+                    tid.reset();
+                    tid.set_active(Some(j));
+                }
+                self.locked = Some(j);
+                self.lock_jump = Some(j);
+                Ok(())
+            }
+            None => {
+                // Identification starts over from the held task: its windows are stale.
+                if let Some(tid) = &mut self.taskid {
+                    tid.reset();
+                }
+                self.locked = None;
+                Ok(())
+            }
+        }
+    }
+
+    fn can_lock_task(&self) -> bool {
+        !self.params.task_library.is_empty()
+    }
+
+    fn set_limits(&mut self, lower: &[f64], upper: &[f64]) {
+        let m = self.params.dims.control;
+        self.limits.lo.as_mut_slice().copy_from_slice(&lower[..m]);
+        self.limits.hi.as_mut_slice().copy_from_slice(&upper[..m]);
     }
 }
 

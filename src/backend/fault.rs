@@ -36,8 +36,17 @@ impl Backend for SlowEvery {
             crate::clock::sleep_until(crate::clock::now() + self.extra_s);
         }
     }
-    fn set_objective(&mut self, objective: Objective) {
+    fn set_objective(&mut self, objective: Objective) -> Result<Objective, (Objective, &'static str)> {
         self.inner.set_objective(objective)
+    }
+    fn lock_task(&mut self, task: Option<usize>) -> Result<(), &'static str> {
+        self.inner.lock_task(task)
+    }
+    fn set_limits(&mut self, lower: &[f64], upper: &[f64]) {
+        self.inner.set_limits(lower, upper)
+    }
+    fn can_lock_task(&self) -> bool {
+        self.inner.can_lock_task()
     }
     fn step_allocates(&self) -> bool {
         self.inner.step_allocates()

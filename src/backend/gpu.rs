@@ -358,11 +358,9 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         BackendStats { device_errors: self.device_errors }
     }
 
-    fn set_objective(&mut self, objective: Objective) {
-        // Like the CPU backend, an objective that does not fit the model is ignored
-        // (rig files are validated at load; this is the run-time path).
+    fn set_objective(&mut self, objective: Objective) -> Result<Objective, (Objective, &'static str)> {
         if objective.validate(&self.dims).is_err() {
-            return;
+            return Err((objective, "the objective does not fit the model (its length, or a value that is not finite)"));
         }
         let mut target = ObjectiveTarget::new(&self.dims);
         target.sync(&objective, &self.params);
@@ -373,5 +371,15 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         self.device.write_mem(tr, &f(&target.rates));
         self.device.write_mem(rs, &f(&target.rate_scale));
         self.device.set_rate_objective(target.is_rates());
+        // The device holds the target; the host keeps no objective to hand back but this one.
+        Ok(objective)
+    }
+
+    fn set_limits(&mut self, lower: &[f64], upper: &[f64]) {
+        let l = &self.device.layout;
+        let m = self.dims.control;
+        let f = |v: &[f64]| v[..m].iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        self.device.write_mem(l.at(lay::O_LO), &f(lower));
+        self.device.write_mem(l.at(lay::O_HI), &f(upper));
     }
 }

@@ -91,8 +91,29 @@ pub trait Backend: Send {
     fn name(&self) -> &'static str;
     fn dims(&self) -> Dims;
     fn step(&mut self, input: &BinInput, out: &mut BinOutput);
-    /// Change the controller's objective (control plane; may allocate).
-    fn set_objective(&mut self, objective: Objective);
+    /// Change the controller's objective, effective from the next `step` (the loop applies
+    /// control-plane commands between bins); hands back the objective it replaces, so that
+    /// the loop can pass it on to be freed elsewhere. Held to the same allocation rule as
+    /// `step`. An objective that does not fit the model is refused and handed back (the
+    /// control plane checks it before it gets here).
+    fn set_objective(&mut self, objective: Objective) -> Result<Objective, (Objective, &'static str)>;
+    /// Hold the embedding on library task `task` (task identification and the online
+    /// embedding update pause), or with None let them run again from there. Held to the
+    /// same allocation rule as `step`.
+    fn lock_task(&mut self, task: Option<usize>) -> Result<(), &'static str> {
+        let _ = task;
+        Err("this backend cannot hold a task")
+    }
+    /// The bounds the controller plans within (m values each); the emitter's safety layer
+    /// enforces them on what goes out either way. Held to the same allocation rule as `step`.
+    fn set_limits(&mut self, lower: &[f64], upper: &[f64]) {
+        let _ = (lower, upper);
+    }
+    /// Whether [`Backend::lock_task`] is supported (the control plane refuses `lock_task`
+    /// up front otherwise).
+    fn can_lock_task(&self) -> bool {
+        false
+    }
     /// Whether `step` allocates (false: it is held to allocation-free by the tests).
     fn step_allocates(&self) -> bool {
         false

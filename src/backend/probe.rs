@@ -42,7 +42,9 @@ impl Backend for ProbeBackend {
         out.embed_step = 0.0;
     }
 
-    fn set_objective(&mut self, _objective: Objective) {}
+    fn set_objective(&mut self, objective: Objective) -> Result<Objective, (Objective, &'static str)> {
+        Err((objective, "an identification session (the probe) has no objective"))
+    }
 }
 
 #[cfg(test)]

@@ -207,6 +207,7 @@ pub fn run(rig: &Rig, o: &BenchOptions) -> anyhow::Result<(Report, String)> {
         keep_series: true,
         interval_log: Some(files.interval_log.clone()),
         record: None,
+        control: None,
     };
     let cpu_at_start = CpuTimes::now();
     let report = session::run(rig, &opts)?;

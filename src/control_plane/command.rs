@@ -55,7 +55,7 @@ pub enum Request {
 }
 
 /// A refusal: which field, and what was expected. Nothing changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("`{field}`: {message}")]
 pub struct CommandError {
     pub field: String,
@@ -81,6 +81,9 @@ pub struct SessionLimits {
     pub max_step: f64,
     /// An identification session (the probe): no objective, no task library.
     pub probe: bool,
+    /// Why `lock_task` / `unlock_task` cannot be done in this session (a backend that
+    /// cannot hold a task), if so.
+    pub lock_refusal: Option<String>,
 }
 
 impl Request {
@@ -190,6 +193,9 @@ impl Request {
                     }
                 }
                 Ok(Request::SetObjective { kind, target })
+            }
+            Request::LockTask { .. } | Request::UnlockTask if s.lock_refusal.is_some() => {
+                Err(refuse("command", s.lock_refusal.clone().unwrap_or_default()))
             }
             Request::LockTask { task } if task >= s.tasks => Err(refuse(
                 "task",
@@ -315,6 +321,7 @@ mod tests {
             upper: vec![1.0, 2.0],
             max_step: 0.5,
             probe: false,
+            lock_refusal: None,
         }
     }
 
@@ -436,5 +443,7 @@ mod tests {
         let probe = SessionLimits { probe: true, tasks: 0, ..session() };
         assert_eq!(refused(Request::UnlockTask.check(&probe)).field, "command");
         assert!(Request::Disarm.check(&probe).is_ok());
+        let gpu = SessionLimits { lock_refusal: Some("the wgpu backend cannot hold a task".into()), ..session() };
+        assert!(refused(Request::LockTask { task: 0 }.check(&gpu)).message.contains("wgpu"));
     }
 }

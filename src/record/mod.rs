@@ -11,6 +11,10 @@
 //! - 5 **timing**: per bin, when it closed, started, finished and was pushed, and the
 //!   decisions that replay needs to repeat the bin (data present, on time, gate, …), from
 //!   the bins as telemetry joined them (the one by-bin joiner, `telemetry::join`).
+//! - 6, 7: the simulated rig's task switches and true state (simulated rigs only).
+//! - 8 **commands** (Markers): every control-plane command from any interface, accepted or
+//!   refused, with the bins it took effect at (a JSON `CommandRecord` per marker, stamped
+//!   when it was received); replay re-applies them at those bins.
 //!
 //! The stages hand records to the recorder thread through preallocated lock-free queues
 //! and rings (`crate::tap`: [`InputTap`], [`BinTap`], [`Tap`]); a full queue drops the record and counts
@@ -28,6 +32,7 @@ pub use provenance::{sha256_hex, Provenance};
 use writer::RecorderThread;
 
 use crate::clock::BinGrid;
+use crate::control_plane::CommandRecord;
 use crate::events::{Emitted, JoinedBin, LoopBin, TruthBin};
 use crate::lslutil::StreamSpec;
 use crate::schema::{StatusSample, TIMING_LABELS};
@@ -48,6 +53,11 @@ pub const STREAM_TIMING: u32 = 5;
 pub const STREAM_MARKERS: u32 = 6;
 /// The simulated rig's true state per bin (bin, task, x…), simulated rigs only.
 pub const STREAM_SIM_TRUTH: u32 = 7;
+/// The control plane's commands and their outcomes (a Markers stream, one JSON
+/// `control_plane::CommandRecord` per sample; replay re-applies them).
+pub const STREAM_COMMANDS: u32 = 8;
+/// The commands stream's one channel label (how replay finds the stream).
+pub const COMMANDS_LABEL: &str = "neuroloop_command";
 /// What a task-switch marker says: `task=<label>` from its timestamp on.
 pub const TASK_MARKER_PREFIX: &str = "task=";
 /// Input streams after a reconnect to a different source get ids from here on.
@@ -88,6 +98,8 @@ pub struct RecorderTaps {
     pub status: Tap<StatusSample>,
     /// For telemetry: the bins as it joined them (the timing stream).
     pub joined: Tap<JoinedBin>,
+    /// For the control plane: each command and its outcome.
+    pub commands: crossbeam_channel::Sender<CommandRecord>,
 }
 
 /// The recorder's ends.
@@ -100,6 +112,7 @@ pub(super) struct Sources {
     truth: Option<Tap<TruthBin>>,
     status: Tap<StatusSample>,
     joined: Tap<JoinedBin>,
+    commands: crossbeam_channel::Receiver<CommandRecord>,
 }
 
 /// The end-of-run summary of a recording (in the run's report).
@@ -165,6 +178,8 @@ impl Recorder {
         let status = Tap::new(bins_capacity);
         let (conn_tx, conn_rx) = crossbeam_channel::unbounded();
         let input_dropped = Arc::new(AtomicU64::new(0));
+        // Commands come at an operator's pace (rate-limited): this holds minutes of them.
+        let (commands_tx, commands_rx) = crossbeam_channel::bounded(4096);
         let taps = RecorderTaps {
             input: InputTap { connections: conn_tx, dropped: input_dropped.clone() },
             bins: BinTap { records: records.clone(), counts: counts_prod, n_units: setup.n_units },
@@ -172,8 +187,19 @@ impl Recorder {
             truth: truth.clone(),
             status: status.clone(),
             joined: joined.clone(),
+            commands: commands_tx,
         };
-        let sources = Sources { connections: conn_rx, input_dropped, records, counts: counts_cons, emitted, truth, status, joined };
+        let sources = Sources {
+            connections: conn_rx,
+            input_dropped,
+            records,
+            counts: counts_cons,
+            emitted,
+            truth,
+            status,
+            joined,
+            commands: commands_rx,
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::Builder::new()

@@ -45,6 +45,8 @@ pub(super) struct RecorderThread {
     /// The simulator's true state (bin, task, x…) and its task-switch markers.
     truth: Pending,
     markers: (Vec<f64>, Vec<String>),
+    /// The control plane's command records (JSON).
+    commands: (Vec<f64>, Vec<String>),
     last_task: Option<usize>,
     counts: Vec<f64>,
 }
@@ -59,6 +61,7 @@ impl RecorderThread {
             timing: Pending::new(STREAM_TIMING),
             truth: Pending::new(STREAM_SIM_TRUTH),
             markers: (Vec::new(), Vec::new()),
+            commands: (Vec::new(), Vec::new()),
             last_task: None,
             counts: vec![0.0; n],
             s,
@@ -97,6 +100,19 @@ impl RecorderThread {
             (STREAM_STATUS, s.status_spec.clone(), Format::Double64),
             (STREAM_TIMING, per_bin("timing", "NeuroloopTiming", TIMING_LABELS.map(String::from).to_vec(), "timing"), Format::Double64),
         ];
+        specs.push((
+            STREAM_COMMANDS,
+            StreamSpec {
+                name: format!("{}-commands", s.rig_name),
+                stream_type: "Markers".into(),
+                srate: lsl::IRREGULAR_RATE,
+                format: lsl::ChannelFormat::String,
+                source_id: format!("{source}-commands"),
+                labels: vec![COMMANDS_LABEL.into()],
+                channel_type: "marker".into(),
+            },
+            Format::String,
+        ));
         if let Some(d) = s.sim_truth_latent {
             let markers = StreamSpec {
                 name: format!("{}-tasks", s.rig_name),
@@ -134,7 +150,7 @@ impl RecorderThread {
     /// the local clock, so theirs are 0.
     fn local_offsets(&mut self) {
         let now = crate::clock::now();
-        let ids: Vec<u32> = self.names.iter().map(|(id, _)| *id).filter(|id| (STREAM_BINS..=STREAM_SIM_TRUTH).contains(id)).collect();
+        let ids: Vec<u32> = self.names.iter().map(|(id, _)| *id).filter(|id| (STREAM_BINS..=STREAM_COMMANDS).contains(id)).collect();
         for id in ids {
             self.w.clock_offset(id, now, 0.0);
         }
@@ -210,6 +226,9 @@ impl RecorderThread {
         for p in [&mut self.bins, &mut self.control, &mut self.status, &mut self.timing] {
             p.write(&mut self.w);
         }
+        self.w.text_samples(STREAM_COMMANDS, &self.commands.0, &self.commands.1);
+        self.commands.0.clear();
+        self.commands.1.clear();
         if self.s.sim_truth_latent.is_some() {
             self.truth.write(&mut self.w);
             self.w.text_samples(STREAM_MARKERS, &self.markers.0, &self.markers.1);
@@ -244,6 +263,10 @@ impl RecorderThread {
         while let Some(j) = self.src.joined.queue.pop() {
             self.timing.timestamps.push(self.s.clock.bin_end(j.bin));
             self.timing.values.extend_from_slice(&crate::schema::timing_row(&self.s.clock, &j));
+        }
+        while let Ok(c) = self.src.commands.try_recv() {
+            self.commands.0.push(c.received_at);
+            self.commands.1.push(serde_json::to_string(&c).unwrap_or_default());
         }
         let width = crate::schema::status_channels(self.s.latent, self.s.embed);
         while let Some(st) = self.src.status.queue.pop() {

@@ -23,8 +23,9 @@ pub(crate) use rebin::{pick_input, rebin_spikes};
 pub(crate) use streams::{header_text, recorded_grid, streams_of, Recorded, Rows};
 
 use crate::clock::{self, BinGrid};
+use crate::control_plane::CommandRecord;
 use crate::emit::{decide, Decision, EmitCore};
-use crate::events::{ControlResult, Pushed};
+use crate::events::{ControlResult, EmitterCommand, LoopCommand, Pushed};
 use crate::latency::Percentiles;
 use crate::rig::{BackendKind, Rig};
 use crate::runloop::loop_core::{self, BinStart, LoopCore};
@@ -92,6 +93,9 @@ pub struct ReplayReport {
     pub elapsed_s: f64,
     /// The rig file's hash equals the one the recording names (None: the file names none).
     pub rig_matches_recording: Option<bool>,
+    /// Control-plane commands from the recording re-applied at the bins they took effect
+    /// at live (recorded-bins replay).
+    pub commands_applied: u64,
     pub notices: Vec<String>,
 }
 
@@ -205,6 +209,66 @@ impl Machine {
     }
 }
 
+/// The recording's accepted commands, by the bin the loop and the emitter applied them at.
+struct RecordedCommands {
+    /// (bin, id, command), in the order they were applied.
+    loop_side: std::collections::VecDeque<(u64, u64, LoopCommand)>,
+    emitter_side: std::collections::VecDeque<(u64, EmitterCommand)>,
+    applied: u64,
+}
+
+impl RecordedCommands {
+    fn read(rows: Option<&Rows>, m: usize, notices: &mut Vec<String>) -> RecordedCommands {
+        let mut loop_side = Vec::new();
+        let mut emitter_side = Vec::new();
+        let mut applied = 0;
+        for text in rows.map_or(&[][..], |r| &r.texts[..]) {
+            let record: CommandRecord = match serde_json::from_str(text) {
+                Ok(r) => r,
+                Err(e) => {
+                    notices.push(format!("a command record could not be read ({e}); it is not re-applied, so bins after it may differ"));
+                    continue;
+                }
+            };
+            let Some(request) = record.command.as_ref().filter(|_| record.refused.is_none()) else { continue };
+            let plan = crate::control_plane::dispatch::plan(request, m);
+            applied += 1;
+            if let (Some(c), Some(bin)) = (plan.loop_command, record.loop_bin) {
+                loop_side.push((bin, record.id, c));
+            }
+            if let (Some(c), Some(bin)) = (plan.emitter_command, record.emitter_bin) {
+                emitter_side.push((bin, record.id, c));
+            }
+        }
+        // Within a bin, in the order the live stage took them (their ids).
+        loop_side.sort_by_key(|(bin, id, _)| (*bin, *id));
+        emitter_side.sort_by_key(|(bin, id, _)| (*bin, *id));
+        RecordedCommands {
+            loop_side: loop_side.into(),
+            emitter_side: emitter_side.into_iter().map(|(bin, _, c)| (bin, c)).collect(),
+            applied,
+        }
+    }
+
+    /// The loop's commands for bin k (and any for earlier bins the replay never stepped).
+    fn for_loop(&mut self, k: u64) -> Vec<(u64, LoopCommand)> {
+        let mut v = Vec::new();
+        while self.loop_side.front().is_some_and(|(bin, _, _)| *bin <= k) {
+            let (_, id, c) = self.loop_side.pop_front().unwrap();
+            v.push((id, c));
+        }
+        v
+    }
+
+    fn for_emitter(&mut self, k: u64) -> Vec<EmitterCommand> {
+        let mut v = Vec::new();
+        while self.emitter_side.front().is_some_and(|(bin, _)| *bin <= k) {
+            v.push(self.emitter_side.pop_front().unwrap().1);
+        }
+        v
+    }
+}
+
 /// Prints a progress line about once a second.
 struct Progress {
     on: bool,
@@ -233,6 +297,10 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     let timing = need(take("NeuroloopTiming"), "NeuroloopTiming")?;
     let control = need(take("Control"), "Control")?;
     let status = take("NeuroloopStatus");
+    let commands = streams
+        .iter()
+        .position(|s| s.stream_type == "Markers" && s.labels.len() == 1 && s.labels[0] == crate::record::COMMANDS_LABEL)
+        .map(|i| streams.swap_remove(i).rows);
     let grid = |k: &str| recorded_grid(file, path, k);
     let clock = BinGrid { t0: grid("t0")?, bin_s: grid("bin_s")?, grace_s: grid("grace_s")?, deadline_s: grid("deadline_s")? };
     if (clock.bin_s - rig.timing.bin_ms * 1e-3).abs() > 1e-12 {
@@ -295,10 +363,12 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
         col("u_prev_from"),
     );
 
+    let mut report = empty_report(path, "recorded bins", mach.backend_name(), opts.realtime);
+    let mut commands = RecordedCommands::read(commands.as_ref(), m, &mut report.notices);
+    report.commands_applied = commands.applied;
     let mut emitted = vec![0.0f64; n_bins * m];
     let mut u_prev = vec![0.0f64; m];
     let mut counts = vec![0.0f64; n];
-    let mut report = empty_report(path, "recorded bins", mach.backend_name(), opts.realtime);
     let mut latent_diff: Option<f64> = None;
     let mut emitter_unknown = 0u64;
     let mut progress = Progress { on: opts.status_line, last: clock::now(), total: n_bins as u64 };
@@ -331,6 +401,11 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
                 Some(j) => u_prev.copy_from_slice(&emitted[j as usize * m..(j as usize + 1) * m]),
                 None => u_prev.fill(0.0),
             }
+            for (id, c) in commands.for_loop(k as u64) {
+                if let Err(why) = mach.core.apply(c) {
+                    report.notices.push(format!("bin {k}: command {id}, which the live loop applied, was refused in replay: {why}"));
+                }
+            }
             let bin_start = BinStart {
                 bin: k as u64,
                 started_at: t[c_started],
@@ -352,6 +427,11 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
         // with the gate closed, and counted.
         emitter_unknown += !t[c_miss].is_finite() as u64;
         let in_time = t[c_miss] != 1.0;
+        // The gate is the timing row's; limits and fallbacks are the commands'.
+        let mut gate = t[c_en] == 1.0;
+        for c in commands.for_emitter(k as u64) {
+            mach.emit.apply(&c, &mut gate);
+        }
         let (pushed, cmd) = mach.emit(k as u64, result.as_ref(), in_time, t[c_en] == 1.0);
         let fallback = pushed.fallback();
         if t[c_fb].is_finite() && (t[c_fb] == 1.0) != fallback && report.notices.len() < 10 {
@@ -410,6 +490,7 @@ fn empty_report(path: &Path, source: &str, backend: &str, realtime: bool) -> Rep
         compute_us: None,
         elapsed_s: 0.0,
         rig_matches_recording: None,
+        commands_applied: 0,
         notices: Vec::new(),
     }
 }

@@ -39,6 +39,9 @@ pub struct Rig {
     /// Fault injection, for testing the deadline machinery on a real loop.
     #[serde(default)]
     pub fault: FaultConfig,
+    /// The control plane: dashboard, HTTP API, LSL Markers commands.
+    #[serde(default)]
+    pub control: ControlConfig,
     /// Where the file was read from (not part of the file).
     #[serde(skip)]
     pub path: PathBuf,

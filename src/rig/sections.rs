@@ -270,7 +270,7 @@ pub struct ObjectiveConfig {
     pub target: Vec<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FallbackKind {
     /// Repeat the last emitted command.
@@ -352,4 +352,62 @@ pub struct FaultConfig {
     pub slow_every: u64,
     #[serde(default)]
     pub slow_ms: f64,
+}
+
+/// The control plane (`neuroloop run`; docs/control.md): the HTTP server with the dashboard
+/// and the API, and the LSL Markers inlet for commands.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Off: no control plane (as `--no-control`).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address the HTTP server listens on (`--control` overrides). Off loopback it needs a
+    /// bearer token.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The environment variable the bearer token is read from.
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+    /// A file holding the bearer token (relative to the rig file), when the variable is not
+    /// set. The token itself never goes in the rig file.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The LSL Markers stream commands arrive on (type `Markers`, one string channel;
+    /// default `neuroloop-commands-<rig name>`); replies go out on `<name>-replies`.
+    #[serde(default)]
+    pub markers_name: Option<String>,
+    /// Operator commands taken per second (bursts of twice as many); more get HTTP 429.
+    #[serde(default = "default_commands_per_s")]
+    pub max_commands_per_s: f64,
+}
+
+impl ControlConfig {
+    /// The Markers stream commands arrive on, for rig `rig_name`.
+    pub fn markers_name_or_default(&self, rig_name: &str) -> String {
+        self.markers_name.clone().unwrap_or_else(|| format!("neuroloop-commands-{rig_name}"))
+    }
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            enabled: true,
+            listen: default_listen(),
+            token_env: default_token_env(),
+            token_file: None,
+            markers_name: None,
+            max_commands_per_s: default_commands_per_s(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7878".into()
+}
+fn default_token_env() -> String {
+    "NEUROLOOP_TOKEN".into()
+}
+fn default_commands_per_s() -> f64 {
+    crate::control_plane::dispatch::DEFAULT_RATE_PER_S
 }

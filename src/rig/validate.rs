@@ -22,6 +22,19 @@ impl Rig {
         if !(t.start_delay_ms.is_finite() && t.start_delay_ms >= 0.0) {
             return Err(self.invalid("timing.start_delay_ms", "must be ≥ 0"));
         }
+        let c = &self.control;
+        if c.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(
+                self.invalid("control.listen", format!("must be an address and port such as \"127.0.0.1:7878\", got \"{}\"", c.listen))
+            );
+        }
+        if !(c.max_commands_per_s.is_finite() && c.max_commands_per_s >= 0.1 && c.max_commands_per_s <= 10_000.0) {
+            return Err(self.invalid("control.max_commands_per_s", format!("must be between 0.1 and 10000, got {}", c.max_commands_per_s)));
+        }
+        let markers = c.markers_name_or_default(&self.name);
+        if markers.trim().is_empty() || markers.contains(['\'', '"']) {
+            return Err(self.invalid("control.markers_name", format!("must be a non-empty stream name without quotes, got {markers:?}")));
+        }
         let i = &self.input;
         if !(i.resolve_timeout_s.is_finite() && i.resolve_timeout_s > 0.0) {
             return Err(self.invalid("input.resolve_timeout_s", "must be > 0"));

@@ -4,7 +4,8 @@
 
 use crate::backend::{Backend, BinInput, BinOutput};
 use crate::binning::BinTally;
-use crate::events::{ControlResult, Delivery, LoopBin, Proposal};
+use crate::control::Objective;
+use crate::events::{ControlResult, Delivery, LoopBin, LoopCommand, Proposal};
 use crate::model::Dims;
 use crate::{MAX_CONTROL, MAX_EMBED, MAX_LATENT};
 
@@ -73,6 +74,22 @@ impl LoopCore {
 
     pub fn into_backend(self) -> Box<dyn Backend> {
         self.backend
+    }
+
+    /// Applies a control-plane command between bins (the live loop before it steps the bin
+    /// the command takes effect at; replay from the recording's commands stream). Returns
+    /// the objective replaced (to be freed off the loop thread), or why the backend refused
+    /// the command (nothing changed then). Allocates only if the backend's `step` does.
+    pub fn apply(&mut self, command: LoopCommand) -> Result<Option<Objective>, &'static str> {
+        match command {
+            LoopCommand::SetObjective(objective) => self.backend.set_objective(objective).map(Some).map_err(|(_, why)| why),
+            LoopCommand::LockTask(task) => self.backend.lock_task(task).map(|_| None),
+            LoopCommand::SetLimits { lower, upper } => {
+                let m = self.dims.control;
+                self.backend.set_limits(&lower[..m], &upper[..m]);
+                Ok(None)
+            }
+        }
     }
 
     /// The backend's output for the last bin stepped.
@@ -145,7 +162,9 @@ mod tests {
             out.x[0] = input.counts[0];
             out.control_valid = input.has_data && input.want_control && input.bin != self.invalid_on;
         }
-        fn set_objective(&mut self, _objective: Objective) {}
+        fn set_objective(&mut self, objective: Objective) -> Result<Objective, (Objective, &'static str)> {
+            Err((objective, "no objective"))
+        }
     }
 
     /// One bin through the loop's core and the emitter's, as the two threads run them: the

@@ -9,7 +9,7 @@ use crate::backend::Backend;
 use crate::binning::Binner;
 use crate::clock::{self, BinGrid};
 use crate::emit::EmitQueues;
-use crate::events::{LoopBin, LoopStatus};
+use crate::events::{Applied, LoopBin, LoopQueues, LoopStatus};
 use crate::ingest::{IngestStats, SpikeConsumer};
 use crate::tap::{BinTap, FanOut};
 use loop_core::{BinStart, LoopCore};
@@ -24,6 +24,8 @@ pub struct LoopSetup {
     /// No sample for this long = stream gap (s).
     pub stall_s: f64,
     pub emit: Arc<EmitQueues>,
+    /// Control-plane commands, applied at the start of a bin.
+    pub commands: Arc<LoopQueues>,
     /// The emitter thread, to wake it when a result is ready.
     pub emitter: std::thread::Thread,
     /// Each bin's record, to every observer (telemetry).
@@ -32,8 +34,9 @@ pub struct LoopSetup {
     pub end_bin: Arc<AtomicU64>,
     /// Lookahead of the binner, in bins.
     pub lookahead_bins: usize,
-    /// An observer that takes each bin's counts with its record (the recorder, `run --record`).
-    pub with_counts: Option<BinTap>,
+    /// Observers that take each bin's counts with its record (the recorder, `run --record`;
+    /// the control plane's live view).
+    pub with_counts: Vec<BinTap>,
 }
 
 /// What the loop hands back when its last bin is done: the backend, and the binner with its
@@ -54,6 +57,26 @@ impl LoopEnd {
     }
 }
 
+/// The control plane's commands waiting for the loop, applied before it steps bin `k`: they
+/// take effect at bin k, and each one's reply says so. Never waits; replaced objectives go
+/// back to be freed off this thread.
+#[inline]
+fn apply_commands(core: &mut LoopCore, queues: &LoopQueues, k: u64) {
+    while let Some((id, command)) = queues.commands.pop() {
+        let refused = match core.apply(command) {
+            Ok(Some(old)) => {
+                // The queue is as deep as the command queue: it has room for every objective
+                // this bin replaces unless the control plane stopped draining it.
+                let _ = queues.retired.push(old);
+                None
+            }
+            Ok(None) => None,
+            Err(why) => Some(why),
+        };
+        queues.applied.force_push((Applied { id, at_bin: k }, refused));
+    }
+}
+
 pub fn start(setup: LoopSetup, status: Arc<LoopStatus>) -> std::io::Result<std::thread::JoinHandle<LoopEnd>> {
     std::thread::Builder::new().name("neuroloop-loop".into()).spawn(move || run(setup, &status))
 }
@@ -71,6 +94,7 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
     while k < s.end_bin.load(Ordering::Acquire) {
         clock::sleep_until(s.clock.close(k));
         let started_at = clock::now();
+        apply_commands(&mut core, &s.commands, k);
         binner.drain(&mut s.ring);
         let tally = binner.close(k, &mut counts);
         status.pre_session_spikes.store(binner.before_start(), Ordering::Relaxed);
@@ -99,7 +123,7 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
         }
         let rec = core.loop_bin(&start, &result, &tally, done_at, delivery);
         s.observers.offer(rec);
-        if let Some(tap) = &mut s.with_counts {
+        for tap in &mut s.with_counts {
             tap.offer(&rec, &counts);
         }
         k += 1;

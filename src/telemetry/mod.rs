@@ -20,6 +20,7 @@ use std::sync::Arc;
 pub mod evaluation;
 pub mod join;
 mod lateness;
+pub mod live;
 pub mod report;
 mod status_line;
 pub use evaluation::{affine_r2, r_squared};
@@ -46,6 +47,8 @@ pub struct TelemetryInputs {
     /// Every bin as telemetry joined it (loop and emitter records), in bin order, to its
     /// observers (the recorder's timing stream).
     pub joined_observers: FanOut<JoinedBin>,
+    /// The control plane's live view, when it runs.
+    pub live: Option<live::LiveInputs>,
 }
 
 impl TelemetryInputs {
@@ -67,6 +70,7 @@ impl TelemetryInputs {
             notices,
             status_observers: FanOut::default(),
             joined_observers: FanOut::default(),
+            live: None,
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct TelemetryConfig {
     pub clock: BinGrid,
     pub latent: usize,
     pub embed: usize,
+    /// Control channels m.
+    pub control: usize,
     /// The simulator's latent dimension (its truth records' length; may differ from a
     /// fitted model's `latent`).
     pub truth_latent: usize,
@@ -131,6 +137,7 @@ pub struct Telemetry {
     /// The Status sample being built (liblsl's Rust binding pushes a Vec).
     status_sample: Vec<f64>,
     last_line: f64,
+    live: Option<live::LiveView>,
 }
 
 /// Bins the joiner waits for a bin's simulator truth: a second of bins, and at least 50.
@@ -141,7 +148,10 @@ fn join_horizon(clock: &BinGrid) -> u64 {
 impl Telemetry {
     pub fn new(cfg: TelemetryConfig, q: TelemetryInputs) -> Telemetry {
         let eval = Evaluation::new(cfg.latent, cfg.truth_latent, cfg.target.clone(), cfg.settle_bins, cfg.library.clone());
+        let mut q = q;
+        let live = q.live.take().map(|inputs| live::LiveView::new(inputs, cfg.library.clone(), cfg.clock.bin_s * 1e3));
         Telemetry {
+            live,
             lat: StageLatencies::new(cfg.warmup_bins, cfg.keep_series),
             ingest_early: 0,
             status_sample: vec![0.0; status_channels(cfg.latent, cfg.embed)],
@@ -194,6 +204,7 @@ impl Telemetry {
         if self.cfg.status_line {
             self.print_line(true);
         }
+        self.publish_live(true);
         if self.status_outlet.is_some() {
             std::thread::sleep(std::time::Duration::from_millis(OUTLET_LINGER_MS));
         }
@@ -233,6 +244,9 @@ impl Telemetry {
             let bin = clock.bin_ending_at(ts);
             if bin >= 0 {
                 self.lat.record(Stage::EndToEnd, bin as u64, lag);
+                if let Some(l) = &mut self.live {
+                    l.end_to_end(lag);
+                }
             }
         }
         while let Some([t, lag, t_binned]) = self.q.ingest.lag.0.pop() {
@@ -254,6 +268,26 @@ impl Telemetry {
         if self.cfg.status_line && crate::clock::now() - self.last_line > 1.0 {
             self.print_line(false);
         }
+        self.publish_live(false);
+    }
+
+    /// The live view's frame, when one is due (`last`: the session's final frame).
+    fn publish_live(&mut self, last: bool) {
+        let Some(mut l) = self.live.take() else { return };
+        l.drain_counts();
+        l.maybe_publish(crate::clock::now(), last, || live::Totals {
+            bins: self.bins,
+            deadline_misses: self.misses,
+            fallbacks: self.fallbacks,
+            gap_bins: self.gap_bins,
+            late_spikes: self.late_spikes,
+            late_results: self.q.emit.late_results.load(Ordering::Relaxed),
+            compute_us: self.lat.percentiles(Stage::Compute),
+            close_to_push_us: self.lat.percentiles(Stage::CloseToPush),
+            end_to_end_us: self.lat.percentiles(Stage::EndToEnd),
+            ingest: self.ingest_counts(),
+        });
+        self.live = Some(l);
     }
 
     fn flush_all(&mut self) {
@@ -268,6 +302,9 @@ impl Telemetry {
         self.misses += e.pushed.deadline_miss() as u64;
         self.measured_misses += (e.pushed.deadline_miss() && self.lat.counts(k)) as u64;
         self.lat.record(Stage::CloseToPush, k, e.pushed_at - self.cfg.clock.close(k));
+        if let Some(l) = &mut self.live {
+            l.close_to_push(e.pushed_at - self.cfg.clock.close(k));
+        }
         if let Some(r) = rec.filter(|r| r.delivery.on_time()) {
             self.lat.record(Stage::DoneToPush, k, e.pushed_at - r.done_at);
         }
@@ -279,6 +316,9 @@ impl Telemetry {
         }
         self.q.joined_observers.offer(JoinedBin { bin: k, loop_bin: j.loop_bin, emitted: j.emitted });
         self.bins += 1;
+        if let Some(l) = &mut self.live {
+            l.add_bin(k, j.loop_bin.as_ref(), j.emitted.as_ref(), self.cfg.latent, self.cfg.embed, self.cfg.control);
+        }
         let flags = status_flags(j.loop_bin.as_ref(), j.emitted.as_ref());
         // Without the emitted record (dropped on a full queue) the gate state is unknown:
         // such a bin stays out of the open/closed-loop comparison.
@@ -330,6 +370,24 @@ impl Telemetry {
         eprintln!("{}", status_line::line(last, &counts, &self.lat, &self.eval));
     }
 
+    fn ingest_counts(&self) -> IngestCounts {
+        let st = &self.q.ingest;
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        IngestCounts {
+            samples: ld(&st.samples),
+            spikes: ld(&st.spikes),
+            unknown_units: ld(&st.unknown_units),
+            nonfinite: ld(&st.nonfinite),
+            invalid: ld(&st.invalid),
+            out_of_order: ld(&st.out_of_order),
+            duplicates: ld(&st.duplicates),
+            disconnects: ld(&st.disconnects),
+            reconnects: ld(&st.reconnects),
+            stale: ld(&st.stale),
+            inlet_full: ld(&st.inlet_full),
+        }
+    }
+
     fn report(&mut self) -> Report {
         let st = &self.q.ingest;
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -355,21 +413,10 @@ impl Telemetry {
             ring_overflows: ld(&st.ring_overflows),
             telemetry_dropped: ld(&self.q.bins.dropped) + ld(&self.q.emitted.dropped),
             device_errors: 0,
+            commands: Default::default(),
             truth_dropped: ld(&self.q.truth.dropped),
             end_to_end_dropped: ld(&self.q.end_to_end.dropped),
-            ingest: IngestCounts {
-                samples: ld(&st.samples),
-                spikes: ld(&st.spikes),
-                unknown_units: ld(&st.unknown_units),
-                nonfinite: ld(&st.nonfinite),
-                invalid: ld(&st.invalid),
-                out_of_order: ld(&st.out_of_order),
-                duplicates: ld(&st.duplicates),
-                disconnects: ld(&st.disconnects),
-                reconnects: ld(&st.reconnects),
-                stale: ld(&st.stale),
-                inlet_full: ld(&st.inlet_full),
-            },
+            ingest: self.ingest_counts(),
             warmup_bins: self.cfg.warmup_bins,
             ingest_lag_us: self.lat.percentiles(Stage::IngestLag),
             ingest_lag_dropped: ld(&st.lag_dropped),
@@ -440,6 +487,7 @@ mod tests {
             latent: 2,
             truth_latent: 2,
             embed: 1,
+            control: 1,
             status_stream: None,
             status_line: false,
             expect_truth: false,

@@ -77,6 +77,9 @@ pub struct Report {
     pub telemetry_dropped: u64,
     /// Bins whose device work failed (GPU backends; each got the fallback).
     pub device_errors: u64,
+    /// The control plane's commands: accepted, and rejected (malformed, out of range,
+    /// rate-limited or too late).
+    pub commands: crate::control_plane::CommandCounts,
     /// The simulator's truth records telemetry could not take (they leave those bins out of
     /// the evaluation).
     pub truth_dropped: u64,

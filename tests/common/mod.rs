@@ -3,8 +3,11 @@
 //! (in [`source`]) a test's own LSL spike sources.
 #![allow(dead_code)]
 
+mod control;
 mod source;
 #[allow(unused_imports)] // each test binary uses a subset, as with everything here
+pub use control::*;
+#[allow(unused_imports)]
 pub use source::*;
 
 use std::path::{Path, PathBuf};
@@ -75,7 +78,18 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// `args`, with a control plane on a free port for `neuroloop run` (the rig's default,
+/// 127.0.0.1:7878, may be taken on a test machine) unless the test chose one.
+fn with_free_control_port<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut a = args.to_vec();
+    if a.first() == Some(&"run") && !a.iter().any(|x| *x == "--control" || *x == "--no-control") {
+        a.extend(["--control", "127.0.0.1:0"]);
+    }
+    a
+}
+
 pub fn run(args: &[&str]) -> Output {
+    let args = &with_free_control_port(args)[..];
     let out = Command::new(bin()).args(args).output().expect("run neuroloop");
     eprintln!("--- neuroloop {:?}: {}\n{}", args, out.status, String::from_utf8_lossy(&out.stderr));
     out
@@ -83,7 +97,7 @@ pub fn run(args: &[&str]) -> Output {
 
 /// Start `neuroloop` in the background (e.g. a `run` with no `--bins`, stopped by [`interrupt`]).
 pub fn spawn(args: &[&str]) -> Child {
-    Command::new(bin()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start neuroloop")
+    Command::new(bin()).args(with_free_control_port(args)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start neuroloop")
 }
 
 /// Ctrl-C (SIGINT) a spawned `neuroloop`, as an operator would, and collect its output.

@@ -1,0 +1,325 @@
+//! The control plane's HTTP server (axum on a tokio runtime of its own thread, never the
+//! loop's or the emitter's): the dashboard page, `GET /api/status`, `GET /api/config`,
+//! `POST /api/commands` and the WebSocket `GET /api/stream`. docs/control.md has the API.
+//!
+//! Guarded as a lab instrument must be: loopback by default, a bearer token required off
+//! loopback, no CORS (and cross-origin requests refused outright, so a web page in the
+//! operator's browser cannot drive the rig), JSON only, bodies size-limited, commands
+//! rate-limited by the dispatcher. A client that floods, stalls or disconnects costs the
+//! server a task, never the loop.
+
+use super::dispatch::{Dispatcher, Refusal, Source};
+use crate::telemetry::live::{LiveFrame, LiveShared, FRAME_RATE};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The dashboard: one page, its script and styles inline, drawn on canvas by its own code.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// A WebSocket client that has not taken a frame for this long is dropped.
+const SLOW_CLIENT: Duration = Duration::from_secs(2);
+
+/// Clients the server serves at once (more are refused with 503): the page, a script or
+/// two; never a crowd.
+const MAX_CONNECTIONS: usize = 64;
+
+pub struct ServerSetup {
+    /// Bound by the session (so that a busy port is an error before the run starts).
+    pub listener: std::net::TcpListener,
+    pub dispatcher: Arc<Dispatcher>,
+    pub live: Arc<LiveShared>,
+    /// `GET /api/config`: the resolved rig and the session's dimensions and limits.
+    pub config: serde_json::Value,
+    /// Required as `Authorization: Bearer …` (or `?token=…` for the page and the WebSocket).
+    pub token: Option<String>,
+}
+
+/// The running server; [`ControlServer::stop`] ends it.
+pub struct ControlServer {
+    pub addr: SocketAddr,
+    shutdown: Arc<tokio::sync::Notify>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlServer {
+    pub fn start(setup: ServerSetup) -> anyhow::Result<ControlServer> {
+        let addr = setup.listener.local_addr()?;
+        setup.listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let shutdown = Arc::new(tokio::sync::Notify::new());
+        let ended = shutdown.clone();
+        let state = Arc::new(AppState {
+            dispatcher: setup.dispatcher,
+            live: setup.live,
+            config: setup.config,
+            token: setup.token,
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            closing: tokio::sync::watch::channel(false).0,
+        });
+        let handle = std::thread::Builder::new().name("neuroloop-control".into()).spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(setup.listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("[neuroloop] control plane: {e}");
+                        return;
+                    }
+                };
+                let closing = state.closing.clone();
+                let app = router(state);
+                let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>());
+                tokio::select! {
+                    r = serve => if let Err(e) = r { eprintln!("[neuroloop] control plane: {e}") },
+                    _ = ended.notified() => {
+                        // WebSocket clients get the session's last frame and a close.
+                        let _ = closing.send(true);
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_millis(500));
+        })?;
+        Ok(ControlServer { addr, shutdown, handle: Some(handle) })
+    }
+
+    /// Stop serving (after the session's last frame has gone out to WebSocket clients).
+    pub fn stop(mut self) {
+        self.shutdown.notify_one();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.shutdown.notify_one();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct AppState {
+    dispatcher: Arc<Dispatcher>,
+    live: Arc<LiveShared>,
+    config: serde_json::Value,
+    token: Option<String>,
+    connections: Arc<tokio::sync::Semaphore>,
+    /// Set when the session ends: WebSocket handlers send their last frame and close.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/api/status", get(status))
+        .route("/api/config", get(config))
+        .route("/api/commands", post(commands))
+        .route("/api/stream", get(stream))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(DefaultBodyLimit::max(super::command::MAX_COMMAND_BYTES))
+        .with_state(state)
+}
+
+/// A JSON error body: `{"error": {"field": …, "message": …}}`.
+fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": { "field": field, "message": message.into() } });
+    (status, Json(body)).into_response()
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "path",
+        "no such endpoint; the API is GET /api/status, GET /api/config, POST /api/commands, GET /api/stream",
+    )
+}
+
+/// Every request: at most `MAX_CONNECTIONS` at once, same-origin only, and the token when
+/// the session has one.
+async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.connections.clone().try_acquire_owned() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "connection", "too many clients at once; try again shortly");
+    };
+    let headers = request.headers();
+    let is_command = request.uri().path() == "/api/commands" || request.uri().path() == "/api/stream";
+    let refused = |r: Response| {
+        if is_command {
+            state.dispatcher.count_refused_request();
+        }
+        r
+    };
+    if let Some(refusal) = cross_origin(headers) {
+        return refused(refusal);
+    }
+    if let Some(token) = &state.token {
+        let query_token = request.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+        let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if !bearer.or(query_token).is_some_and(|t| same_secret(t.as_bytes(), token.as_bytes())) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "authorization", "this session needs its token: Authorization: Bearer <token>");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return refused(r);
+        }
+    }
+    let mut response = next.run(request).await;
+    // The page and the API are never to be framed or sniffed by another site.
+    let h = response.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A request a browser sent on behalf of another site (its `Origin` is not this server):
+/// refused, so no page elsewhere can command the rig (no CORS, and not even a blind POST).
+fn cross_origin(headers: &HeaderMap) -> Option<Response> {
+    let origin = headers.get(header::ORIGIN)?.to_str().ok().unwrap_or("");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest.trim_end_matches('/'));
+    (origin_host.is_empty() || origin_host != host)
+        .then(|| error(StatusCode::FORBIDDEN, "origin", format!("cross-origin requests are refused (Origin {origin}, this server {host})")))
+}
+
+/// Compares without an early exit (the token is a secret).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+/// `GET /api/status`: the newest live frame, the control plane's settings and its counts.
+#[derive(Serialize)]
+struct Status<'a> {
+    #[serde(flatten)]
+    frame: &'a LiveFrame,
+    settings: super::dispatch::Settings,
+    commands: super::dispatch::CommandCounts,
+}
+
+fn status_json(state: &AppState) -> String {
+    let frame = state.live.latest();
+    let s = Status { frame: &frame, settings: state.dispatcher.settings(), commands: state.dispatcher.counts() };
+    serde_json::to_string(&s).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], status_json(&state)).into_response()
+}
+
+async fn config(State(state): State<Arc<AppState>>) -> Response {
+    Json(state.config.clone()).into_response()
+}
+
+/// `POST /api/commands`: 202 with the bin the command took effect at, or the refusal.
+async fn commands(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        state.dispatcher.count_refused_request();
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content-type", "commands are JSON: send Content-Type: application/json");
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            state.dispatcher.count_refused_request();
+            let limit = super::command::MAX_COMMAND_BYTES;
+            return error(e.status(), "body", format!("{e} (a command is at most {limit} bytes of JSON)"));
+        }
+    };
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let dispatcher = state.dispatcher.clone();
+    // The dispatcher waits (a bin or so) for the loop or the emitter to take the command.
+    let outcome = tokio::task::spawn_blocking(move || dispatcher.submit_json(Source::Http, &body)).await;
+    match outcome {
+        Ok(Ok(a)) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": a.id, "applied_at_bin": a.applied_at_bin }))).into_response(),
+        Ok(Err(refusal)) => refusal_response(&refusal),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "command", format!("the command was lost: {e}")),
+    }
+}
+
+fn refusal_response(refusal: &Refusal) -> Response {
+    let status = match refusal {
+        Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
+        Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let e = refusal.error();
+    error(status, &e.field, e.message.clone())
+}
+
+/// `GET /api/stream`: a WebSocket of status frames, the newest only, at most `FRAME_RATE`
+/// a second. Text frames from the client are commands (same grammar as the POST), each
+/// answered with `{"reply": …}`.
+async fn stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+    // A WebSocket holds its connection slot for as long as it is open.
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "connection", "too many clients at once; try again shortly");
+    };
+    ws.max_message_size(super::command::MAX_COMMAND_BYTES).on_upgrade(move |socket| async move {
+        stream_frames(socket, state).await;
+        drop(permit);
+    })
+}
+
+async fn stream_frames(mut socket: WebSocket, state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / FRAME_RATE));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut closing = state.closing.subscribe();
+    let mut sent_seq = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if state.live.seq() == sent_seq {
+                    continue;
+                }
+                sent_seq = state.live.seq();
+                if !send_or_drop(&mut socket, status_json(&state)).await {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    let dispatcher = state.dispatcher.clone();
+                    let text = text.to_string();
+                    let reply = match tokio::task::spawn_blocking(move || dispatcher.submit_json(Source::Websocket, &text)).await {
+                        Ok(Ok(a)) => serde_json::json!({ "reply": { "id": a.id, "applied_at_bin": a.applied_at_bin } }),
+                        Ok(Err(r)) => serde_json::json!({ "reply": { "error": r.error() } }),
+                        Err(_) => serde_json::json!({ "reply": { "error": { "field": "command", "message": "lost" } } }),
+                    };
+                    if !send_or_drop(&mut socket, reply.to_string()).await {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {} // pings are answered by the library; binary is ignored
+            },
+            _ = closing.changed() => {
+                // The session ended: its last frame, then goodbye.
+                let _ = send_or_drop(&mut socket, status_json(&state)).await;
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Sends, or gives up on a client that does not take it within `SLOW_CLIENT`.
+async fn send_or_drop(socket: &mut WebSocket, text: String) -> bool {
+    matches!(tokio::time::timeout(SLOW_CLIENT, socket.send(Message::Text(text.into()))).await, Ok(Ok(())))
+}
