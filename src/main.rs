@@ -81,6 +81,10 @@ enum Command {
         /// Python with pylsl and numpy for the baselines (default: .venv/bin/python).
         #[arg(long)]
         python: Option<PathBuf>,
+        /// Serve the control plane during neuroloop's run (default: none), so that the loop can
+        /// be measured with a dashboard open on it.
+        #[arg(long, value_name = "ADDR:PORT")]
+        control: Option<String>,
     },
     /// The scaling table: per-bin compute time of each backend (offline, no LSL) over units N,
     /// latent d, particles P and MPPI samples K, one axis at a time from the rig's own
@@ -240,7 +244,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             session::run_sim_only(&rig, truth, bins).map(|()| ExitCode::SUCCESS)
         }
-        Command::Bench { rig, bins, warmup, out, quiet, baselines, python } => {
+        Command::Bench { rig, bins, warmup, out, quiet, baselines, python, control } => {
             use neuroloop::bench::baseline;
             let rig = Rig::load(&rig)?;
             let baselines = baseline::parse_baselines(&baselines)?;
@@ -251,7 +255,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 );
             }
             let python = python.unwrap_or_else(baseline::default_python);
-            let opts = neuroloop::bench::BenchOptions { bins, warmup, out: out.clone(), status_line: !quiet, baselines, python };
+            let opts = neuroloop::bench::BenchOptions { bins, warmup, out: out.clone(), status_line: !quiet, baselines, python, control };
             let (_, table) = neuroloop::bench::run(&rig, &opts)?;
             println!("{table}");
             eprintln!(

@@ -155,6 +155,24 @@ pub fn backend_config(rig: &Rig, params: &ModelParams) -> anyhow::Result<Backend
     })
 }
 
+/// What the control plane checks a command against: the model's dimensions and library, the
+/// rig file's limits, and what the backend can do.
+pub fn session_limits(rig: &Rig, safety: &Safety, tasks: usize, backend: &dyn Backend) -> SessionLimits {
+    let dims = backend.dims();
+    SessionLimits {
+        n_units: dims.n_units,
+        latent: dims.latent,
+        control: dims.control,
+        tasks,
+        lower: safety.lower().to_vec(),
+        upper: safety.upper().to_vec(),
+        max_step: safety.max_step(),
+        probe: rig.is_probe(),
+        lock_refusal: (tasks > 0 && !backend.can_lock_task())
+            .then(|| format!("the {} backend cannot hold the embedding on a task; lock_task runs on backend = \"cpu\"", backend.name())),
+    }
+}
+
 /// Build the backend the rig selects.
 pub fn backend(rig: &Rig, params: ModelParams) -> anyhow::Result<Box<dyn Backend>> {
     let cfg = backend_config(rig, &params)?;
@@ -244,18 +262,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     // Fault injection (rig [fault]) wraps the backend; the loop itself has no test branch.
     let backend = crate::backend::fault::SlowEvery::wrap(model.backend(rig)?, &rig.fault);
     let backend_name = backend.name().to_string();
-    let session_limits = SessionLimits {
-        n_units: dims.n_units,
-        latent: dims.latent,
-        control: dims.control,
-        tasks,
-        lower: safety.lower().to_vec(),
-        upper: safety.upper().to_vec(),
-        max_step: safety.max_step(),
-        probe: rig.is_probe(),
-        lock_refusal: (tasks > 0 && !backend.can_lock_task())
-            .then(|| format!("the {backend_name} backend cannot hold the embedding on a task; lock_task runs on backend = \"cpu\"")),
-    };
+    let session_limits = session_limits(rig, &safety, tasks, backend.as_ref());
     eprintln!(
         "[neuroloop] liblsl {}; rig '{}': N={} d={} e={} m={}, Δ={} ms, grace {} ms, deadline {} ms, backend {}, model: {}",
         lsl::library_version(),
@@ -520,8 +527,11 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             let _ = dispatcher.submit(Source::Signal, Request::Stop);
         }
         if let Some(request) = schedule.as_mut().and_then(|s| s.due(done)) {
-            if dispatcher.submit(Source::Schedule, request).is_err() {
-                // The session is ending; the schedule has nothing left to do.
+            if let Err(r) = dispatcher.submit(Source::Schedule, request) {
+                // The session is ending (or the loop has stalled): the schedule stops here.
+                if !dispatcher.session_over() {
+                    eprintln!("[neuroloop] warning: the open/closed-loop schedule stopped: {}", r.error());
+                }
                 schedule = None;
             }
         }
@@ -548,6 +558,14 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         let _ = markers.join();
     }
     report.commands = dispatcher.counts();
+    if report.commands.journal_dropped > 0 {
+        let msg = format!(
+            "{} command records could not be journaled into the recording (its queue was full): replay will not re-apply them",
+            report.commands.journal_dropped
+        );
+        eprintln!("[neuroloop] warning: {msg}");
+        report.notices.push(msg);
+    }
     if report.device_errors > 0 {
         let msg = format!(
             "the {} backend failed on {} bins (each got the fallback; their x and z are NaN)",

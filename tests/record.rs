@@ -230,7 +230,8 @@ fn a_killed_run_leaves_a_readable_recording_that_replays() {
         assert!(s["footer_sample_count"].is_null(), "{ty}: no footer after a kill");
     }
     // The simulator's task switches: a string Markers stream pyxdf reads as text.
-    let markers = xdf_stream(&d, "Markers");
+    // (The other Markers stream is the control plane's commands, empty here.)
+    let markers = d["streams"].as_array().unwrap().iter().find(|s| s["name"] == "test-tasks").expect("the task-switch markers");
     let first = markers["value_strings"][0][0].as_str().unwrap_or_else(|| panic!("no marker text in {markers}"));
     assert!(first.starts_with("task="), "first marker {first:?}");
     // Everything flushed together: the per-bin streams end within a flush of each other.

@@ -30,6 +30,9 @@ pub struct BenchOptions {
     pub baselines: Vec<BaselineKind>,
     /// Interpreter for the Python baselines (needs pylsl and numpy).
     pub python: PathBuf,
+    /// Run neuroloop's session with its control plane on this address (to measure the loop
+    /// with a dashboard open); None: without one.
+    pub control: Option<String>,
 }
 
 /// The files one bench run writes into its output folder.
@@ -207,7 +210,7 @@ pub fn run(rig: &Rig, o: &BenchOptions) -> anyhow::Result<(Report, String)> {
         keep_series: true,
         interval_log: Some(files.interval_log.clone()),
         record: None,
-        control: None,
+        control: o.control.clone(),
     };
     let cpu_at_start = CpuTimes::now();
     let report = session::run(rig, &opts)?;

@@ -193,6 +193,12 @@ pub fn plan(request: &Request, m: usize) -> Plan {
     Plan { loop_command, emitter_command }
 }
 
+/// The bin the operator's intent is visible at: what goes out (the emitter's part) when there
+/// is one, else the loop's.
+fn applied_at(r: &CommandRecord) -> u64 {
+    r.emitter_bin.or(r.loop_bin).unwrap_or(0)
+}
+
 /// The session's ends of the queues, and what a command is checked against.
 pub struct DispatcherSetup {
     pub limits: SessionLimits,
@@ -303,7 +309,7 @@ impl Dispatcher {
             emitter_bin: None,
             refused: None,
         };
-        let outcome = self.rate_limit(&mut serial, source, received_at).and_then(|()| {
+        let outcome = self.rate_limit(&mut serial, source, &parsed, received_at).and_then(|()| {
             let request = parsed.and_then(|r| r.check(&self.s.limits)).map_err(Refusal::Invalid)?;
             record.command = Some(request.clone());
             let accepted = self.apply(id, &request, &mut record)?;
@@ -327,7 +333,10 @@ impl Dispatcher {
                 record.refused = Some(refusal.error().clone());
             }
         }
-        if let Some(j) = &self.s.journal {
+        // A flood's refusals are counted, not journaled: they cannot crowd out the commands
+        // that took effect.
+        let journaled = !matches!(outcome, Err(Refusal::RateLimited(_)));
+        if let Some(j) = self.s.journal.as_ref().filter(|_| journaled) {
             if j.try_send(record).is_err() {
                 self.journal_dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -335,9 +344,10 @@ impl Dispatcher {
         outcome
     }
 
-    /// Operators' commands are rate-limited; the session's own (schedule, signals) are not.
-    fn rate_limit(&self, serial: &mut Serial, source: Source, now: f64) -> Result<(), Refusal> {
-        if matches!(source, Source::Schedule | Source::Signal) {
+    /// Operators' commands are rate-limited; the session's own (schedule, signals) are not,
+    /// and neither are `disarm` and `stop`, which must get through a runaway script's flood.
+    fn rate_limit(&self, serial: &mut Serial, source: Source, parsed: &Result<Request, CommandError>, now: f64) -> Result<(), Refusal> {
+        if matches!(source, Source::Schedule | Source::Signal) || matches!(parsed, Ok(Request::Disarm | Request::Stop)) {
             return Ok(());
         }
         let (rate, burst) = (self.s.rate_per_s, 2.0 * self.s.rate_per_s);
@@ -380,33 +390,63 @@ impl Dispatcher {
         // A command waits for at most a few bins: the loop takes it at its next bin, the
         // emitter before its next push.
         let give_up = clock::now() + 2.0 + 4.0 * self.s.clock.bin_s;
+        let done = |r: &CommandRecord| r.loop_bin.is_some() == wants_loop && r.emitter_bin.is_some() == wants_emitter;
         loop {
-            self.free_retired();
-            while let Some((applied, refused)) = self.s.loop_queues.applied.pop() {
-                if applied.id == id {
-                    if let Some(why) = refused {
-                        return Err(Refusal::Invalid(CommandError { field: "command".into(), message: why.to_string() }));
-                    }
-                    record.loop_bin = Some(applied.at_bin);
-                }
+            if let Some(why) = self.collect_replies(id, record) {
+                // The loop refused its part: take back the emitter's, if still queued.
+                let _ = self.s.emit_queues.commands.pop();
+                return Err(Refusal::Invalid(CommandError { field: "command".into(), message: why.to_string() }));
             }
-            while let Some(applied) = self.s.emit_queues.applied.pop() {
-                if applied.id == id {
-                    record.emitter_bin = Some(applied.at_bin);
-                }
-            }
-            if record.loop_bin.is_some() == wants_loop && record.emitter_bin.is_some() == wants_emitter {
-                // The bin the operator's intent is visible at: what goes out (the emitter's
-                // part) when there is one, else the loop's.
-                let at = record.emitter_bin.or(record.loop_bin).unwrap_or(0);
-                return Ok(Accepted { id, applied_at_bin: at });
+            if done(record) {
+                return Ok(Accepted { id, applied_at_bin: applied_at(record) });
             }
             if self.session_over() || clock::now() > give_up {
-                let what = if self.session_over() { "the session ended" } else { "the loop did not take it in time" };
-                return Err(unavailable(format!("{what} before the command took effect")));
+                break;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        // Too late. Take back each part no stage has taken (commands are serial: a queued
+        // command is this one); a part a stage did take is applied and answered at once, so
+        // wait for that answer. The record then says exactly which parts took effect where,
+        // and replay repeats just those.
+        let loop_pending = wants_loop && record.loop_bin.is_none() && self.s.loop_queues.commands.pop().is_none();
+        let emitter_pending = wants_emitter && record.emitter_bin.is_none() && self.s.emit_queues.commands.pop().is_none();
+        let settle = clock::now() + 1.0;
+        while ((loop_pending && record.loop_bin.is_none()) || (emitter_pending && record.emitter_bin.is_none())) && clock::now() < settle {
+            if let Some(why) = self.collect_replies(id, record) {
+                return Err(Refusal::Invalid(CommandError { field: "command".into(), message: why.to_string() }));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if done(record) {
+            return Ok(Accepted { id, applied_at_bin: applied_at(record) });
+        }
+        let what = if self.session_over() { "the session ended" } else { "the loop did not take it in time" };
+        Err(unavailable(match (record.loop_bin, record.emitter_bin) {
+            (None, None) => format!("{what} before the command took effect; nothing changed"),
+            (Some(k), _) => format!("{what}: only the controller's part took effect (at bin {k})"),
+            (None, Some(k)) => format!("{what}: only the safety layer's part took effect (at bin {k})"),
+        }))
+    }
+
+    /// Takes the loop's and the emitter's replies; returns the loop's refusal of command `id`.
+    fn collect_replies(&self, id: u64, record: &mut CommandRecord) -> Option<&'static str> {
+        self.free_retired();
+        let mut refused = None;
+        while let Some((applied, why)) = self.s.loop_queues.applied.pop() {
+            if applied.id == id {
+                match why {
+                    Some(w) => refused = Some(w),
+                    None => record.loop_bin = Some(applied.at_bin),
+                }
+            }
+        }
+        while let Some(applied) = self.s.emit_queues.applied.pop() {
+            if applied.id == id {
+                record.emitter_bin = Some(applied.at_bin);
+            }
+        }
+        refused
     }
 
     /// Objectives the loop replaced: freed here, not on the loop thread.
@@ -414,7 +454,8 @@ impl Dispatcher {
         while self.s.loop_queues.retired.pop().is_some() {}
     }
 
-    fn session_over(&self) -> bool {
+    /// The loop has run its last bin.
+    pub fn session_over(&self) -> bool {
         self.s.status.bins_done.load(Ordering::Acquire) >= self.s.end_bin.load(Ordering::Acquire)
     }
 }

@@ -163,8 +163,23 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
     if let Some(refusal) = cross_origin(headers) {
         return refused(refusal);
     }
+    // Without a token the server is loopback-only, and so must be the name it is reached
+    // by: a page that rebinds its own host name to 127.0.0.1 (DNS rebinding) is refused.
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if state.token.is_none() && !loopback_host(host) {
+        return refused(error(
+            StatusCode::FORBIDDEN,
+            "host",
+            format!("this session answers to 127.0.0.1, localhost or [::1] only (Host: {host}); off loopback it needs a token"),
+        ));
+    }
     if let Some(token) = &state.token {
-        let query_token = request.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+        // A browser's WebSocket cannot send headers: the page and the stream take `?token=`.
+        let path = request.uri().path();
+        let query_token = (path == "/" || path == "/api/stream")
+            .then(|| request.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).map(percent_decode))
+            .flatten();
+        let query_token = query_token.as_deref();
         let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         if !bearer.or(query_token).is_some_and(|t| same_secret(t.as_bytes(), token.as_bytes())) {
             let mut r = error(StatusCode::UNAUTHORIZED, "authorization", "this session needs its token: Authorization: Bearer <token>");
@@ -191,6 +206,36 @@ fn cross_origin(headers: &HeaderMap) -> Option<Response> {
         .then(|| error(StatusCode::FORBIDDEN, "origin", format!("cross-origin requests are refused (Origin {origin}, this server {host})")))
 }
 
+/// The Host header names this machine's loopback (any port).
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A query parameter's value, percent-decoded (`+` is a space, as a form encodes it).
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi * 16 + lo);
+                i += 3;
+                continue;
+            }
+            (b'+', _, _) => out.push(b' '),
+            (c, _, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Compares without an early exit (the token is a secret).
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -212,7 +257,8 @@ struct Status<'a> {
 fn status_json(state: &AppState) -> String {
     let frame = state.live.latest();
     let s = Status { frame: &frame, settings: state.dispatcher.settings(), commands: state.dispatcher.counts() };
-    serde_json::to_string(&s).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    serde_json::to_string(&s)
+        .unwrap_or_else(|e| serde_json::json!({ "error": { "field": "status", "message": e.to_string() } }).to_string())
 }
 
 async fn status(State(state): State<Arc<AppState>>) -> Response {
@@ -322,4 +368,23 @@ async fn stream_frames(mut socket: WebSocket, state: Arc<AppState>) {
 /// Sends, or gives up on a client that does not take it within `SLOW_CLIENT`.
 async fn send_or_drop(socket: &mut WebSocket, text: String) -> bool {
     matches!(tokio::time::timeout(SLOW_CLIENT, socket.send(Message::Text(text.into()))).await, Ok(Ok(())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_and_query_decoding() {
+        for h in ["127.0.0.1:7878", "localhost:80", "LOCALHOST", "[::1]:7878", "127.0.0.2:1", "127.0.0.1"] {
+            assert!(loopback_host(h), "{h}");
+        }
+        for h in ["evil.example:7878", "10.0.0.1:7878", "", "[::2]:1", "localhost.evil.example:7878"] {
+            assert!(!loopback_host(h), "{h}");
+        }
+        assert_eq!(percent_decode("a%2Bb%3D%3d+c"), "a+b== c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%E2%9C%93"), "✓");
+    }
 }

@@ -94,7 +94,7 @@ pub struct ReplayReport {
     /// The rig file's hash equals the one the recording names (None: the file names none).
     pub rig_matches_recording: Option<bool>,
     /// Control-plane commands from the recording re-applied at the bins they took effect
-    /// at live (recorded-bins replay).
+    /// at live (recorded-bins replay; marks and stop act on neither stage and are not counted).
     pub commands_applied: u64,
     pub notices: Vec<String>,
 }
@@ -155,6 +155,8 @@ pub fn replay(path: &Path, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<Re
 /// driven by the recording's decisions instead of a clock.
 struct Machine {
     core: LoopCore,
+    /// What a recorded command is checked against again before it is re-applied.
+    limits: crate::control_plane::SessionLimits,
     emit: EmitCore,
     n: usize,
     m: usize,
@@ -168,8 +170,11 @@ impl Machine {
         model.check(rig)?;
         let dims = model.dims();
         let safety = Safety::from_rig(rig, dims.control)?;
+        let tasks = model.params().map_or(0, |p| p.task_library.len());
         let backend = model.backend(rig)?;
+        let limits = crate::session::session_limits(rig, &safety, tasks, backend.as_ref());
         Ok(Machine {
+            limits,
             core: LoopCore::new(backend),
             emit: EmitCore::new(safety, dims.control),
             n: dims.n_units,
@@ -218,7 +223,7 @@ struct RecordedCommands {
 }
 
 impl RecordedCommands {
-    fn read(rows: Option<&Rows>, m: usize, notices: &mut Vec<String>) -> RecordedCommands {
+    fn read(rows: Option<&Rows>, limits: &crate::control_plane::SessionLimits, notices: &mut Vec<String>) -> RecordedCommands {
         let mut loop_side = Vec::new();
         let mut emitter_side = Vec::new();
         let mut applied = 0;
@@ -230,8 +235,20 @@ impl RecordedCommands {
                     continue;
                 }
             };
-            let Some(request) = record.command.as_ref().filter(|_| record.refused.is_none()) else { continue };
-            let plan = crate::control_plane::dispatch::plan(request, m);
+            // A part took effect where its bin is recorded (at a session's end, a command may
+            // be refused with one part applied).
+            let Some(request) = record.command.clone().filter(|_| record.loop_bin.is_some() || record.emitter_bin.is_some()) else {
+                continue;
+            };
+            // Checked again: the file may come from another session or have been edited.
+            let request = match request.check(limits) {
+                Ok(r) => r,
+                Err(e) => {
+                    notices.push(format!("command {} in the recording does not fit this rig ({e}); it is not re-applied", record.id));
+                    continue;
+                }
+            };
+            let plan = crate::control_plane::dispatch::plan(&request, limits.control);
             applied += 1;
             if let (Some(c), Some(bin)) = (plan.loop_command, record.loop_bin) {
                 loop_side.push((bin, record.id, c));
@@ -364,7 +381,7 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     );
 
     let mut report = empty_report(path, "recorded bins", mach.backend_name(), opts.realtime);
-    let mut commands = RecordedCommands::read(commands.as_ref(), m, &mut report.notices);
+    let mut commands = RecordedCommands::read(commands.as_ref(), &mach.limits, &mut report.notices);
     report.commands_applied = commands.applied;
     let mut emitted = vec![0.0f64; n_bins * m];
     let mut u_prev = vec![0.0f64; m];
@@ -402,7 +419,7 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
                 None => u_prev.fill(0.0),
             }
             for (id, c) in commands.for_loop(k as u64) {
-                if let Err(why) = mach.core.apply(c) {
+                if let (_, Err(why)) = mach.core.apply(c) {
                     report.notices.push(format!("bin {k}: command {id}, which the live loop applied, was refused in replay: {why}"));
                 }
             }

@@ -78,16 +78,20 @@ impl LoopCore {
 
     /// Applies a control-plane command between bins (the live loop before it steps the bin
     /// the command takes effect at; replay from the recording's commands stream). Returns
-    /// the objective replaced (to be freed off the loop thread), or why the backend refused
-    /// the command (nothing changed then). Allocates only if the backend's `step` does.
-    pub fn apply(&mut self, command: LoopCommand) -> Result<Option<Objective>, &'static str> {
+    /// the objective to free off the loop thread (the one replaced, or a refused one) and
+    /// whether the backend took the command (nothing changed when it refused). Allocates
+    /// only if the backend's `step` does.
+    pub fn apply(&mut self, command: LoopCommand) -> (Option<Objective>, Result<(), &'static str>) {
         match command {
-            LoopCommand::SetObjective(objective) => self.backend.set_objective(objective).map(Some).map_err(|(_, why)| why),
-            LoopCommand::LockTask(task) => self.backend.lock_task(task).map(|_| None),
+            LoopCommand::SetObjective(objective) => match self.backend.set_objective(objective) {
+                Ok(old) => (Some(old), Ok(())),
+                Err((refused, why)) => (Some(refused), Err(why)),
+            },
+            LoopCommand::LockTask(task) => (None, self.backend.lock_task(task)),
             LoopCommand::SetLimits { lower, upper } => {
                 let m = self.dims.control;
                 self.backend.set_limits(&lower[..m], &upper[..m]);
-                Ok(None)
+                (None, Ok(()))
             }
         }
     }

@@ -63,17 +63,13 @@ impl LoopEnd {
 #[inline]
 fn apply_commands(core: &mut LoopCore, queues: &LoopQueues, k: u64) {
     while let Some((id, command)) = queues.commands.pop() {
-        let refused = match core.apply(command) {
-            Ok(Some(old)) => {
-                // The queue is as deep as the command queue: it has room for every objective
-                // this bin replaces unless the control plane stopped draining it.
-                let _ = queues.retired.push(old);
-                None
-            }
-            Ok(None) => None,
-            Err(why) => Some(why),
-        };
-        queues.applied.force_push((Applied { id, at_bin: k }, refused));
+        let (retire, outcome) = core.apply(command);
+        if let Some(objective) = retire {
+            // As deep as the command queue: room for every objective unless the control
+            // plane stopped draining it; then (only then) it is freed here.
+            let _ = queues.retired.push(objective);
+        }
+        queues.applied.force_push((Applied { id, at_bin: k }, outcome.err()));
     }
 }
 
@@ -92,6 +88,9 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
     crate::hot::enter();
     let mut k: u64 = 0;
     while k < s.end_bin.load(Ordering::Acquire) {
+        // Commands that came during bin k−1 are applied while waiting for bin k to close
+        // (off its budget), those that come while waiting once it has.
+        apply_commands(&mut core, &s.commands, k);
         clock::sleep_until(s.clock.close(k));
         let started_at = clock::now();
         apply_commands(&mut core, &s.commands, k);

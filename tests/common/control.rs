@@ -113,6 +113,15 @@ pub fn http_get(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     answer(req.call())
 }
 
+/// GET `url` with these headers: status code and JSON body.
+pub fn http_get_with(url: &str, headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let mut req = agent().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    answer(req.call())
+}
+
 /// POST `body` as JSON to `url`: status code and JSON body.
 pub fn http_post(url: &str, body: &str) -> (u16, serde_json::Value) {
     http_post_with(url, body, &[("Content-Type", "application/json")])
