@@ -27,12 +27,8 @@ pub struct LiveFrame {
     pub time: f64,
     pub bin_ms: f64,
     /// Session totals so far.
-    pub bins: u64,
-    pub deadline_misses: u64,
-    pub fallbacks: u64,
-    pub gap_bins: u64,
-    pub late_spikes: u64,
-    pub late_results: u64,
+    #[serde(flatten)]
+    pub totals: Totals,
     /// The newest bin's filtered latent x, embedding z, command pushed u and enable gate.
     pub x: Vec<f64>,
     pub z: Vec<f64>,
@@ -49,11 +45,6 @@ pub struct LiveFrame {
     pub frame_compute_us_max: Option<f64>,
     pub frame_close_to_push_us_max: Option<f64>,
     pub frame_end_to_end_us_max: Option<f64>,
-    /// Session percentiles (after warm-up).
-    pub compute_us: Option<Percentiles>,
-    pub close_to_push_us: Option<Percentiles>,
-    pub end_to_end_us: Option<Percentiles>,
-    pub ingest: Option<IngestCounts>,
     /// The session has ended (the last frame).
     pub ended: bool,
 }
@@ -102,8 +93,9 @@ pub(super) struct LiveView {
     last_publish: f64,
 }
 
-/// Session totals handed in at publish time.
-pub(super) struct Totals {
+/// Session totals, handed in by telemetry at publish time; percentiles after the warm-up.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
     pub bins: u64,
     pub deadline_misses: u64,
     pub fallbacks: u64,
@@ -113,7 +105,7 @@ pub(super) struct Totals {
     pub compute_us: Option<Percentiles>,
     pub close_to_push_us: Option<Percentiles>,
     pub end_to_end_us: Option<Percentiles>,
-    pub ingest: IngestCounts,
+    pub ingest: Option<IngestCounts>,
 }
 
 impl LiveView {
@@ -179,14 +171,11 @@ impl LiveView {
             return;
         }
         self.last_publish = now;
-        let t = totals();
         let f = &mut self.frame;
+        f.totals = totals();
         f.seq += 1;
         f.time = now;
         f.ended = last;
-        (f.bins, f.deadline_misses, f.fallbacks, f.gap_bins, f.late_spikes, f.late_results) =
-            (t.bins, t.deadline_misses, t.fallbacks, t.gap_bins, t.late_spikes, t.late_results);
-        (f.compute_us, f.close_to_push_us, f.end_to_end_us, f.ingest) = (t.compute_us, t.close_to_push_us, t.end_to_end_us, Some(t.ingest));
         let seconds = self.counted_bins as f64 * f.bin_ms * 1e-3;
         for i in 0..self.counts.len() {
             f.rates_hz[i] = if seconds > 0.0 { self.counts[i] / seconds } else { 0.0 };

@@ -285,7 +285,7 @@ impl Telemetry {
             compute_us: self.lat.percentiles(Stage::Compute),
             close_to_push_us: self.lat.percentiles(Stage::CloseToPush),
             end_to_end_us: self.lat.percentiles(Stage::EndToEnd),
-            ingest: self.ingest_counts(),
+            ingest: Some(self.ingest_counts()),
         });
         self.live = Some(l);
     }
