@@ -11,7 +11,7 @@ use crate::tap::FanOut;
 use crate::MAX_CONTROL;
 use crossbeam_queue::ArrayQueue;
 use lsl::ExPushable;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The emitter's hand-offs (lock-free, preallocated).
@@ -75,12 +75,26 @@ pub struct EmitterSetup {
     pub end_bin: Arc<AtomicU64>,
     /// What was pushed, to every observer (telemetry, the recorder).
     pub observers: FanOut<Emitted>,
+    /// `[realtime]`: applied to the emitter thread as it starts.
+    pub realtime: crate::realtime::ThreadSetup,
+    /// After the last bin the outlet stays up OUTLET_LINGER_MS, and then, if this is given,
+    /// until it is set (at most MAX_LINGER_S): the session sets it once its consumers have
+    /// everything. liblsl drops what an outlet has not sent when it is destroyed, and on a
+    /// loaded machine that can be seconds of samples (issue 16).
+    pub release: Option<Arc<AtomicBool>>,
 }
+
+/// The longest the emitter keeps its outlet up after the last bin, waiting for `release`.
+pub const MAX_LINGER_S: f64 = 10.0;
 
 /// Create the Control outlet on a new thread and start emitting. Returns once the outlet exists.
 pub fn start(setup: EmitterSetup) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let handle = std::thread::Builder::new().name("neuroloop-emit".into()).spawn(move || {
+        setup.realtime.apply(crate::realtime::Role::Emitter);
+        // Its deadline wait is a timed park: 50 µs of default timer slack would be most of
+        // a 1 kHz rig's deadline.
+        crate::clock::precise_timers();
         let outlet = match control_outlet(&setup) {
             Ok(o) => o,
             Err(e) => {
@@ -151,6 +165,13 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
     crate::hot::leave();
     // Let liblsl deliver the last samples before the outlet goes away.
     std::thread::sleep(std::time::Duration::from_millis(OUTLET_LINGER_MS));
+    if let Some(release) = &s.release {
+        let until = clock::now() + MAX_LINGER_S;
+        while !release.load(Ordering::Acquire) && clock::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    drop(outlet);
 }
 
 /// What the emitter does for bin `k`, holding `result` (the next one from the loop, if any)

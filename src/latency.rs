@@ -86,6 +86,21 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("histogram bounds")
 }
 
+/// A histogram's values (µs) at quantiles 1 − 10^(−x), x = 0, 0.05, … up to the resolution
+/// of its count (the HdrHistogram percentile plot). Empty when nothing was recorded.
+pub fn quantile_curve_of(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let top = (h.len() as f64).log10().clamp(1.0, 6.0);
+    (0..=(top / 0.05).round() as usize)
+        .map(|i| {
+            let q = 1.0 - 10f64.powf(-(i as f64) * 0.05);
+            (q, h.value_at_quantile(q) as f64)
+        })
+        .collect()
+}
+
 /// One bin's latencies for the over-time plot (µs; NaN = not measured).
 #[derive(Debug, Clone, Copy)]
 pub struct BinLatency {
@@ -255,17 +270,7 @@ impl StageLatencies {
     /// resolution of its count (the HdrHistogram percentile plot). Empty when nothing was
     /// recorded.
     pub fn quantile_curve(&self, stage: Stage) -> Vec<(f64, f64)> {
-        let h = self.histogram(stage);
-        if h.is_empty() {
-            return Vec::new();
-        }
-        let top = (h.len() as f64).log10().clamp(1.0, 6.0);
-        (0..=(top / 0.05).round() as usize)
-            .map(|i| {
-                let q = 1.0 - 10f64.powf(-(i as f64) * 0.05);
-                (q, h.value_at_quantile(q) as f64)
-            })
-            .collect()
+        quantile_curve_of(self.histogram(stage))
     }
 
     /// Per-bin series from the first bin after warm-up (empty unless kept).

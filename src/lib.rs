@@ -30,6 +30,7 @@ pub mod latency;
 pub mod linalg;
 pub mod lslutil;
 pub mod model;
+pub mod realtime;
 pub mod record;
 pub mod replay;
 pub mod rig;

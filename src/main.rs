@@ -74,10 +74,16 @@ enum Command {
         /// No live status line.
         #[arg(long)]
         quiet: bool,
-        /// Baselines run after neuroloop against the same simulated rig: echo (the pylsl
-        /// floor), python (the same model as a Python + numpy loop), comma-separated, or none.
-        #[arg(long, default_value = "echo,python")]
+        /// Baselines run beside neuroloop against the same simulated rig: floor (one Rust
+        /// thread on liblsl, no model), echo (the same in pylsl), python (the same model as a
+        /// Python + numpy loop), comma-separated, or none.
+        #[arg(long, default_value = "floor,echo,python")]
         baselines: String,
+        /// Rounds: each runs neuroloop and every baseline (alternating their order); the
+        /// histograms are merged per loop and the ratios taken over rounds with comparable
+        /// CPU steal. Each round's files go to OUT/round-NN/ when there are several.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
         /// Python with pylsl and numpy for the baselines (default: .venv/bin/python).
         #[arg(long)]
         python: Option<PathBuf>,
@@ -118,6 +124,28 @@ enum Command {
         #[arg(long, default_value = "units,latent,particles,samples")]
         axes: String,
         #[arg(long, default_value = "bench-out/sweep")]
+        out: PathBuf,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// What waiting costs: threads waking on a shared bin grid with each wait strategy
+    /// (sleep+yield, sleep, abs-sleep, spin): lateness percentiles, CPU per thread, CPU
+    /// steal. Writes wakeups.md and wakeups.json.
+    Wakeups {
+        /// The grid's Δ (ms).
+        #[arg(long, default_value_t = 1.0)]
+        bin_ms: f64,
+        /// Length of each phase (s).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Thread counts, comma-separated (a phase per strategy per count).
+        #[arg(long, default_value = "1,3")]
+        threads: String,
+        /// Wait strategies, comma-separated, or all.
+        #[arg(long, default_value = "all")]
+        waits: String,
+        #[arg(long, default_value = "bench-out/wakeups")]
         out: PathBuf,
         /// No progress lines.
         #[arg(long)]
@@ -244,7 +272,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             session::run_sim_only(&rig, truth, bins).map(|()| ExitCode::SUCCESS)
         }
-        Command::Bench { rig, bins, warmup, out, quiet, baselines, python, control } => {
+        Command::Bench { rig, bins, warmup, rounds, out, quiet, baselines, python, control } => {
             use neuroloop::bench::baseline;
             let rig = Rig::load(&rig)?;
             let baselines = baseline::parse_baselines(&baselines)?;
@@ -255,13 +283,21 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 );
             }
             let python = python.unwrap_or_else(baseline::default_python);
-            let opts = neuroloop::bench::BenchOptions { bins, warmup, out: out.clone(), status_line: !quiet, baselines, python, control };
+            let opts =
+                neuroloop::bench::BenchOptions { bins, warmup, rounds, out: out.clone(), status_line: !quiet, baselines, python, control };
             let (_, table) = neuroloop::bench::run(&rig, &opts)?;
             println!("{table}");
-            eprintln!(
-                "[neuroloop] bench results in {}: report.json, latency.md, latency.hlog, latency-distribution.svg, latency-over-time.svg, baselines.json",
-                out.display()
-            );
+            if rounds > 1 {
+                eprintln!(
+                    "[neuroloop] bench results in {}: latency.md, latency-distribution.svg, baselines.json (every round merged); each round's report.json, latency.hlog and plots in round-NN/",
+                    out.display()
+                );
+            } else {
+                eprintln!(
+                    "[neuroloop] bench results in {}: report.json, latency.md, latency.hlog, latency-distribution.svg, latency-over-time.svg, baselines.json",
+                    out.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Sweep { rig, bins, warmup, backends, units, latent, particles, samples, axes, out, quiet } => {
@@ -285,6 +321,14 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let (_, table) = sweep::run(&rig, &opts)?;
             println!("{table}");
             eprintln!("[neuroloop] sweep results in {}: sweep.md, sweep.json, sweep-<axis>.svg", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wakeups { bin_ms, seconds, threads, waits, out, quiet } => {
+            use neuroloop::bench::wakeup;
+            let opts = wakeup::WakeupOptions::from_args(bin_ms, seconds, &threads, &waits, out.clone(), !quiet)?;
+            let (_, table) = wakeup::run(&opts)?;
+            println!("{table}");
+            eprintln!("[neuroloop] wakeups results in {}: wakeups.md, wakeups.json", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { file, rig, from, realtime, backend, report, quiet } => {

@@ -355,6 +355,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             cfg: sc.clone(),
             clock: bin_clock,
             control_stream: rig.output.control_name.clone(),
+            control_source_id: Some(source_id.clone()),
             // The simulated rig outlives the loop (stopped by `stop`), so the loop's last
             // bins still see a live stream.
             end_bin: Arc::new(AtomicU64::new(u64::MAX)),
@@ -365,6 +366,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             end_to_end: Some(queues.end_to_end.clone()),
             outage: sc.dropout_bins.map(|[a, b]| (a, b)),
             channel_labels: rig.units.labels.clone(),
+            wait: rig.timing.wait,
         })?);
     }
 
@@ -383,18 +385,15 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         None => (None, None, None),
     };
 
-    let (producer, consumer) = ingest::spike_ring(rig.input.ring_capacity);
-    let ingest_handle = ingest::start(IngestSetup {
-        input: rig.input.clone(),
-        units,
-        producer,
-        stats: ingest_stats.clone(),
-        stop: stop.clone(),
-        notices: notice_tx,
-        record: input_tap,
-    })
-    .with_context(|| format!("rig file {}: [input]", rig.path.display()))?;
-
+    // `[realtime]`: memory locked now, before the stages allocate their buffers; each
+    // real-time thread applies its own scheduling as it starts.
+    let realtime = crate::realtime::ThreadSetup::new(rig.realtime.clone());
+    realtime.lock_memory();
+    // The Control outlet first: the simulated rig's inlet subscribes while ingest connects
+    // (on a loaded machine each can take seconds, and a rig that subscribes after bin 0
+    // never hears the bins before). With the simulated rig, the outlet stays up until the
+    // rig has every sample.
+    let release_outlet = sim_handles.as_ref().map(|_| Arc::new(AtomicBool::new(false)));
     let emitter = emit::start(EmitterSetup {
         clock: bin_clock,
         m: dims.control,
@@ -407,10 +406,35 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             .as_ref()
             .map_or(rig.safety.enabled, |s| sim::GateSchedule::new(s.open_loop_block_bins, rig.safety.enabled).initial()),
         queues: emit_queues.clone(),
-        counts: emit_counts,
+        counts: emit_counts.clone(),
         end_bin: end_bin.clone(),
         observers: FanOut::default().with(queues.emitted.clone()).with_opt(emitted_tap),
+        realtime: realtime.clone(),
+        release: release_outlet.clone(),
     })?;
+    let (producer, consumer) = ingest::spike_ring(rig.input.ring_capacity);
+    let ingest_handle = ingest::start(IngestSetup {
+        input: rig.input.clone(),
+        units,
+        producer,
+        stats: ingest_stats.clone(),
+        stop: stop.clone(),
+        notices: notice_tx,
+        record: input_tap,
+        realtime: realtime.clone(),
+    })
+    .with_context(|| format!("rig file {}: [input]", rig.path.display()));
+    let ingest_handle = match ingest_handle {
+        Ok(h) => h,
+        Err(e) => {
+            // The emitter is running: end it (it lingers, then returns).
+            end_bin.store(0, Ordering::Release);
+            if let Some(r) = &release_outlet {
+                r.store(true, Ordering::Release);
+            }
+            return Err(e);
+        }
+    };
     let bins_q = queues.bins.clone();
     let (live_shared, live_tap) = live.unzip();
     let telemetry_stop = Arc::new(AtomicBool::new(false));
@@ -461,6 +485,8 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
             end_bin: end_bin.clone(),
             lookahead_bins: rig.timing.lookahead_bins(),
             with_counts: bin_tap.into_iter().chain(live_tap).collect(),
+            wait: rig.timing.wait,
+            realtime: realtime.clone(),
         },
         loop_status.clone(),
     )?;
@@ -539,10 +565,30 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let mut loop_end = loop_handle.join().map_err(|_| anyhow::anyhow!("the loop thread panicked"))?;
+    if let (Some(h), Some(release)) = (&sim_handles, &release_outlet) {
+        // The emitter has pushed its last sample when its count reaches the session's
+        // bins; the rig has it all when its count does.
+        let until = clock::now() + emit::MAX_LINGER_S;
+        while !emitter.is_finished() && clock::now() < until {
+            let pushed = emit_counts.pushed.load(Ordering::Acquire);
+            if pushed >= end_bin.load(Ordering::Acquire) && h.control.received.load(Ordering::Acquire) >= pushed {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        release.store(true, Ordering::Release);
+    }
     emitter.join().map_err(|_| anyhow::anyhow!("the emitter thread panicked"))?;
     stop.store(true, Ordering::Release);
     let _ = ingest_handle.join();
     loop_status.after_end_spikes.store(loop_end.count_after_end(), Ordering::Release);
+    // The rig takes the last Control samples (still in flight when the emitter returned)
+    // before it stops, so that what it missed is what it really missed.
+    let pushed = emit_counts.pushed.load(Ordering::Acquire);
+    let rig_control = sim_handles.as_ref().map(|h| {
+        h.control.wait_for(pushed, 0.5);
+        h.control.summary(pushed)
+    });
     sim_stop.store(true, Ordering::Release);
     if let Some(h) = sim_handles {
         let _ = h.sim.join();
@@ -551,6 +597,22 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     telemetry_stop.store(true, Ordering::Release);
     let mut report = telemetry_handle.join().map_err(|_| anyhow::anyhow!("the telemetry thread panicked"))?;
     report.device_errors = loop_end.backend.stats().device_errors;
+    report.realtime = realtime.grants();
+    if let Some(rc) = rig_control {
+        if rc.lost > 0 || rc.reconnects > 0 {
+            let msg = format!(
+                "the simulated rig did not receive {} of {} Control samples (it heard from bin {} on; its inlet subscribed again {} times){}",
+                rc.lost,
+                pushed,
+                rc.first_bin.map_or("none".into(), |b| b.to_string()),
+                rc.reconnects,
+                if rc.first_bin.is_some_and(|b| b > 0) { "; a longer [timing] start_delay_ms gives it time to subscribe" } else { "" }
+            );
+            eprintln!("[neuroloop] warning: {msg}");
+            report.notices.push(msg);
+        }
+        report.rig_control = Some(rc);
+    }
     if let Some((server, markers)) = control_plane {
         // After telemetry's last frame, so that the dashboard shows how the session ended.
         server.stop();
@@ -624,12 +686,14 @@ pub fn run_sim_only(rig: &Rig, truth: ModelParams, bins: Option<u64>) -> anyhow:
         cfg: sc.clone(),
         clock,
         control_stream: rig.output.control_name.clone(),
+        control_source_id: None,
         end_bin,
         stop: stop.clone(),
         truth: FanOut::default(),
         end_to_end: None,
         outage: sc.dropout_bins.map(|[a, b]| (a, b)),
         channel_labels: rig.units.labels.clone(),
+        wait: rig.timing.wait,
     })?;
     eprintln!("[neuroloop] simulator publishing '{}' ({:?}); Ctrl-C to stop", sc.stream_name, sc.output);
     let _ = h.sim.join();

@@ -83,6 +83,11 @@ pub struct SimSetup {
     pub clock: BinGrid,
     /// Name of the Control stream to take stimulation from (type `Control`).
     pub control_stream: String,
+    /// Take Control only from the outlet with this source_id (the session's own, or a
+    /// baseline's): a rig that subscribes by name alone can latch onto another process's
+    /// outlet of the same name, which then closes under it (issue 16: a rig received 70 %
+    /// of the samples). None: any outlet of that name (`neuroloop sim`, a separate controller).
+    pub control_source_id: Option<String>,
     /// Simulate bins 0..end_bin.
     pub end_bin: Arc<AtomicU64>,
     pub stop: Arc<AtomicBool>,
@@ -97,6 +102,8 @@ pub struct SimSetup {
     /// The rig's `[units] labels`: a simulated counts stream labels its channels with them
     /// (else `unit0`, `unit1`, …), so a rig that maps by label runs on the simulator.
     pub channel_labels: Option<Vec<String>>,
+    /// How the simulator waits for each step (the rig's `[timing] wait`).
+    pub wait: clock::Wait,
 }
 
 pub struct SimHandles {
@@ -105,6 +112,61 @@ pub struct SimHandles {
     /// The simulated rig's Control inlet is subscribed: it receives every sample pushed from
     /// now on (the session waits for this before bin 0, so the rig hears every bin).
     pub control_connected: Arc<AtomicBool>,
+    /// What the rig's Control inlet received.
+    pub control: Arc<RigControlCounts>,
+}
+
+/// What the simulated rig's Control inlet received, counted on its own thread.
+#[derive(Debug)]
+pub struct RigControlCounts {
+    /// Control samples received (stamped at or after bin 0's end).
+    pub received: AtomicU64,
+    /// Times the inlet lost its outlet and subscribed again.
+    pub reconnects: AtomicU64,
+    /// The bin of the first sample received (u64::MAX: none yet).
+    pub first_bin: AtomicU64,
+}
+
+impl Default for RigControlCounts {
+    fn default() -> Self {
+        RigControlCounts { received: AtomicU64::new(0), reconnects: AtomicU64::new(0), first_bin: AtomicU64::new(u64::MAX) }
+    }
+}
+
+impl RigControlCounts {
+    /// Against the samples the controller pushed for its bins: what the rig missed.
+    pub fn summary(&self, pushed: u64) -> RigControlSummary {
+        let received = self.received.load(Ordering::Acquire);
+        let first = self.first_bin.load(Ordering::Acquire);
+        RigControlSummary {
+            received,
+            lost: pushed.saturating_sub(received),
+            reconnects: self.reconnects.load(Ordering::Acquire),
+            first_bin: (first != u64::MAX).then_some(first),
+        }
+    }
+
+    /// Waits (at most `limit_s`) until the rig has received `pushed` samples: the last ones
+    /// are still in flight when the controller's outlet reports them pushed.
+    pub fn wait_for(&self, pushed: u64, limit_s: f64) {
+        let until = clock::now() + limit_s;
+        while self.received.load(Ordering::Acquire) < pushed && clock::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// The simulated rig's side of the Control stream, in the session report: a rig that loses
+/// Control samples is the failure that matters most (each lost sample is a bin whose
+/// stimulation never arrived).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RigControlSummary {
+    pub received: u64,
+    /// Samples pushed that the rig never received.
+    pub lost: u64,
+    pub reconnects: u64,
+    /// The bin of the first sample it received (0 unless it subscribed late).
+    pub first_bin: Option<u64>,
 }
 
 /// Start the simulator (publisher thread + Control receiver thread). Returns once the
@@ -112,50 +174,98 @@ pub struct SimHandles {
 pub fn start(setup: SimSetup) -> anyhow::Result<SimHandles> {
     let latest_u = Arc::new(Mutex::new(vec![0.0f64; setup.params.dims.control]));
     let control_connected = Arc::new(AtomicBool::new(false));
+    let control = Arc::new(RigControlCounts::default());
     let receiver = {
-        let latest_u = latest_u.clone();
-        let connected = control_connected.clone();
-        let name = setup.control_stream.clone();
-        let stop = setup.stop.clone();
-        let e2e = setup.end_to_end.clone();
-        std::thread::Builder::new()
-            .name("sim-control-rx".into())
-            .spawn(move || receive_control(&name, &latest_u, &stop, e2e, &connected))?
+        let rx = ControlReceiver {
+            pred: control_predicate(&setup.control_stream, setup.control_source_id.as_deref()),
+            t0_end: setup.clock.bin_end(0),
+            bin_s: setup.clock.bin_s,
+            latest: latest_u.clone(),
+            stop: setup.stop.clone(),
+            e2e: setup.end_to_end.clone(),
+            connected: control_connected.clone(),
+            counts: control.clone(),
+        };
+        std::thread::Builder::new().name("sim-control-rx".into()).spawn(move || rx.run())?
     };
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let sim = std::thread::Builder::new().name("sim".into()).spawn(move || run(setup, latest_u, ready_tx))?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(SimHandles { sim, receiver, control_connected }),
+        Ok(Ok(())) => Ok(SimHandles { sim, receiver, control_connected, control }),
         Ok(Err(e)) => Err(anyhow::anyhow!(e)),
         Err(_) => Err(anyhow::anyhow!("the simulator thread died at start-up")),
     }
 }
 
-fn receive_control(name: &str, latest: &Mutex<Vec<f64>>, stop: &AtomicBool, e2e: Option<Tap<[f64; 2]>>, connected: &AtomicBool) {
-    let pred = format!("name='{name}' and type='Control'");
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(found) = lsl::resolve_bypred(&pred, 1, 0.5) else { continue };
-        let Some(info) = found.into_iter().next() else { continue };
-        let Ok(inlet) = lsl::StreamInlet::new(&info, 10, 0, false) else { continue };
-        if inlet.open_stream(2.0).is_err() {
-            continue;
-        }
-        connected.store(true, Ordering::Release);
-        let mut buf: Vec<f32> = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            match inlet.pull_sample_buf(&mut buf, 0.05) {
-                Ok(ts) if ts != 0.0 => {
-                    let received = clock::now();
-                    if let Some(tap) = &e2e {
-                        tap.offer([ts, received - ts]);
+/// The LSL query for the Control stream the rig takes (single quotes in a name are
+/// LSL-escaped by doubling, as XPath wants).
+fn control_predicate(name: &str, source_id: Option<&str>) -> String {
+    let q = |v: &str| v.replace('\'', "''");
+    match source_id {
+        Some(id) => format!("name='{}' and type='Control' and source_id='{}'", q(name), q(id)),
+        None => format!("name='{}' and type='Control'", q(name)),
+    }
+}
+
+/// The simulated rig's Control inlet, on its own thread ("sim-control-rx").
+struct ControlReceiver {
+    pred: String,
+    /// Samples stamped before bin 0's end are not the session's.
+    t0_end: f64,
+    bin_s: f64,
+    latest: Arc<Mutex<Vec<f64>>>,
+    stop: Arc<AtomicBool>,
+    e2e: Option<Tap<[f64; 2]>>,
+    connected: Arc<AtomicBool>,
+    counts: Arc<RigControlCounts>,
+}
+
+impl ControlReceiver {
+    fn run(self) {
+        let mut subscribed_before = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            let Ok(found) = lsl::resolve_bypred(&self.pred, 1, 0.5) else { continue };
+            let Some(info) = found.into_iter().next() else { continue };
+            // A 6-minute buffer (not 10 s) so a stalled rig thread loses nothing, and
+            // recover = true: if the connection drops, liblsl re-subscribes to the same
+            // outlet by itself instead of handing back an error that costs a full
+            // re-resolve (and with recover = false, the samples already buffered).
+            let Ok(inlet) = lsl::StreamInlet::new(&info, 360, 0, true) else { continue };
+            // Keep waiting on the same inlet: its connection goes on in liblsl's thread, and
+            // a fresh one would start the handshake over (on a loaded machine it can take
+            // seconds, and a rig that subscribes late never hears the bins before).
+            let mut opened = false;
+            while !opened && !self.stop.load(Ordering::Relaxed) {
+                opened = inlet.open_stream(0.5).is_ok();
+            }
+            if !opened {
+                return;
+            }
+            if subscribed_before {
+                self.counts.reconnects.fetch_add(1, Ordering::AcqRel);
+            }
+            subscribed_before = true;
+            self.connected.store(true, Ordering::Release);
+            let mut buf: Vec<f32> = Vec::new();
+            while !self.stop.load(Ordering::Relaxed) {
+                match inlet.pull_sample_buf(&mut buf, 0.05) {
+                    Ok(ts) if ts != 0.0 => {
+                        let received = clock::now();
+                        if ts >= self.t0_end - 1e-9 && self.counts.received.fetch_add(1, Ordering::AcqRel) == 0 {
+                            let bin = ((ts - self.t0_end) / self.bin_s).round().max(0.0) as u64;
+                            self.counts.first_bin.store(bin, Ordering::Release);
+                        }
+                        if let Some(tap) = &self.e2e {
+                            tap.offer([ts, received - ts]);
+                        }
+                        let mut l = self.latest.lock().unwrap();
+                        for (dst, src) in l.iter_mut().zip(&buf) {
+                            *dst = *src as f64;
+                        }
                     }
-                    let mut l = latest.lock().unwrap();
-                    for (dst, src) in l.iter_mut().zip(&buf) {
-                        *dst = *src as f64;
-                    }
+                    Ok(_) => {}
+                    Err(_) => break, // the outlet is gone for good: resolve again
                 }
-                Ok(_) => {}
-                Err(_) => break, // controller gone; resolve again
             }
         }
     }
@@ -297,10 +407,11 @@ fn run(s: SimSetup, latest_u: Arc<Mutex<Vec<f64>>>, ready: crossbeam_channel::Se
     let mut counts_sample: Vec<f32> = vec![0.0; n];
     let mut u = vec![0.0; dims.control];
     let mut j: u64 = 0;
+    clock::precise_timers();
     while j < s.end_bin.load(Ordering::Acquire) && !s.stop.load(Ordering::Relaxed) {
         // u_{j−1} is due at deadline(j−1); never later than the end of bin j.
         let step_at = if j == 0 { s.clock.bin_start(0) } else { (s.clock.deadline(j - 1) + STEP_MARGIN_S).min(s.clock.bin_end(j)) };
-        clock::sleep_until(step_at);
+        s.wait.until(step_at);
         let task = ((j / switch_bins) as usize) % pop.tasks();
         // The stimulation received for bin j−1 drives x_j.
         u.copy_from_slice(&latest_u.lock().unwrap());

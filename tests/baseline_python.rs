@@ -214,9 +214,9 @@ fn python_baseline_matches_cpu_backend_utah96_lqr_rates() {
 
 /// LQR, 64 units at 1 ms bins, online embedding (task identification off in this rig); the
 /// population switches task every 0.1 s (100 bins) and control is on in alternate 100-bin
-/// blocks. Fewer bins than the MPPI run: at 1 kHz (α = Δ/τ = 0.005) the warm-started
-/// Riccati iteration contracts by only ~0.98 per iteration and runs its full 200 iterations
-/// every bin, which costs Python ~15 ms a bin.
+/// blocks. At 1 kHz (α = Δ/τ = 0.005) the fixed-point Riccati iteration contracts by only
+/// ~0.98 per step, so both sides solve it by doubling (~20 doublings from cold, one warm
+/// step once the linearisation settles): the ports must agree on that path too.
 #[test]
 fn python_baseline_matches_cpu_backend_1khz_lqr() {
     let tol = Tolerance { x: 1e-11, z: 1e-11, loglik: 1e-12, u: 1e-9 };

@@ -64,7 +64,7 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
         out_dir.to_str().unwrap(),
         "--quiet",
         "--baselines",
-        "echo,python",
+        "floor,echo,python",
         "--python",
         python().to_str().unwrap(),
     ]);
@@ -129,7 +129,8 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
     assert!(measured_misses <= misses && measured_misses <= bins, "misses after the warm-up are among all misses");
     assert_eq!(b["neuroloop"]["past_deadline"], measured_misses);
     let baselines = b["baselines"].as_array().unwrap();
-    assert_eq!(baselines.iter().map(|x| x["kind"].as_str().unwrap()).collect::<Vec<_>>(), ["echo", "python"]);
+    assert_eq!(baselines.iter().map(|x| x["kind"].as_str().unwrap()).collect::<Vec<_>>(), ["floor", "echo", "python"]);
+    assert_eq!(b["neuroloop"]["control_lost"], 0, "the simulated rig received every sample neuroloop pushed");
     for x in baselines {
         let kind = x["kind"].as_str().unwrap();
         let n = |k: &str| x[k].as_u64().unwrap_or_else(|| panic!("{kind}.{k} missing: {x}"));
@@ -144,12 +145,14 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
         assert_eq!(x["end_to_end_us"]["count"].as_u64(), Some(n("control_samples")));
         assert!(x["close_to_push_us"]["count"].as_u64().unwrap() <= bins);
         assert!(n("past_deadline") <= x["close_to_push_us"]["count"].as_u64().unwrap());
+        // Each loop's Control stream had a source_id of its own: the rig took every sample.
+        assert_eq!(n("control_lost"), 0, "{kind}: the simulated rig lost Control samples: {x}");
     }
-    // The model baseline tracks the simulated population's latent state (the echo has no model).
-    assert!(baselines[0]["latent_r2"].is_null());
+    // The model baseline tracks the simulated population's latent state (floor and echo have no model).
+    assert!(baselines[0]["latent_r2"].is_null() && baselines[1]["latent_r2"].is_null());
     // Its R² is there (the model's numbers are pinned by tests/baseline_python.rs; how well it
     // tracks live depends on how late this machine runs it, which a test must not judge).
-    let r2 = baselines[1]["latent_r2"].as_f64().expect("python baseline R²");
+    let r2 = baselines[2]["latent_r2"].as_f64().expect("python baseline R²");
     assert!(r2.is_finite() && r2 <= 1.0, "R² {r2}");
     // Ratios are neuroloop's percentile over the baseline's.
     for (i, ratio) in b["ratios"].as_array().unwrap().iter().enumerate() {
@@ -157,7 +160,70 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
         assert!((ratio["end_to_end_p99"].as_f64().unwrap() - want).abs() < 1e-9 * want.max(1.0), "{ratio} vs {want}");
     }
     let table = std::fs::read_to_string(out_dir.join("latency.md")).unwrap();
-    assert!(table.contains("LSL floor: pylsl echo") && table.contains("Python + numpy loop") && table.contains("neuroloop / baseline"));
+    for name in ["native floor", "pylsl echo", "Python + numpy loop", "neuroloop / baseline"] {
+        assert!(table.contains(name), "the table has no '{name}':\n{table}");
+    }
+}
+
+/// Two interleaved rounds against the native floor: each round's files in round-NN/, the
+/// second round in the reverse order, and the merged numbers the sums of the rounds'.
+#[test]
+fn bench_rounds_interleave_the_loops_and_merge_what_they_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("rounds");
+    let rig_path = write(dir.path(), "rig.toml", &rig.events_toml("lqr"));
+    let out_dir = dir.path().join("out");
+    let (bins, warmup) = (200u64, 40u64);
+    let out = run(&[
+        "bench",
+        "--rig",
+        rig_path.to_str().unwrap(),
+        "--bins",
+        &bins.to_string(),
+        "--warmup",
+        &warmup.to_string(),
+        "--rounds",
+        "2",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--quiet",
+        "--baselines",
+        "floor",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let b = report(&out_dir.join("baselines.json"));
+    assert_eq!(b["rounds"], 2);
+    let rounds = b["per_round"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    assert_eq!(rounds[0]["order"], serde_json::json!(["neuroloop", "floor"]));
+    assert_eq!(rounds[1]["order"], serde_json::json!(["floor", "neuroloop"]));
+    let mut samples = 0;
+    for (i, round) in rounds.iter().enumerate() {
+        let r = report(&out_dir.join(format!("round-{:02}/report.json", i + 1)));
+        assert_eq!(r["bins"], bins + warmup, "round {}", i + 1);
+        assert_eq!(round["neuroloop"]["control_samples"], r["end_to_end_us"]["count"]);
+        assert_eq!(round["neuroloop"]["control_lost"], 0);
+        assert_eq!(round["baselines"][0]["kind"], "floor");
+        assert_eq!(round["baselines"][0]["control_lost"], 0);
+        samples += round["neuroloop"]["control_samples"].as_u64().unwrap();
+    }
+    // Merged: counts summed, the percentiles of the merged histogram.
+    assert_eq!(b["neuroloop"]["control_samples"], samples);
+    assert_eq!(b["neuroloop"]["end_to_end_us"]["count"], samples);
+    let floor = &b["baselines"][0];
+    let floor_samples: u64 = rounds.iter().map(|r| r["baselines"][0]["control_samples"].as_u64().unwrap()).sum();
+    assert_eq!(floor["control_samples"], floor_samples);
+    assert_eq!(floor["bins"], 2 * (bins + warmup));
+    for k in ["compute_us", "close_to_push_us", "end_to_end_us"] {
+        assert_ordered(&format!("merged neuroloop {k}"), &b["neuroloop"][k]);
+        assert_ordered(&format!("merged floor {k}"), &floor[k]);
+    }
+    // The ratios name the rounds they are over.
+    let ratio = &b["ratios"][0];
+    assert!(!ratio["rounds"].as_array().unwrap().is_empty(), "{ratio}");
+    let table = std::fs::read_to_string(out_dir.join("latency.md")).unwrap();
+    assert!(table.contains("round by round") && table.contains("2 interleaved rounds"), "{table}");
+    assert!(out_dir.join("latency-distribution.svg").is_file());
 }
 
 #[test]

@@ -152,3 +152,33 @@ fn one_sample_per_bin_with_a_slow_model() {
         }
     }
 }
+
+/// `[realtime]` and `[timing] wait` reach the session's threads: a run that asks for
+/// SCHED_FIFO, pinning to CPU 0 and locked memory, waiting with clock_nanosleep, says in its
+/// report what each thread was granted or refused (refused is a warning, never an error:
+/// the run goes on), and every bin still gets its one sample.
+#[test]
+fn a_realtime_section_is_applied_to_the_threads_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("rt");
+    let text = edit(&rig.events_toml("lqr"), "grace_ms = 4\n", "grace_ms = 4\nwait = \"abs-sleep\"\n");
+    let text = format!("{text}\n[realtime]\npriority = 10\ncpus = [0]\nlock_memory = true\n");
+    let rig_path = write(dir.path(), "rig.toml", &text);
+    let bins = 200u64;
+    let (out, r) = run_bins(&rig_path, bins, &dir.path().join("report.json"), &[]);
+    assert_eq!(r["control_samples"], bins);
+    let lines: Vec<&str> = r["realtime"].as_array().expect("report.realtime").iter().map(|l| l.as_str().unwrap()).collect();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(lines.iter().any(|l| l.starts_with("mlockall: ")), "{lines:?}");
+    for role in ["loop", "emitter", "ingest"] {
+        let fifo: Vec<_> = lines.iter().filter(|l| l.starts_with(&format!("{role}: SCHED_FIFO"))).collect();
+        assert_eq!(fifo.len(), 1, "{role}: {lines:?}");
+        assert!(fifo[0].contains("granted") || fifo[0].contains("refused"), "{}", fifo[0]);
+        // Affinity needs no privilege.
+        assert!(lines.iter().any(|l| l.starts_with(&format!("{role}: pinned to CPUs [0]"))), "{role}: {lines:?}");
+    }
+    for l in &lines {
+        assert!(stderr.contains(&format!("[neuroloop] realtime: {l}")), "said on stderr too: {l}");
+    }
+    assert_eq!(r["rig_control"]["lost"], 0);
+}

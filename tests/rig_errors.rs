@@ -206,3 +206,29 @@ fn a_map_by_label_is_checked_before_any_stream() {
     let out = run(&["check", "--rig", p.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `[timing] wait` and `[realtime]` are checked like every other key: an unknown strategy,
+/// a priority the kernel reserves, a CPU this machine does not have, a CPU listed twice.
+#[test]
+fn wait_strategy_and_realtime_sections_are_checked() {
+    let good = SimRig::new("rterr").events_toml("lqr");
+    let err = check(&edit(&good, "grace_ms = 4\n", "grace_ms = 4\nwait = \"nap\"\n"));
+    assert!(err.contains("nap") && err.contains("abs-sleep"), "{err}");
+    let with = |section: &str| format!("{good}\n[realtime]\n{section}\n");
+    let err = check(&with("priority = 99"));
+    assert!(err.contains("[realtime] priority = 99") && err.contains("bad-rig.toml"), "{err}");
+    let err = check(&with("cpus = [100000]"));
+    assert!(err.contains("[realtime] cpus") && err.contains("100000"), "{err}");
+    let err = check(&with("cpus = [0, 0]"));
+    assert!(err.contains("listed twice"), "{err}");
+    let err = check(&with("priorty = 10"));
+    assert!(err.contains("priorty"), "{err}");
+    // The good ones pass.
+    let ok = |text: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "rig.toml", text);
+        run(&["check", "--rig", p.to_str().unwrap()]).status.success()
+    };
+    assert!(ok(&with("priority = 80\ncpus = [0]\nlock_memory = true")));
+    assert!(ok(&edit(&good, "grace_ms = 4\n", "grace_ms = 4\nwait = \"abs-sleep\"\n")));
+}

@@ -38,6 +38,7 @@ ap.add_argument("--t0", type=float, required=True, help="start of bin 0 on the l
 ap.add_argument("--bins", type=int, required=True, help="bins to run (warm-up included)")
 ap.add_argument("--open-loop-block", type=int, default=0,
                 help="alternate open/closed-loop blocks of this many bins (0 = always closed)")
+ap.add_argument("--source-id", help="the Control outlet's source_id (the simulated rig subscribes to this one)")
 ap.add_argument("--out", required=True)
 a = ap.parse_args()
 
@@ -77,7 +78,8 @@ def bin_of(t):
     return math.floor((t - a.t0) / bin_s)
 
 
-info = pylsl.StreamInfo(out_cfg["control_name"], "Control", m, 1.0 / bin_s, "float32", f"pyloop-{a.mode}-{os.getpid()}")
+info = pylsl.StreamInfo(out_cfg["control_name"], "Control", m, 1.0 / bin_s, "float32",
+                         a.source_id or f"pyloop-{a.mode}-{os.getpid()}")
 outlet = pylsl.StreamOutlet(info)
 print("ready", flush=True)
 

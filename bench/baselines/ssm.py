@@ -988,6 +988,7 @@ class Mppi:
 
 RICCATI_TOL = 1e-10
 STEADY_STATE_RIDGE = 1e-6
+MAX_DOUBLINGS = 60
 
 
 def _sym_lower(m: np.ndarray) -> np.ndarray:
@@ -998,7 +999,8 @@ def _sym_lower(m: np.ndarray) -> np.ndarray:
 class Lqr:
     """src/control/lqr.rs `Lqr::compute`: linearise at (x, ū) with ū the previous bin's
     clamped steady-state control, steady-state u* by ridge least squares, gain from the DARE
-    by warm-started fixed-point iteration, u = clamp(u* − K (x − x*))."""
+    (one warm fixed-point step, else structure-preserving doubling, else the fixed point),
+    u = clamp(u* − K (x − x*))."""
 
     def __init__(self, cfg: ControllerConfig, dims: Dims):
         d, m = dims.latent, dims.control
@@ -1020,23 +1022,75 @@ class Lqr:
         s = _sym_lower(b.T @ pb + self.r)
         return pa, bpa, spd_solve(s, bpa)
 
-    def _solve_dare_warm(self, a, b):
-        """`solve_dare_warm`: P ← Q + AᵀPA − (BᵀPA)ᵀK until max|ΔP| ≤ tol · max(1, max|P|)."""
-        for it in range(1, self.iterations + 1):
+    def _fixed_point(self, a, b, iterations):
+        """`solve_dare_warm` from the P in self.p."""
+        for it in range(1, iterations + 1):
             pa, bpa, k = self._gain(a, b, self.p)
             if k is None:
                 self.p = np.full_like(self.p, np.nan)
-                return it
+                return it, False
             p_next = _sym_lower(self.q + a.T @ pa - bpa.T @ k)
-            # Both iterates are symmetric: the full matrices give the lower triangle's maxima.
             diff = float(np.max(np.abs(p_next - self.p)))
             scale = float(np.max(np.abs(p_next)))
             self.p = p_next
-            if not (math.isfinite(diff) and math.isfinite(scale)):
-                return it
+            if not (np.all(np.isfinite(p_next)) and math.isfinite(diff) and math.isfinite(scale)):
+                return it, False
             if diff <= RICCATI_TOL * max(scale, 1.0):
-                return it
-        return self.iterations
+                return it, True
+        return iterations, False
+
+    def _doubling(self, a, b, max_doublings):
+        """`solve_dare_doubling`: G = B R⁻¹ Bᵀ, H = Q; W = I + G H; A' = A W⁻¹ A,
+        G' = G + A W⁻¹ G Aᵀ, H' = H + Aᵀ H W⁻¹ A until max|ΔH| ≤ tol · max(1, max|H|).
+        Returns (P or None on breakdown, doublings used, converged)."""
+        d = a.shape[0]
+        rinv_bt = spd_solve(self.r, b.T)
+        if rinv_bt is None:
+            return None, 0, False
+        g = _sym_lower(b @ rinv_bt)
+        ak = a.copy()
+        h = _sym_lower(self.q)
+        used = 0
+        for k in range(1, max_doublings + 1):
+            used = k
+            w = np.eye(d) + g @ h
+            try:
+                wa = np.linalg.solve(w, ak)
+                wg = np.linalg.solve(w, g)
+            except np.linalg.LinAlgError:
+                return None, k, False
+            ak_next = ak @ wa
+            g = _sym_lower(g + (ak @ wg) @ ak.T)
+            dh = _sym_lower(ak.T @ (h @ wa))
+            h = _sym_lower(h + dh)
+            ak = ak_next
+            diff = float(np.max(np.abs(dh)))
+            scale = float(np.max(np.abs(h)))
+            if not (math.isfinite(diff) and math.isfinite(scale) and np.all(np.isfinite(g)) and np.all(np.isfinite(ak))):
+                return None, k, False
+            if diff <= RICCATI_TOL * max(scale, 1.0):
+                return h, k, True
+        return h, used, False
+
+    def _solve_riccati(self, a, b):
+        """`Lqr::solve_riccati`: one warm fixed-point step; if that has not converged,
+        doubling from scratch; if that breaks down or does not converge, the fixed point."""
+        warm_steps = 0
+        if self.p_warm:
+            warm_steps, converged = self._fixed_point(a, b, 1)
+            if converged:
+                return warm_steps
+        cap = min(self.iterations, MAX_DOUBLINGS)
+        p, doublings, converged = self._doubling(a, b, cap)
+        if converged:
+            self.p = p
+            return warm_steps + doublings
+        rest = max(self.iterations - warm_steps, 0)
+        if not self.p_warm or not np.all(np.isfinite(self.p)):
+            self.p = self.q.copy()
+            rest = self.iterations
+        n, _ = self._fixed_point(a, b, rest)
+        return warm_steps + doublings + n
 
     def compute(self, model: Model, theta: Theta, x: np.ndarray, u_prev: np.ndarray, target: ObjectiveTarget, lo, hi) -> np.ndarray:
         alpha = model.alpha
@@ -1059,7 +1113,7 @@ class Lqr:
         self.u_lin_valid = True
         if not self.p_warm:
             self.p = self.q.copy()
-        self.last_iterations = self._solve_dare_warm(a, b)
+        self.last_iterations = self._solve_riccati(a, b)
         k = None
         if np.all(np.isfinite(self.p)):
             k = self._gain(a, b, self.p)[2]

@@ -83,7 +83,12 @@ pub struct ControllerConfig {
     /// Weight on the rate error when the objective is in rate space (MPPI); the cost is
     /// rate_weight / N · Σᵢ (λᵢ(x) − r*ᵢ)² / max(r*ᵢ, 1), λ in Hz.
     pub rate_weight: f64,
-    /// LQR: maximum fixed-point iterations of the Riccati equation per bin (warm-started).
+    /// LQR: cap on the Riccati solve per bin (`control::lqr` module docs). A bin whose
+    /// linearisation barely moved costs one warm fixed-point step; otherwise the doubling
+    /// algorithm runs, at most min(riccati_iterations, 60) doublings (≈ 15–25 converge even
+    /// with 1 ms bins, where A ≈ I). Only if it breaks down or does not converge (no
+    /// stabilising solution) does the warm-started fixed-point iteration run, at most
+    /// riccati_iterations steps including that first warm step.
     pub riccati_iterations: usize,
     /// `[controller.probe]`: the excitation of an identification session (kind = "probe").
     pub probe: probe::ProbeConfig,

@@ -108,6 +108,8 @@ pub struct IngestSetup {
     pub notices: crossbeam_channel::Sender<IngestNotice>,
     /// The recorder's tap (`run --record`): every sample as received, and the clock offsets.
     pub record: Option<InputTap>,
+    /// `[realtime]`: applied to the ingest thread as it starts.
+    pub realtime: crate::realtime::ThreadSetup,
 }
 
 /// Start the ingest thread. Returns once the stream is resolved and connected (or with a
@@ -115,6 +117,7 @@ pub struct IngestSetup {
 pub fn start(setup: IngestSetup) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let handle = std::thread::Builder::new().name("neuroloop-ingest".into()).spawn(move || {
+        setup.realtime.apply(crate::realtime::Role::Ingest);
         let mut ingest = Ingest::new(setup);
         match ingest.connect(ingest.input.resolve_timeout_s) {
             Ok(inlet) => {

@@ -42,6 +42,10 @@ pub struct Rig {
     /// The control plane: dashboard, HTTP API, LSL Markers commands.
     #[serde(default)]
     pub control: ControlConfig,
+    /// Opt-in real-time scheduling, CPU affinity and locked memory for the session's
+    /// threads (docs/timing.md); off by default.
+    #[serde(default)]
+    pub realtime: crate::realtime::RealtimeConfig,
     /// Where the file was read from (not part of the file).
     #[serde(skip)]
     pub path: PathBuf,

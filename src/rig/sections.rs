@@ -18,6 +18,11 @@ pub struct Timing {
     /// Delay between start-up and the first bin (ms), so streams are connected first.
     #[serde(default = "default_start_delay_ms")]
     pub start_delay_ms: f64,
+    /// How the loop and the simulated rig wait for a bin to close: "sleep+yield" (sleep,
+    /// then yield through the last 150 µs), "sleep", "abs-sleep" (clock_nanosleep to an
+    /// absolute time) or "spin". See docs/timing.md and `neuroloop wakeups`.
+    #[serde(default)]
+    pub wait: crate::clock::Wait,
 }
 fn default_start_delay_ms() -> f64 {
     500.0

@@ -22,6 +22,8 @@ impl Rig {
         if !(t.start_delay_ms.is_finite() && t.start_delay_ms >= 0.0) {
             return Err(self.invalid("timing.start_delay_ms", "must be ≥ 0"));
         }
+        // Its messages name the key as the file has it ("[realtime] cpus = …").
+        self.realtime.validate().map_err(|message| RigError::Parse { path: self.path.clone(), message })?;
         let c = &self.control;
         if c.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(

@@ -37,6 +37,10 @@ pub struct LoopSetup {
     /// Observers that take each bin's counts with its record (the recorder, `run --record`;
     /// the control plane's live view).
     pub with_counts: Vec<BinTap>,
+    /// How the loop waits for each bin to close (`[timing] wait`).
+    pub wait: clock::Wait,
+    /// `[realtime]`: applied to the loop thread as it starts.
+    pub realtime: crate::realtime::ThreadSetup,
 }
 
 /// What the loop hands back when its last bin is done: the backend, and the binner with its
@@ -85,13 +89,15 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
     let mut counts = vec![0.0f64; n];
     let mut u_prev = vec![0.0f64; m];
     let mut u_prev_from: Option<u64> = None;
+    s.realtime.apply(crate::realtime::Role::Loop);
+    clock::precise_timers();
     crate::hot::enter();
     let mut k: u64 = 0;
     while k < s.end_bin.load(Ordering::Acquire) {
         // Commands that came during bin k−1 are applied while waiting for bin k to close
         // (off its budget), those that come while waiting once it has.
         apply_commands(&mut core, &s.commands, k);
-        clock::sleep_until(s.clock.close(k));
+        s.wait.until(s.clock.close(k));
         let started_at = clock::now();
         apply_commands(&mut core, &s.commands, k);
         binner.drain(&mut s.ring);

@@ -431,6 +431,8 @@ impl Telemetry {
             tracking: if has_truth { self.eval.tracking() } else { None },
             notices: self.notices.clone(),
             recording: None,
+            rig_control: None,
+            realtime: Vec::new(),
             series: self.lat.take_series(),
             quantile_curves: crate::latency::STAGES.iter().map(|&st| (st, self.lat.quantile_curve(st))).collect(),
         }

@@ -118,6 +118,14 @@ pub struct Report {
     /// The session's XDF recording (`run --record`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recording: Option<crate::record::RecordingSummary>,
+    /// The simulated rig's side of the Control stream (with the built-in simulator only):
+    /// samples received, lost, re-subscriptions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rig_control: Option<crate::sim::RigControlSummary>,
+    /// What `[realtime]` asked for and what the kernel granted or refused, one line each
+    /// (empty, and left out, when the section is off).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub realtime: Vec<String>,
     /// Per-bin latencies after warm-up (`keep_series`; for plots, not in the JSON).
     #[serde(skip)]
     pub series: Vec<BinLatency>,
