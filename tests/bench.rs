@@ -165,8 +165,9 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
     }
 }
 
-/// Two interleaved rounds against the native floor: each round's files in round-NN/, the
-/// second round in the reverse order, and the merged numbers the sums of the rounds'.
+/// Two interleaved rounds against the native floor and the pylsl echo: each round's files in
+/// round-NN/ (the second round starts with a baseline, which writes there first), in the
+/// reverse order, and the merged numbers the sums of the rounds'.
 #[test]
 fn bench_rounds_interleave_the_loops_and_merge_what_they_measured() {
     let dir = tempfile::tempdir().unwrap();
@@ -188,15 +189,17 @@ fn bench_rounds_interleave_the_loops_and_merge_what_they_measured() {
         out_dir.to_str().unwrap(),
         "--quiet",
         "--baselines",
-        "floor",
+        "floor,echo",
+        "--python",
+        python().to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let b = report(&out_dir.join("baselines.json"));
     assert_eq!(b["rounds"], 2);
     let rounds = b["per_round"].as_array().unwrap();
     assert_eq!(rounds.len(), 2);
-    assert_eq!(rounds[0]["order"], serde_json::json!(["neuroloop", "floor"]));
-    assert_eq!(rounds[1]["order"], serde_json::json!(["floor", "neuroloop"]));
+    assert_eq!(rounds[0]["order"], serde_json::json!(["neuroloop", "floor", "echo"]));
+    assert_eq!(rounds[1]["order"], serde_json::json!(["echo", "floor", "neuroloop"]));
     let mut samples = 0;
     for (i, round) in rounds.iter().enumerate() {
         let r = report(&out_dir.join(format!("round-{:02}/report.json", i + 1)));
@@ -205,6 +208,8 @@ fn bench_rounds_interleave_the_loops_and_merge_what_they_measured() {
         assert_eq!(round["neuroloop"]["control_lost"], 0);
         assert_eq!(round["baselines"][0]["kind"], "floor");
         assert_eq!(round["baselines"][0]["control_lost"], 0);
+        assert_eq!(round["baselines"][1]["kind"], "echo");
+        assert!(out_dir.join(format!("round-{:02}/baseline-echo.log", i + 1)).is_file());
         samples += round["neuroloop"]["control_samples"].as_u64().unwrap();
     }
     // Merged: counts summed, the percentiles of the merged histogram.

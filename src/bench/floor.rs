@@ -46,18 +46,20 @@ pub struct FloorRows {
 
 /// Runs the floor loop on the calling thread until its last bin is pushed.
 pub fn run(s: &FloorSetup) -> anyhow::Result<FloorRows> {
-    let pred = format!("name='{}'", s.input_name.replace('\'', "''"));
-    let found = lsl::resolve_bypred(&pred, 1, 30.0).map_err(|e| anyhow::anyhow!("floor: resolving '{}': {e:?}", s.input_name))?;
-    let Some(info) = found.into_iter().next() else { bail!("floor: spike stream '{}' not found in 30 s", s.input_name) };
-    let inlet = lsl::StreamInlet::new(&info, 360, 0, true).map_err(|e| anyhow::anyhow!("floor: inlet: {e:?}"))?;
-    inlet.open_stream(10.0).map_err(|e| anyhow::anyhow!("floor: opening '{}': {e:?}", s.input_name))?;
-    let offset = inlet.time_correction(5.0).unwrap_or(0.0);
+    // The Control outlet first, so that the rig subscribes while the inlet connects (a rig
+    // that subscribes after bin 0 never hears the bins before it).
     let labels: Vec<String> = (0..s.m).map(|i| format!("u{i}")).collect();
     let out_info = crate::schema::control_stream_spec(&s.control_name, &s.source_id, s.grid.bin_s, &labels)
         .info()
         .map_err(|e| anyhow::anyhow!("floor: {e}"))?;
     let outlet = lsl::StreamOutlet::new(&out_info, 0, 360).map_err(|e| anyhow::anyhow!("floor: Control outlet: {e:?}"))?;
 
+    let pred = format!("name='{}'", s.input_name.replace('\'', "''"));
+    let found = lsl::resolve_bypred(&pred, 1, 30.0).map_err(|e| anyhow::anyhow!("floor: resolving '{}': {e:?}", s.input_name))?;
+    let Some(info) = found.into_iter().next() else { bail!("floor: spike stream '{}' not found in 30 s", s.input_name) };
+    let inlet = lsl::StreamInlet::new(&info, 360, 0, true).map_err(|e| anyhow::anyhow!("floor: inlet: {e:?}"))?;
+    inlet.open_stream(10.0).map_err(|e| anyhow::anyhow!("floor: opening '{}': {e:?}", s.input_name))?;
+    let offset = inlet.time_correction(5.0).unwrap_or(0.0);
     let channels = info.channel_count().max(1) as usize;
     let mut buf: Vec<f32> = vec![0.0; channels];
     let zeros: Vec<f32> = vec![0.0; s.m];

@@ -425,6 +425,8 @@ pub fn run(rig: &Rig, o: &BenchOptions) -> anyhow::Result<(Report, String)> {
     let mut last = None;
     for index in 1..=o.rounds {
         let dir = if o.rounds > 1 { o.out.join(format!("round-{index:02}")) } else { o.out.clone() };
+        // Before any loop of the round: in even rounds a baseline runs first and writes here.
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the output folder {}", dir.display()))?;
         let mut order = loops.clone();
         if index % 2 == 0 {
             order.reverse();
