@@ -571,7 +571,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         let until = clock::now() + emit::MAX_LINGER_S;
         while !emitter.is_finished() && clock::now() < until {
             let pushed = emit_counts.pushed.load(Ordering::Acquire);
-            if pushed >= end_bin.load(Ordering::Acquire) && h.control.received.load(Ordering::Acquire) >= pushed {
+            if pushed >= end_bin.load(Ordering::Acquire) && h.control.has_all(pushed) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));

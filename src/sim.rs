@@ -146,11 +146,19 @@ impl RigControlCounts {
         }
     }
 
-    /// Waits (at most `limit_s`) until the rig has received `pushed` samples: the last ones
-    /// are still in flight when the controller's outlet reports them pushed.
+    /// Whether the rig has every one of `pushed` samples it can still get: those before its
+    /// first (it subscribed late) never come, and with none received there is nothing to
+    /// wait for.
+    pub fn has_all(&self, pushed: u64) -> bool {
+        let first = self.first_bin.load(Ordering::Acquire).min(pushed);
+        self.received.load(Ordering::Acquire) + first >= pushed
+    }
+
+    /// Waits (at most `limit_s`) until the rig has the `pushed` samples ([`Self::has_all`]):
+    /// the last ones are still in flight when the controller's outlet reports them pushed.
     pub fn wait_for(&self, pushed: u64, limit_s: f64) {
         let until = clock::now() + limit_s;
-        while self.received.load(Ordering::Acquire) < pushed && clock::now() < until {
+        while !self.has_all(pushed) && clock::now() < until {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }

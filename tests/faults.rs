@@ -20,6 +20,16 @@ impl Drop for Killed {
     }
 }
 
+/// Busy shells, two per CPU, killed when dropped.
+fn cpu_hogs() -> Killed {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Killed(
+        (0..2 * cpus)
+            .map(|_| Command::new("sh").args(["-c", "while :; do :; done"]).stdout(Stdio::null()).spawn().expect("start a CPU hog"))
+            .collect(),
+    )
+}
+
 /// binned + late + future + before bin 0 + after the last bin = the spikes ingest handed on.
 fn assert_every_spike_binned_or_counted(r: &serde_json::Value) {
     let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("report has no {k}"));
@@ -34,12 +44,7 @@ fn assert_every_spike_binned_or_counted(r: &serde_json::Value) {
 /// the simulated rig receives every one.
 #[test]
 fn a_cpu_hog_beside_the_loop_leaves_every_bin_exactly_one_sample() {
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let hogs = Killed(
-        (0..2 * cpus)
-            .map(|_| Command::new("sh").args(["-c", "while :; do :; done"]).stdout(Stdio::null()).spawn().expect("start a CPU hog"))
-            .collect(),
-    );
+    let hogs = cpu_hogs();
     let dir = tempfile::tempdir().unwrap();
     let rig = SimRig::new("hog");
     // A long lead-in: the test's inlet is connected well before bin 0.
@@ -74,12 +79,7 @@ fn a_cpu_hog_beside_the_loop_leaves_every_bin_exactly_one_sample() {
 /// every sample pushed, and its inlet never has to subscribe again. Counts, not timings.
 #[test]
 fn at_1khz_beside_a_cpu_hog_the_simulated_rig_receives_every_control_sample() {
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let hogs = Killed(
-        (0..2 * cpus)
-            .map(|_| Command::new("sh").args(["-c", "while :; do :; done"]).stdout(Stdio::null()).spawn().expect("start a CPU hog"))
-            .collect(),
-    );
+    let hogs = cpu_hogs();
     let dir = tempfile::tempdir().unwrap();
     // The shipped 1 kHz rig, its stream names made unique to this test.
     let tag = unique("hog1k");
