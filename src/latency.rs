@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime};
 pub enum Stage {
     /// Spike timestamp (local clock) → handed to the loop's ring by the ingest thread.
     IngestLag,
-    /// Bin close → model and controller done.
+    /// Bin close → the loop thread started on the bin: its wake-up lateness.
+    LoopWake,
+    /// Bin close → model and controller done (the wake-up included).
     Compute,
     /// Model done → Control sample pushed.
     DoneToPush,
@@ -26,13 +28,14 @@ pub enum Stage {
     EndToEnd,
 }
 
-pub const STAGES: [Stage; 5] = [Stage::IngestLag, Stage::Compute, Stage::DoneToPush, Stage::CloseToPush, Stage::EndToEnd];
+pub const STAGES: [Stage; 6] = [Stage::IngestLag, Stage::LoopWake, Stage::Compute, Stage::DoneToPush, Stage::CloseToPush, Stage::EndToEnd];
 
 impl Stage {
     /// The tag in the interval log and the key stem in reports.
     pub fn tag(self) -> &'static str {
         match self {
             Stage::IngestLag => "ingest_lag",
+            Stage::LoopWake => "loop_wake",
             Stage::Compute => "compute",
             Stage::DoneToPush => "done_to_push",
             Stage::CloseToPush => "close_to_push",
@@ -43,6 +46,7 @@ impl Stage {
     pub fn describe(self) -> &'static str {
         match self {
             Stage::IngestLag => "ingest lag (spike stamp → loop's ring)",
+            Stage::LoopWake => "bin close → loop thread awake",
             Stage::Compute => "bin close → model done",
             Stage::DoneToPush => "model done → pushed",
             Stage::CloseToPush => "bin close → pushed",
@@ -104,12 +108,13 @@ pub fn quantile_curve_of(h: &Histogram<u64>) -> Vec<(f64, f64)> {
 /// One bin's latencies for the over-time plot (µs; NaN = not measured).
 #[derive(Debug, Clone, Copy)]
 pub struct BinLatency {
+    pub loop_wake_us: f32,
     pub compute_us: f32,
     pub close_to_push_us: f32,
     pub end_to_end_us: f32,
 }
 
-const NO_BIN: BinLatency = BinLatency { compute_us: f32::NAN, close_to_push_us: f32::NAN, end_to_end_us: f32::NAN };
+const NO_BIN: BinLatency = BinLatency { loop_wake_us: f32::NAN, compute_us: f32::NAN, close_to_push_us: f32::NAN, end_to_end_us: f32::NAN };
 
 /// An HdrHistogram interval log being written: one histogram per stage per interval.
 struct IntervalLog {
@@ -220,6 +225,7 @@ impl StageLatencies {
             }
             let v = (seconds * 1e6) as f32;
             match stage {
+                Stage::LoopWake => series[i].loop_wake_us = v,
                 Stage::Compute => series[i].compute_us = v,
                 Stage::CloseToPush => series[i].close_to_push_us = v,
                 Stage::EndToEnd => series[i].end_to_end_us = v,

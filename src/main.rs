@@ -151,6 +151,35 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Score the latent estimate of a recorded simulated session (`run --record`) against
+    /// the simulator's truth: the live loop's, the EKF offline, and particle filters that
+    /// know the true model (a near-optimal reference), on the same bins (docs/model.md,
+    /// "How informative is the population").
+    Filters {
+        #[arg(required = true, value_name = "REC.xdf")]
+        files: Vec<PathBuf>,
+        /// The rig file the session ran with.
+        #[arg(long)]
+        rig: PathBuf,
+        /// Particle counts of the references, comma-separated (none: no reference).
+        #[arg(long, default_value = "1024,8192")]
+        particles: String,
+        /// Philox seed of the references.
+        #[arg(long, default_value_t = 11)]
+        seed: u64,
+        /// Leave out the first bins of each file (the filters' start-up transient).
+        #[arg(long, default_value_t = 500)]
+        skip: usize,
+        /// Score at most this many bins per file.
+        #[arg(long)]
+        bins: Option<usize>,
+        /// Write the scores as JSON here too.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Push a recording back through the loop offline. A `run --record` file replays its
     /// recorded bins and must reproduce its Control stream bit for bit on the CPU backend
     /// (exit status 1 and the first differing bin otherwise); a LabRecorder file of the
@@ -329,6 +358,27 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let (_, table) = wakeup::run(&opts)?;
             println!("{table}");
             eprintln!("[neuroloop] wakeups results in {}: wakeups.md, wakeups.json", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Filters { files, rig, particles, seed, skip, bins, report, quiet } => {
+            use neuroloop::bench::filters;
+            if let Some(path) = &report {
+                neuroloop::ensure_writable(path, "report")?;
+            }
+            let rig = Rig::load(&rig)?;
+            let opts = filters::FiltersOptions {
+                files,
+                particles: filters::FiltersOptions::parse_particles(&particles)?,
+                seed,
+                skip_bins: skip,
+                max_bins: bins,
+                progress: !quiet,
+            };
+            let scores = filters::run(&rig, &opts)?;
+            println!("{}", filters::table(&scores));
+            if let Some(path) = &report {
+                std::fs::write(path, serde_json::to_string_pretty(&scores)?).with_context(|| format!("cannot write {}", path.display()))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { file, rig, from, realtime, backend, report, quiet } => {

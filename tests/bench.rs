@@ -8,7 +8,7 @@ use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 
-const STAGES: [&str; 5] = ["ingest_lag", "compute", "done_to_push", "close_to_push", "end_to_end"];
+const STAGES: [&str; 6] = ["ingest_lag", "loop_wake", "compute", "done_to_push", "close_to_push", "end_to_end"];
 
 fn assert_ordered(name: &str, p: &serde_json::Value) {
     let v = |k: &str| p[k].as_f64().unwrap_or_else(|| panic!("{name}.{k} missing in {p}"));
@@ -87,6 +87,8 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
     );
     let count = |k: &str| r[k]["count"].as_u64().unwrap();
     assert_eq!(count("compute_us"), bins, "one compute time per measured bin");
+    assert_eq!(count("loop_wake_us"), bins, "one wake-up per measured bin");
+    assert!(r["loop_wake_us"]["p50"].as_f64() <= r["compute_us"]["p50"].as_f64(), "close → done includes the wake-up");
     assert_eq!(count("close_to_push_us"), bins, "one push per measured bin");
     let misses = r["deadline_misses"].as_u64().unwrap();
     assert!(count("done_to_push_us") <= bins && count("done_to_push_us") + misses >= bins, "on-time bins only");
@@ -94,7 +96,7 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
     assert!(count("ingest_lag_us") <= r["ingest"]["spikes"].as_u64().unwrap(), "at most one lag per spike");
     assert!(r["ingest_lag_early"].as_u64().unwrap() <= count("ingest_lag_us"), "early spikes are among the measured ones");
     assert!(r["fallbacks"].as_u64().unwrap() >= misses);
-    for k in ["ingest_lag_us", "compute_us", "done_to_push_us", "close_to_push_us", "end_to_end_us"] {
+    for k in ["ingest_lag_us", "loop_wake_us", "compute_us", "done_to_push_us", "close_to_push_us", "end_to_end_us"] {
         assert_ordered(k, &r[k]);
     }
 

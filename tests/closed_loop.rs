@@ -182,3 +182,85 @@ fn a_realtime_section_is_applied_to_the_threads_and_reported() {
     }
     assert_eq!(r["rig_control"]["lost"], 0);
 }
+
+/// The model at 1 kHz (docs/model.md, "How informative is the population"): a recorded 1 ms
+/// session of a 64-unit population, scored by `neuroloop filters` against the simulator's
+/// truth. The offline EKF with the true θ is as good as a particle filter that knows the
+/// truth (so the EKF is not what limits R² at 1 ms), and the live estimate is as good as
+/// the offline EKF: the embedding update's defaults at 1 ms no longer drag z off the task
+/// (with the 10 ms defaults the live R² was 0.42 against 0.83 offline). The rig file's
+/// explicit keys are still honoured: the 10 ms prior weight, written out, drags z again.
+#[test]
+fn at_1khz_the_live_estimate_is_as_good_as_the_offline_ekf_and_a_particle_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("filters1k");
+    let text = std::fs::read_to_string(repo().join("rigs/sim-1khz.toml")).unwrap();
+    let text = text
+        .replace("neuroloop-control-sim-1khz", &format!("{tag}-control"))
+        .replace("neuroloop-status-sim-1khz", &format!("{tag}-status"))
+        .replace("\"neuroloop-sim-1khz\"", &format!("\"{tag}-spikes\""));
+    let text = edit(&edit(&text, "channels = 256", "channels = 64"), "n_units = 256", "n_units = 64");
+    let text = edit(&text, "start_delay_ms = 500.0", "start_delay_ms = 3000.0");
+    let scaled = write(dir.path(), "rig.toml", &text);
+    let old = write(
+        dir.path(),
+        "rig-10ms-prior.toml",
+        &edit(&text, "[model.task_id]", "[model.embedding]\nprior_weight = 0.01\n\n[model.task_id]"),
+    );
+    let score = |rig: &std::path::Path, name: &str| {
+        let rec = dir.path().join(format!("{name}.xdf"));
+        let (_, r) = run_bins(rig, 6000, &dir.path().join(format!("{name}.json")), &["--record", rec.to_str().unwrap()]);
+        let scores = dir.path().join(format!("{name}-filters.json"));
+        let out = run(&[
+            "filters",
+            rec.to_str().unwrap(),
+            "--rig",
+            rig.to_str().unwrap(),
+            "--particles",
+            "256",
+            "--skip",
+            "1000",
+            "--report",
+            scores.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(out.status.success(), "neuroloop filters failed");
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(table.contains("| particles 256 |") && table.contains("| live |"), "{table}");
+        let s = report(&scores);
+        let f = &s[0]["filters"];
+        let r2 = |i: usize| f[i]["all"]["r2"].as_f64().unwrap_or_else(|| panic!("filter {i} has no R²: {}", f[i]));
+        assert_eq!(f.as_array().unwrap().len(), 4, "live, EKF at z_init, EKF true, particles: {f}");
+        let late = r["late_spikes"].as_f64().unwrap() / r["ingest"]["spikes"].as_f64().unwrap().max(1.0);
+        eprintln!(
+            "{name}: live {:.3}, EKF at z_init {:.3}, EKF true θ {:.3}, particles {:.3}; late spikes {:.1} %",
+            r2(0),
+            r2(1),
+            r2(2),
+            r2(3),
+            100.0 * late
+        );
+        (r2(0), r2(2), r2(3), late)
+    };
+    let (live, ekf, pf, late) = score(&scaled, "scaled");
+    // Bad input: a clear error naming what was wrong.
+    let fails = |args: &[&str], want: &str| {
+        let out = run(&[&["filters"], args, &["--rig", scaled.to_str().unwrap(), "--quiet"]].concat());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && err.contains(want), "filters {args:?}: want '{want}' in: {err}");
+    };
+    let rec = dir.path().join("scaled.xdf");
+    fails(&[dir.path().join("none.xdf").to_str().unwrap()], "none.xdf");
+    fails(&[rec.to_str().unwrap(), "--particles", "0"], "--particles");
+    fails(&[rec.to_str().unwrap(), "--skip", "100000"], "--skip");
+    assert!(ekf > 0.6, "the EKF with the true model recovers the latent at 1 ms (R² {ekf:.3})");
+    assert!((ekf - pf).abs() < 0.05, "EKF {ekf:.3} vs the particle reference {pf:.3}");
+    // Late spikes lower the live R² on a loaded machine; say nothing about the model then.
+    if late <= 0.05 {
+        assert!(live > ekf - 0.08, "live R² {live:.3} against the offline EKF's {ekf:.3}");
+        let (live_old, ekf_old, _, late_old) = score(&old, "prior-0.01");
+        if late_old <= 0.05 {
+            assert!(live_old < ekf_old - 0.1, "the 10 ms prior weight at 1 ms: live {live_old:.3}, offline EKF {ekf_old:.3}");
+        }
+    }
+}

@@ -257,6 +257,28 @@ class EmbeddingConfig:
     prior_weight: float = 0.01
 
 
+# src/model/embedding.rs `DEFAULTS_BIN_S`: the bin width the defaults above are tuned at.
+EMBEDDING_DEFAULTS_BIN_S = 0.01
+
+
+def embedding_config(table, bin_ms: float, where: str, path: str) -> "EmbeddingConfig":
+    """src/rig/mod.rs `Rig::scale_embedding_defaults` with `EmbeddingConfig::defaults_for_bin`:
+    below 10 ms, the keys the file leaves out scale as η, trust radius ∝ Δ/10 ms and
+    w ∝ (Δ/10 ms)²; the keys it sets stay as written."""
+    cfg = _section(EmbeddingConfig, table, where, path)
+    bin_s = bin_ms * 1e-3
+    r = min(bin_s / EMBEDDING_DEFAULTS_BIN_S, 1.0) if math.isfinite(bin_s) and bin_s > 0.0 else 1.0
+    d = EmbeddingConfig()
+    given = dict(table or {})
+    if "learning_rate" not in given:
+        cfg.learning_rate = d.learning_rate * r
+    if "trust_radius" not in given:
+        cfg.trust_radius = d.trust_radius * r
+    if "prior_weight" not in given:
+        cfg.prior_weight = d.prior_weight * r * r
+    return cfg
+
+
 @dataclass
 class TaskIdConfig:
     """src/model/taskid.rs `TaskIdConfig` and its Default."""
@@ -372,7 +394,7 @@ def load_rig_config(rig_toml_path: str) -> RigConfig:
         bin_ms=float(raw.get("timing", {}).get("bin_ms", float("nan"))),
         filter=filt,
         model_path=model_path,
-        embedding=_section(EmbeddingConfig, model.get("embedding"), "model.embedding", path),
+        embedding=embedding_config(model.get("embedding"), float(raw.get("timing", {}).get("bin_ms", float("nan"))), "model.embedding", path),
         task_id=_section(TaskIdConfig, model.get("task_id"), "model.task_id", path),
         controller=ctrl,
         objective=obj,

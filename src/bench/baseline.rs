@@ -328,12 +328,13 @@ pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result
             bins_skipped: rows.skipped,
             past_deadline,
             late_spikes: rows.late_spikes,
+            loop_wake_us: None,
             compute_us: some(&compute),
             close_to_push_us: some(&push),
             end_to_end_us: some(&e2e_h),
             latent_r2: r_squared(pairs.iter().map(|(x, t)| (&x[..], &t[..]))),
             cpu_steal_percent,
-            histograms: super::LoopHistograms { compute, close_to_push: push, end_to_end: e2e_h },
+            histograms: super::LoopHistograms { loop_wake: histogram(), compute, close_to_push: push, end_to_end: e2e_h },
         },
     })
 }

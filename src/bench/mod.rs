@@ -6,6 +6,7 @@
 //! ratios. `neuroloop sweep` (sweep.rs) makes the scaling table. See bench/README.md.
 
 pub mod baseline;
+pub mod filters;
 pub mod floor;
 pub mod plot;
 pub mod sweep;
@@ -98,6 +99,8 @@ pub struct Round {
 /// What a loop's latencies were, kept whole so that rounds merge exactly.
 #[derive(Debug, Clone)]
 pub struct LoopHistograms {
+    /// Bin close → loop thread awake (neuroloop only; empty for a baseline).
+    pub loop_wake: Histogram<u64>,
     pub compute: Histogram<u64>,
     pub close_to_push: Histogram<u64>,
     pub end_to_end: Histogram<u64>,
@@ -105,13 +108,14 @@ pub struct LoopHistograms {
 
 impl Default for LoopHistograms {
     fn default() -> Self {
-        LoopHistograms { compute: histogram(), close_to_push: histogram(), end_to_end: histogram() }
+        LoopHistograms { loop_wake: histogram(), compute: histogram(), close_to_push: histogram(), end_to_end: histogram() }
     }
 }
 
 impl LoopHistograms {
     fn add(&mut self, other: &LoopHistograms) {
         // Same bounds on both sides (latency::histogram), so adding cannot fail.
+        let _ = self.loop_wake.add(&other.loop_wake);
         let _ = self.compute.add(&other.compute);
         let _ = self.close_to_push.add(&other.close_to_push);
         let _ = self.end_to_end.add(&other.end_to_end);
@@ -126,6 +130,7 @@ impl LoopHistograms {
             }
         };
         for b in series {
+            rec(&mut h.loop_wake, b.loop_wake_us);
             rec(&mut h.compute, b.compute_us);
             rec(&mut h.close_to_push, b.close_to_push_us);
             rec(&mut h.end_to_end, b.end_to_end_us);
@@ -149,6 +154,10 @@ pub struct LoopSummary {
     pub past_deadline: u64,
     /// Spikes that arrived after their bin closed.
     pub late_spikes: u64,
+    /// Bin close → the loop thread awake (neuroloop only): where a late result's time went
+    /// when the model itself was quick.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loop_wake_us: Option<Percentiles>,
     pub compute_us: Option<Percentiles>,
     pub close_to_push_us: Option<Percentiles>,
     pub end_to_end_us: Option<Percentiles>,
@@ -194,6 +203,7 @@ impl LoopSummary {
             bins_skipped: 0,
             past_deadline: r.measured_deadline_misses,
             late_spikes: r.late_spikes,
+            loop_wake_us: stage_percentiles(r, Stage::LoopWake),
             compute_us: stage_percentiles(r, Stage::Compute),
             close_to_push_us: stage_percentiles(r, Stage::CloseToPush),
             end_to_end_us: r.end_to_end_us.clone(),
@@ -225,6 +235,7 @@ impl LoopSummary {
             bins_skipped: parts.iter().map(|p| p.bins_skipped).sum(),
             past_deadline: parts.iter().map(|p| p.past_deadline).sum(),
             late_spikes: parts.iter().map(|p| p.late_spikes).sum(),
+            loop_wake_us: some_percentiles(&h.loop_wake),
             compute_us: some_percentiles(&h.compute),
             close_to_push_us: some_percentiles(&h.close_to_push),
             end_to_end_us: some_percentiles(&h.end_to_end),
@@ -324,6 +335,13 @@ impl Comparison {
                 pq(&l.end_to_end_us, &[|p| p.p50, |p| p.p99, |p| p.p999, |p| p.max]),
                 l.latent_r2.map_or("–".into(), |r| format!("{r:.3}")),
                 l.cpu_steal_percent,
+            );
+        }
+        if let Some(w) = &self.neuroloop.loop_wake_us {
+            s += &format!(
+                "\nneuroloop's loop thread woke {:.0} / {:.0} / {:.0} / {:.0} µs (p50 / p99 / p99.9 / max) after the bin's close; \
+                 bin close → model done includes it. A bin whose result is not done by its deadline is a miss the emitter covers.\n",
+                w.p50, w.p99, w.p999, w.max
             );
         }
         if !self.ratios.is_empty() {
@@ -534,6 +552,7 @@ pub fn table(r: &Report, title: &str) -> String {
 pub fn stage_percentiles(r: &Report, stage: Stage) -> Option<Percentiles> {
     match stage {
         Stage::IngestLag => r.ingest_lag_us.clone(),
+        Stage::LoopWake => r.loop_wake_us.clone(),
         Stage::Compute => Some(r.compute_us.clone()).filter(|p| p.count > 0),
         Stage::DoneToPush => r.done_to_push_us.clone(),
         Stage::CloseToPush => Some(r.close_to_push_us.clone()).filter(|p| p.count > 0),

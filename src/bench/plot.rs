@@ -6,8 +6,14 @@ use crate::latency::{BinLatency, Stage};
 use plotters::prelude::*;
 use std::path::Path;
 
-const COLORS: [RGBColor; 5] =
-    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189)];
+const COLORS: [RGBColor; 6] = [
+    RGBColor(140, 86, 75),
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+];
 
 fn color(stage: Stage) -> RGBColor {
     COLORS[crate::latency::STAGES.iter().position(|&s| s == stage).unwrap_or(0)]

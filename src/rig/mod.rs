@@ -4,6 +4,7 @@
 //! Unknown keys and out-of-range values are errors that name the key and the file.
 
 use crate::control::ControllerConfig;
+use crate::model::embedding::EmbeddingConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -74,7 +75,27 @@ impl Rig {
         let mut rig: Rig = toml::from_str(text).map_err(|e| RigError::Parse { path: path.into(), message: e.to_string() })?;
         rig.path = path.to_path_buf();
         rig.validate()?;
+        rig.scale_embedding_defaults(text);
         Ok(rig)
+    }
+
+    /// `[model.embedding]` keys the file leaves out take the defaults for its Δ
+    /// ([`EmbeddingConfig::defaults_for_bin`]); the keys it sets stay as written.
+    fn scale_embedding_defaults(&mut self, text: &str) {
+        let table: Option<toml::Table> = text.parse().ok();
+        let section = table.as_ref().and_then(|t| t.get("model")).and_then(|m| m.get("embedding")).and_then(|e| e.as_table());
+        let set = |key: &str| section.is_some_and(|s| s.contains_key(key));
+        let scaled = EmbeddingConfig::defaults_for_bin(self.timing.bin_ms * 1e-3);
+        let e = &mut self.model.embedding;
+        if !set("learning_rate") {
+            e.learning_rate = scaled.learning_rate;
+        }
+        if !set("trust_radius") {
+            e.trust_radius = scaled.trust_radius;
+        }
+        if !set("prior_weight") {
+            e.prior_weight = scaled.prior_weight;
+        }
     }
 
     pub(crate) fn invalid(&self, key: &str, message: impl Into<String>) -> RigError {
@@ -114,6 +135,42 @@ impl Rig {
             1 => Ok(vec![values[0]; len]),
             n if n == len => Ok(values.to_vec()),
             n => Err(self.invalid(key, format!("has {n} values; the model needs {len} (or 1 for all)"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(name: &str) -> (String, PathBuf) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("rigs").join(name);
+        (std::fs::read_to_string(&path).unwrap(), path)
+    }
+
+    #[test]
+    fn embedding_keys_left_out_take_the_defaults_for_the_bin_width() {
+        // 1 ms bins, no [model.embedding] keys: η and the trust radius a tenth, w a hundredth.
+        let (text, path) = shipped("sim-1khz.toml");
+        assert!(!text.contains("[model.embedding]"), "the test assumes the 1 kHz rig sets no embedding keys");
+        let e = Rig::parse(&text, &path).unwrap().model.embedding;
+        let d = EmbeddingConfig::default();
+        assert!((e.learning_rate - d.learning_rate / 10.0).abs() < 1e-15, "{e:?}");
+        assert!((e.trust_radius - d.trust_radius / 10.0).abs() < 1e-15, "{e:?}");
+        assert!((e.prior_weight - d.prior_weight / 100.0).abs() < 1e-15, "{e:?}");
+        assert_eq!((e.rms_decay, e.enabled), (d.rms_decay, d.enabled));
+        // A key the file sets is taken as written; the others still scale.
+        let with = text.replace("[model.task_id]", "[model.embedding]\nprior_weight = 0.01\n\n[model.task_id]");
+        let e = Rig::parse(&with, &path).unwrap().model.embedding;
+        assert_eq!(e.prior_weight, 0.01);
+        assert!((e.learning_rate - d.learning_rate / 10.0).abs() < 1e-15, "{e:?}");
+        // At 10 ms (and coarser) the defaults are the 10 ms ones.
+        let (text, path) = shipped("sim-utah96.toml");
+        let coarse = text.replace("bin_ms = 10.0 ", "bin_ms = 50.0 ");
+        assert_ne!(coarse, text);
+        for t in [&text, &coarse] {
+            let e = Rig::parse(t, &path).unwrap().model.embedding;
+            assert_eq!((e.learning_rate, e.trust_radius, e.prior_weight), (0.02, 0.05, d.prior_weight), "{e:?}");
         }
     }
 }

@@ -328,7 +328,10 @@ impl Telemetry {
             enabled = Some(e.enabled);
         }
         if let Some(r) = &j.loop_bin {
-            self.lat.record(Stage::Compute, k, r.done_at - r.started_at);
+            // From the bin's close, not from the loop's start: a loop that wakes late is late.
+            let close = self.cfg.clock.close(k);
+            self.lat.record(Stage::LoopWake, k, r.started_at - close);
+            self.lat.record(Stage::Compute, k, r.done_at - close);
             self.late_spikes += r.late_spikes;
             self.binned_spikes += r.spikes;
             self.future_spikes += r.future_spikes;
@@ -419,6 +422,7 @@ impl Telemetry {
             ingest: self.ingest_counts(),
             warmup_bins: self.cfg.warmup_bins,
             ingest_lag_us: self.lat.percentiles(Stage::IngestLag),
+            loop_wake_us: self.lat.percentiles(Stage::LoopWake),
             ingest_lag_dropped: ld(&st.lag_dropped),
             ingest_lag_early: self.ingest_early,
             compute_us: Percentiles::of(self.lat.histogram(Stage::Compute)),

@@ -100,7 +100,10 @@ pub struct Report {
     /// The simulated rig publishes a bin's spikes ahead of their in-bin stamps (src/sim.rs);
     /// on a real rig this should be 0, else its clock mapping is off.
     pub ingest_lag_early: u64,
-    /// Bin close → model and controller done (µs).
+    /// Bin close → the loop thread started on the bin (µs): its wake-up lateness, the part
+    /// of `compute_us` that is not the model.
+    pub loop_wake_us: Option<Percentiles>,
+    /// Bin close → model and controller done (µs; the loop's wake-up included).
     pub compute_us: Percentiles,
     /// Model and controller done → Control sample pushed (µs; bins whose result was on time).
     pub done_to_push_us: Option<Percentiles>,
