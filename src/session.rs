@@ -546,8 +546,10 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         _ => None,
     };
     let mut schedule = sim_cfg.as_ref().map(|s| sim::GateSchedule::new(s.open_loop_block_bins, rig.safety.enabled));
+    let mut thread_watch = crate::telemetry::threads::ThreadWatch::default();
     while !loop_handle.is_finished() {
         let done = loop_status.bins_done.load(Ordering::Acquire);
+        thread_watch.poll(done);
         if interrupted.swap(false, Ordering::AcqRel) {
             eprintln!("[neuroloop] interrupted: finishing bin {done} and writing the report");
             let _ = dispatcher.submit(Source::Signal, Request::Stop);
@@ -598,6 +600,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     let mut report = telemetry_handle.join().map_err(|_| anyhow::anyhow!("the telemetry thread panicked"))?;
     report.device_errors = loop_end.backend.stats().device_errors;
     report.realtime = realtime.grants();
+    report.threads = thread_watch.summary();
     if let Some(rc) = rig_control {
         if rc.lost > 0 || rc.reconnects > 0 {
             let msg = format!(

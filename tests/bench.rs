@@ -100,6 +100,16 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
         assert_ordered(k, &r[k]);
     }
 
+    // Which thread the time went to: the kernel's accounting names the loop thread, which
+    // woke at least once per bin and ran.
+    let threads = r["threads"]["by_name"].as_array().expect("report.threads");
+    let lp = threads.iter().find(|t| t["name"] == "neuroloop-loop").unwrap_or_else(|| panic!("no loop thread in {threads:?}"));
+    assert!(lp["wakeups_per_bin"].as_f64().unwrap() >= 0.5, "{lp}");
+    let cpu = lp["cpu_percent"].as_f64().unwrap();
+    assert!(cpu > 0.0 && cpu <= 100.0, "{lp}");
+    assert!(lp["runqueue_wait_us"].as_f64().unwrap() >= 0.0, "{lp}");
+    assert!(threads.iter().any(|t| t["name"] == "neuroloop-emit"), "{threads:?}");
+
     // The interval log has every sample of every stage, read back by hdrhistogram's parser.
     let (per_tag, intervals) = interval_counts(&out_dir.join("latency.hlog"));
     assert!(intervals >= 5, "expected intervals of several stages, got {intervals}");
@@ -115,6 +125,7 @@ fn bench_writes_a_consistent_report_log_table_and_plots() {
         assert!(line.contains(&format!("| {} |", count(key))), "{line}");
     }
     assert!(table.contains(&format!("deadline misses {misses}")));
+    assert!(table.contains("| neuroloop-loop | 1 |"), "the threads table names the loop thread:\n{table}");
 
     // Both plots are SVG and show the stages.
     for f in ["latency-distribution.svg", "latency-over-time.svg"] {

@@ -329,6 +329,7 @@ pub fn run(rig: &Rig, kind: BaselineKind, o: &BaselineOptions) -> anyhow::Result
             past_deadline,
             late_spikes: rows.late_spikes,
             loop_wake_us: None,
+            threads: None,
             compute_us: some(&compute),
             close_to_push_us: some(&push),
             end_to_end_us: some(&e2e_h),

@@ -158,6 +158,10 @@ pub struct LoopSummary {
     /// when the model itself was quick.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loop_wake_us: Option<Percentiles>,
+    /// neuroloop's threads, from the kernel's accounting (the report's `threads`; merged
+    /// rounds: the mean per thread name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<crate::telemetry::threads::ThreadsSummary>,
     pub compute_us: Option<Percentiles>,
     pub close_to_push_us: Option<Percentiles>,
     pub end_to_end_us: Option<Percentiles>,
@@ -204,6 +208,7 @@ impl LoopSummary {
             past_deadline: r.measured_deadline_misses,
             late_spikes: r.late_spikes,
             loop_wake_us: stage_percentiles(r, Stage::LoopWake),
+            threads: r.threads.clone(),
             compute_us: stage_percentiles(r, Stage::Compute),
             close_to_push_us: stage_percentiles(r, Stage::CloseToPush),
             end_to_end_us: r.end_to_end_us.clone(),
@@ -236,6 +241,7 @@ impl LoopSummary {
             past_deadline: parts.iter().map(|p| p.past_deadline).sum(),
             late_spikes: parts.iter().map(|p| p.late_spikes).sum(),
             loop_wake_us: some_percentiles(&h.loop_wake),
+            threads: crate::telemetry::threads::ThreadsSummary::mean_of(parts.iter().filter_map(|p| p.threads.as_ref())),
             compute_us: some_percentiles(&h.compute),
             close_to_push_us: some_percentiles(&h.close_to_push),
             end_to_end_us: some_percentiles(&h.end_to_end),
@@ -343,6 +349,12 @@ impl Comparison {
                  bin close → model done includes it. A bin whose result is not done by its deadline is a miss the emitter covers.\n",
                 w.p50, w.p99, w.p999, w.max
             );
+        }
+        if let Some(t) = &self.neuroloop.threads {
+            s += "\nneuroloop's threads while the loop ran, from the kernel's accounting (/proc schedstat; liblsl's threads carry \
+                  the name of the thread that made them; rounds: the mean). A large run-queue wait is a thread that woke and \
+                  found its CPU taken.\n\n";
+            s += &t.markdown_table();
         }
         if !self.ratios.is_empty() {
             s += &format!(

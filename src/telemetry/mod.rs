@@ -23,6 +23,7 @@ mod lateness;
 pub mod live;
 pub mod report;
 mod status_line;
+pub mod threads;
 pub use evaluation::{affine_r2, r_squared};
 use evaluation::{EvalRow, Evaluation};
 use join::{BinJoiner, Parts};
@@ -437,6 +438,7 @@ impl Telemetry {
             recording: None,
             rig_control: None,
             realtime: Vec::new(),
+            threads: None,
             series: self.lat.take_series(),
             quantile_curves: crate::latency::STAGES.iter().map(|&st| (st, self.lat.quantile_curve(st))).collect(),
         }

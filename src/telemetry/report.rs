@@ -129,6 +129,11 @@ pub struct Report {
     /// (empty, and left out, when the section is off).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub realtime: Vec<String>,
+    /// Every thread of the process while the loop ran, from the kernel's accounting: its
+    /// share of a core, how long its wake-ups waited for a CPU, how often it woke
+    /// (src/telemetry/threads.rs). Left out where the kernel has no per-thread schedstat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<super::threads::ThreadsSummary>,
     /// Per-bin latencies after warm-up (`keep_series`; for plots, not in the JSON).
     #[serde(skip)]
     pub series: Vec<BinLatency>,
