@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 [ $# -gt 0 ] && shift
-targets=${*:-lsl_samples rig_toml model_file xdf_recording}
+targets=${*:-lsl_samples rig_toml model_file xdf_recording xdf_resync}
 
 # What cargo-fuzz passes, less the sanitizer (nightly only): edge counters, the PC table
 # and comparison tracing, so that libFuzzer is guided by coverage.

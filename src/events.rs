@@ -89,6 +89,9 @@ pub enum Proposal {
     /// did not run), or the backend found the controller's result unusable (the GPU backend:
     /// not finite). A backend reports a usable command only for a bin with live input.
     NoCommand,
+    /// The controller ran in time but had no usable command (a non-finite cost or command):
+    /// the fallback, counted as a controller fault and said (report, dashboard, stderr).
+    ControllerFault,
 }
 
 impl Proposal {
@@ -221,4 +224,8 @@ pub struct LoopStatus {
     pub pre_session_spikes: AtomicU64,
     /// Spikes handed on after the last bin closed (set once ingest has stopped).
     pub after_end_spikes: AtomicU64,
+    /// Bins whose controller had no usable command ([`Proposal::ControllerFault`]).
+    pub controller_faults: AtomicU64,
+    /// The first such bin + 1 (0: none yet), for the notice.
+    pub first_controller_fault: AtomicU64,
 }

@@ -187,3 +187,17 @@ fn fuzz_rig() -> &'static Rig {
 fn scratch_file(ext: &str) -> PathBuf {
     std::env::temp_dir().join(format!("neuroloop-fuzz-{}.{ext}", std::process::id()))
 }
+
+/// An XDF file's bytes through the chunk scanner every reader goes through (damaged chunks
+/// skipped, the reading resynchronised after them): every byte is either kept or counted as
+/// skipped, and what is kept parses whole — the parser reads every sample the scan kept, so
+/// no reader can stop silently part-way through a file.
+pub fn xdf_resync(data: &[u8]) {
+    let Ok(scan) = crate::record::scan::scan(data) else { return };
+    assert_eq!(scan.clean.len() as u64 + scan.bytes_skipped(), data.len() as u64, "every byte is kept or counted as skipped");
+    let file = xdf::XDFFile::from_bytes(&scan.clean).expect("the scan keeps only chunks that parse");
+    for (id, kept) in &scan.kept {
+        let read = file.streams.iter().find(|s| s.id == *id).map_or(0, |s| s.samples.len() as u64);
+        assert_eq!(read, *kept, "stream {id}: the parser read {read} of the {kept} samples the scan kept");
+    }
+}

@@ -30,6 +30,7 @@ pub mod latency;
 pub mod linalg;
 pub mod lslutil;
 pub mod model;
+pub mod outfile;
 pub mod realtime;
 pub mod record;
 pub mod replay;
@@ -65,19 +66,7 @@ pub fn error_text(e: &anyhow::Error) -> String {
     text
 }
 
-/// Check at start-up that an output file named on the command line can be written, so a
-/// long run does not lose its result at the end. Creates the file if it is not there (it is
-/// overwritten when the result is written); an existing file is left as it is until then.
-pub fn ensure_writable(path: &std::path::Path, what: &str) -> anyhow::Result<()> {
-    use anyhow::Context;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map(|_| ())
-        .with_context(|| format!("cannot write the {what} to {} (checked before starting, so nothing is lost at the end)", path.display()))
-}
+pub use outfile::ensure_writable;
 
 /// The message a caught panic carried (`panic!` with a string or a format).
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

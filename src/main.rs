@@ -17,12 +17,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the closed loop for a rig. A simulated rig (one with [sim]) starts its simulator too.
+    #[command(allow_negative_numbers = true)]
     Run {
         /// Rig file (TOML).
         #[arg(long)]
         rig: PathBuf,
         /// Stop after this many bins (default: run until Ctrl-C).
-        #[arg(long)]
+        #[arg(long, value_parser = whole::<u64>(1, u64::MAX))]
         bins: Option<u64>,
         /// Write a JSON summary here at the end.
         #[arg(long)]
@@ -47,11 +48,12 @@ enum Command {
         no_control: bool,
     },
     /// Run only the simulated rig of a rig file: publish spikes, take its Control stream.
+    #[command(allow_negative_numbers = true)]
     Sim {
         #[arg(long)]
         rig: PathBuf,
         /// Stop after this many bins (default: run until Ctrl-C).
-        #[arg(long)]
+        #[arg(long, value_parser = whole::<u64>(1, u64::MAX))]
         bins: Option<u64>,
         /// Write the simulator's true model to this safetensors file and exit.
         #[arg(long)]
@@ -59,14 +61,15 @@ enum Command {
     },
     /// Benchmark a rig's closed loop: per-stage latency percentiles (table, JSON, HdrHistogram
     /// interval log, SVG plots) after a warm-up. See bench/README.md.
+    #[command(allow_negative_numbers = true)]
     Bench {
         #[arg(long)]
         rig: PathBuf,
         /// Measured bins, after the warm-up.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 10_000, value_parser = whole::<u64>(1, u64::MAX))]
         bins: u64,
         /// Bins run first and left out of the latencies.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 500, value_parser = whole::<u64>(0, u64::MAX))]
         warmup: u64,
         /// Output folder for report.json, latency.hlog, latency.md and the SVG plots.
         #[arg(long, default_value = "bench-out")]
@@ -82,7 +85,7 @@ enum Command {
         /// Rounds: each runs neuroloop and every baseline (alternating their order); the
         /// histograms are merged per loop and the ratios taken over rounds with comparable
         /// CPU steal. Each round's files go to OUT/round-NN/ when there are several.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = whole::<u32>(1, u32::MAX as u64))]
         rounds: u32,
         /// Python with pylsl and numpy for the baselines (default: .venv/bin/python).
         #[arg(long)]
@@ -95,15 +98,16 @@ enum Command {
     /// The scaling table: per-bin compute time of each backend (offline, no LSL) over units N,
     /// latent d, particles P and MPPI samples K, one axis at a time from the rig's own
     /// configuration. Writes sweep.md, sweep.json and sweep-<axis>.svg. See bench/README.md.
+    #[command(allow_negative_numbers = true)]
     Sweep {
         /// A rig with [sim]: its simulated population draws the counts.
         #[arg(long)]
         rig: PathBuf,
         /// Timed steps per grid point, after the warm-up.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, value_parser = whole::<u64>(1, u64::MAX))]
         bins: u64,
         /// Untimed steps first at each point (GPU pipelines compile on the first launches).
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = whole::<u64>(0, u64::MAX))]
         warmup: u64,
         /// Backends to time, comma-separated (default: every backend compiled in).
         #[arg(long)]
@@ -132,6 +136,7 @@ enum Command {
     /// What waiting costs: threads waking on a shared bin grid with each wait strategy
     /// (sleep+yield, sleep, abs-sleep, spin): lateness percentiles, CPU per thread, CPU
     /// steal. Writes wakeups.md and wakeups.json.
+    #[command(allow_negative_numbers = true)]
     Wakeups {
         /// The grid's Δ (ms).
         #[arg(long, default_value_t = 1.0)]
@@ -155,6 +160,7 @@ enum Command {
     /// the simulator's truth: the live loop's, the EKF offline, and particle filters that
     /// know the true model (a near-optimal reference), on the same bins (docs/model.md,
     /// "How informative is the population").
+    #[command(allow_negative_numbers = true)]
     Filters {
         #[arg(required = true, value_name = "REC.xdf")]
         files: Vec<PathBuf>,
@@ -165,13 +171,13 @@ enum Command {
         #[arg(long, default_value = "1024,8192")]
         particles: String,
         /// Philox seed of the references.
-        #[arg(long, default_value_t = 11)]
+        #[arg(long, default_value_t = 11, value_parser = whole::<u64>(0, u64::MAX))]
         seed: u64,
         /// Leave out the first bins of each file (the filters' start-up transient).
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 500, value_parser = whole::<usize>(0, u64::MAX))]
         skip: usize,
         /// Score at most this many bins per file.
-        #[arg(long)]
+        #[arg(long, value_parser = whole::<usize>(1, u64::MAX))]
         bins: Option<usize>,
         /// Write the scores as JSON here too.
         #[arg(long)]
@@ -184,6 +190,7 @@ enum Command {
     /// recorded bins and must reproduce its Control stream bit for bit on the CPU backend
     /// (exit status 1 and the first differing bin otherwise); a LabRecorder file of the
     /// rig's raw spike stream is binned as the live loop would.
+    #[command(allow_negative_numbers = true)]
     Replay {
         /// The XDF file.
         file: PathBuf,
@@ -209,6 +216,7 @@ enum Command {
     },
     /// Fit the model to recordings of an identification session (README "Fitting a model"):
     /// Laplace-EM on neuroloop's own model, held-out bits/spike, a model file `run` loads.
+    #[command(allow_negative_numbers = true)]
     Fit {
         /// Recordings: `neuroloop run --record` files or LabRecorder files.
         #[arg(required = true, value_name = "REC.xdf")]
@@ -223,18 +231,18 @@ enum Command {
         #[arg(long, value_name = "FIT.json")]
         report: Option<PathBuf>,
         /// Latent dimension d.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = whole::<usize>(1, neuroloop::MAX_LATENT as u64))]
         latent: usize,
         /// Embedding dimension e.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = whole::<usize>(1, neuroloop::MAX_EMBED as u64))]
         embed: usize,
         /// Hidden width h of each hypernetwork generator.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = whole::<usize>(1, 4096))]
         hidden: usize,
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = whole::<u64>(0, u64::MAX))]
         seed: u64,
         /// EM iterations.
-        #[arg(long, default_value_t = 25)]
+        #[arg(long, default_value_t = 25, value_parser = whole::<usize>(1, 100_000))]
         iterations: usize,
         /// Fraction held out for evaluation: the last part of each file (or of each task
         /// block with --tasks markers).
@@ -248,7 +256,7 @@ enum Command {
         #[arg(long)]
         alpha: Option<f64>,
         /// Bins per Adam step (a seeded random subset when the training set is larger).
-        #[arg(long, default_value_t = 4096)]
+        #[arg(long, default_value_t = 4096, value_parser = whole::<usize>(64, 10_000_000))]
         batch: usize,
         /// Adam's learning rate at the first EM iteration; it falls to a tenth over the
         /// iterations. Lower it if the fit stops early on a non-finite objective.
@@ -259,10 +267,25 @@ enum Command {
         quiet: bool,
     },
     /// Validate a rig file and its model file without starting anything.
+    #[command(allow_negative_numbers = true)]
     Check {
         #[arg(long)]
         rig: PathBuf,
     },
+}
+
+/// The parser of a whole-number flag in `lo..=hi`: a negative number (`--latent -3`) or one
+/// out of range is refused with the range; clap names the flag ("invalid value '-3' for
+/// '--latent <LATENT>': must be a whole number in 1..=64, got -3").
+fn whole<T: TryFrom<u64>>(lo: u64, hi: u64) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        let range = if hi == u64::MAX { format!("≥ {lo}") } else { format!("in {lo}..={hi}") };
+        let v: i128 = text.trim().parse().map_err(|_| format!("must be a whole number {range}, got '{text}'"))?;
+        if v < lo as i128 || v > hi as i128 {
+            return Err(format!("must be a whole number {range}, got {v}"));
+        }
+        T::try_from(v as u64).map_err(|_| format!("must be a whole number {range}, got {v}"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -377,7 +400,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let scores = filters::run(&rig, &opts)?;
             println!("{}", filters::table(&scores));
             if let Some(path) = &report {
-                std::fs::write(path, serde_json::to_string_pretty(&scores)?).with_context(|| format!("cannot write {}", path.display()))?;
+                neuroloop::outfile::write_output(path, serde_json::to_string_pretty(&scores)?.as_bytes(), "report")?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -405,12 +428,24 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let json = serde_json::to_string_pretty(&r)?;
             println!("{json}");
             if let Some(path) = report {
-                std::fs::write(&path, &json).with_context(|| format!("cannot write the report to {}", path.display()))?;
+                neuroloop::outfile::write_output(&path, json.as_bytes(), "report")?;
             }
             if let Some(d) = &r.first_difference {
                 eprintln!(
                     "[neuroloop] replay DIVERGED at bin {} (channel {}): recorded {:?}, replayed {:?}; {} of {} bins differ",
                     d.bin, d.channel, d.recorded, d.replayed, r.differing_bins, r.compared
+                );
+                return Ok(ExitCode::from(1));
+            }
+            if r.unchecked_bins > 0 {
+                let ranges: Vec<String> = r.unchecked.iter().take(5).map(|u| format!("bins {}..{} ({})", u.from, u.to, u.why)).collect();
+                eprintln!(
+                    "[neuroloop] replay could NOT check {} bins of a damaged file ({}{}); the {} Control samples it could compare {}",
+                    r.unchecked_bins,
+                    ranges.join("; "),
+                    if r.unchecked.len() > 5 { "; …" } else { "" },
+                    r.compared,
+                    if r.identical == Some(true) { "are identical bit for bit" } else { "were compared" }
                 );
                 return Ok(ExitCode::from(1));
             }

@@ -167,6 +167,7 @@ pub fn session_limits(rig: &Rig, safety: &Safety, tasks: usize, backend: &dyn Ba
         lower: safety.lower().to_vec(),
         upper: safety.upper().to_vec(),
         max_step: safety.max_step(),
+        max_rate_hz: rig.objective.as_ref().map_or(crate::control::objective::DEFAULT_MAX_RATE_HZ, |o| o.max_rate_hz()),
         probe: rig.is_probe(),
         lock_refusal: (tasks > 0 && !backend.can_lock_task())
             .then(|| format!("the {} backend cannot hold the embedding on a task; lock_task runs on backend = \"cpu\"", backend.name())),
@@ -260,7 +261,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     let safety = Safety::from_rig(rig, dims.control)?;
     let tasks = model.params().map_or(0, |p| p.task_library.len());
     // Fault injection (rig [fault]) wraps the backend; the loop itself has no test branch.
-    let backend = crate::backend::fault::SlowEvery::wrap(model.backend(rig)?, &rig.fault);
+    let backend = crate::backend::fault::Faulty::wrap(model.backend(rig)?, &rig.fault);
     let backend_name = backend.name().to_string();
     let session_limits = session_limits(rig, &safety, tasks, backend.as_ref());
     eprintln!(
@@ -343,7 +344,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         };
         let (r, t) = Recorder::start(setup, queue_bins)?;
         journal = Some(t.commands.clone());
-        eprintln!("[neuroloop] recording to {}", path.display());
+        eprintln!("[neuroloop] recording to {} (written as {} until the session ends)", path.display(), r.partial_path().display());
         recorder = Some(r);
         taps = Some(t);
     }
@@ -599,6 +600,8 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     telemetry_stop.store(true, Ordering::Release);
     let mut report = telemetry_handle.join().map_err(|_| anyhow::anyhow!("the telemetry thread panicked"))?;
     report.device_errors = loop_end.backend.stats().device_errors;
+    // The loop's own count, final (telemetry's report may predate the loop's last bins).
+    report.controller_faults = loop_status.controller_faults.load(Ordering::Relaxed);
     report.realtime = realtime.grants();
     report.threads = thread_watch.summary();
     if let Some(rc) = rig_control {
@@ -666,8 +669,7 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
         report.recording = Some(summary);
     }
     if let Some(path) = &opts.report {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+        crate::outfile::write_output(path, serde_json::to_string_pretty(&report)?.as_bytes(), "report")?;
         eprintln!("[neuroloop] report written to {}", path.display());
     }
     Ok(report)

@@ -304,3 +304,86 @@ fn a_flood_of_requests_is_rate_limited_and_counted() {
     assert_eq!((r["bins"].as_u64(), r["control_samples"].as_u64()), (Some(700), Some(700)), "one Control sample per bin");
     eprintln!("flood: {ok} accepted, {limited} rate-limited, {bad} malformed; deadline misses {}", r["deadline_misses"]);
 }
+
+/// Clients that stall never lock the operator out. 200 connections send a command's headers
+/// and never its body, 50 send half of their headers, and a WebSocket client stops reading;
+/// meanwhile the operator's status and disarm are answered within a second each. The
+/// stalled requests are answered 408 (or closed) after their timeout, the silent WebSocket
+/// client is dropped after 2 s instead of being sent a backlog, and the report counts all
+/// of it.
+#[test]
+fn stalled_clients_never_lock_the_operator_out() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (_rig, rig_path) = rig_with_task_id(dir.path(), "cp-stall");
+    let report_path = dir.path().join("report.json");
+    let s = LiveSession::start(&["run", "--rig", rig_path.to_str().unwrap(), "--bins", "1500", "--report", report_path.to_str().unwrap()]);
+    s.status_when(30.0, |s| s["bin"].as_u64().is_some_and(|b| b > 10));
+
+    // A WebSocket client that reads one frame, then stops reading.
+    let (mut ws, _) = tungstenite::connect(format!("ws://{}/api/stream", s.addr)).expect("WebSocket");
+    assert!(matches!(ws.read().unwrap(), tungstenite::Message::Text(_)));
+    let stopped_reading = Instant::now();
+
+    let stalled_body = format!(
+        "POST /api/commands HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"command\":",
+        s.addr
+    );
+    let mut stalled: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+            c.write_all(stalled_body.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    for _ in 0..50 {
+        let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+        c.write_all(b"GET /api/status HTTP/1.1\r\nHost: 127.").unwrap();
+        stalled.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The operator, meanwhile.
+    let t = Instant::now();
+    let (code, st) = http_get(&s.url("/api/status"), None);
+    assert_eq!(code, 200, "{st}");
+    assert!(t.elapsed() < Duration::from_secs(1), "status took {:?}", t.elapsed());
+    let t = Instant::now();
+    let (code, reply) = http_post(&s.url("/api/commands"), r#"{"command": "disarm"}"#);
+    assert_eq!(code, 202, "{reply}");
+    assert!(t.elapsed() < Duration::from_secs(1), "disarm took {:?}", t.elapsed());
+
+    // The stalled requests: a stalled body gets 408, half a header gets the connection closed.
+    let answer = |c: &mut std::net::TcpStream| {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    let first = answer(&mut stalled[0]);
+    assert!(first.starts_with("HTTP/1.1 408"), "{first}");
+    assert!(first.contains("\"field\":\"body\""), "{first}");
+    assert_eq!(answer(&mut stalled[249]), "", "half a header: closed without an answer");
+
+    // The WebSocket client reads again after 4 s: a frame or two from when it stopped, then
+    // the close — never seconds of backlog.
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(stopped_reading.elapsed()));
+    let mut frames = 0;
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(_)) => frames += 1,
+            Ok(tungstenite::Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    assert!(frames <= 3, "{frames} frames queued for a client that stopped reading");
+
+    let (status, _, stderr) = s.wait();
+    assert!(status.success(), "{stderr}");
+    let c = &report(&report_path)["commands"];
+    let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("no {k} in {c}"));
+    assert!(n("timed_out_requests") >= 250, "{c}");
+    assert!(n("slow_clients_dropped") >= 1 && n("stale_frames_skipped") >= 1, "{c}");
+    assert_eq!(n("accepted"), 1, "{c}");
+}

@@ -168,3 +168,29 @@ fn scopeguard_pid(pid: u32) -> impl Drop {
     }
     G(pid)
 }
+
+/// A controller with no usable command (its command comes out NaN every 50th bin, as when a
+/// cost overflows; rig `[fault] controller_fault_every`): each such bin gets the fallback,
+/// on time, and is counted; the first is said once on stderr; the Control stream never
+/// carries a non-finite value nor stops.
+#[test]
+fn a_controller_fault_falls_back_visibly_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let rig = SimRig::new("cfault");
+    let rig_path =
+        write(dir.path(), "rig.toml", &long_lead_in(&rig.toml("mppi", "events", "events", "", "[fault]\ncontroller_fault_every = 50")));
+    let control = record::<f32>(&rig.control);
+    let bins = 400u64;
+    let (out, r) = run_bins(&rig_path, bins, &dir.path().join("report.json"), &[]);
+    assert_eq!(r["control_samples"], bins, "one Control sample per bin");
+    let faults = r["controller_faults"].as_u64().unwrap();
+    // Bins 49, 99, …, 399, less any that missed their deadline or had no data (no command to spoil).
+    let misses_and_gaps = r["deadline_misses"].as_u64().unwrap() + r["gap_bins"].as_u64().unwrap();
+    assert!(faults <= 8 && faults + misses_and_gaps >= 8 && faults >= 4, "{faults} faults: {r}");
+    assert!(r["fallbacks"].as_u64().unwrap() >= faults);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("the controller had no usable command").count(), 1, "said once: {err}");
+    assert!(r["notices"].to_string().contains("controller_faults"), "{}", r["notices"]);
+    let samples = control.join().unwrap();
+    assert!(samples.iter().all(|(_, u)| u.iter().all(|v| v.is_finite())), "a non-finite command went out");
+}

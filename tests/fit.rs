@@ -338,7 +338,10 @@ fn xdf_with(path: &Path, streams: &[XdfStream]) {
         );
         w.add_stream(*id, &xml, Format::Double64, *channels);
         w.clock_offset(*id, 0.0, 0.0);
-        w.samples(*id, ts, values);
+        // In chunks, as LabRecorder writes them.
+        for (t, v) in ts.chunks(1000).zip(values.chunks(1000 * channels)) {
+            w.samples(*id, t, v);
+        }
     }
     w.finish().unwrap();
 }
@@ -377,6 +380,17 @@ fn bad_recordings_get_clear_errors() {
     xdf_with(&nan, &[(1, &spikes_name, "SpikeEvents", 2, 0.0, ts, vals), (3, "ctl", "Control", 4, 100.0, cts, cv)]);
     fit_fails(&[nan.to_str().unwrap(), "--rig", rig, "--out", o], &["nan-control.xdf", "Control stream", "channel 2", "not finite"]);
 
+    // Every spike outside the rig's unit map: nothing to fit, and the message says where to look.
+    let unmapped = d.join("unmapped.xdf");
+    let cts: Vec<f64> = (0..2000).map(|i| 0.01 * (i + 1) as f64).collect();
+    let ets: Vec<f64> = (0..5000).map(|i| i as f64 * 0.004).collect();
+    let evals: Vec<f64> = (0..5000).flat_map(|i| [(500 + i % 7) as f64, 0.0]).collect();
+    xdf_with(
+        &unmapped,
+        &[(1, &spikes_name, "SpikeEvents", 2, 0.0, ets.clone(), evals), (3, "ctl", "Control", 4, 100.0, cts.clone(), vec![0.1; 8000])],
+    );
+    fit_fails(&[unmapped.to_str().unwrap(), "--rig", rig, "--out", o], &["unmapped.xdf", "no spike", "maps to a unit", "[units]"]);
+
     // The rig does not match the recording: unit count, bin width.
     let rig95 = probe_rig(d, "rig95.toml", |t| t.replace("channels = 96", "channels = 95"));
     fit_fails(&[xdf, "--rig", rig95.to_str().unwrap(), "--out", o], &["N = 96", "maps 95"]);
@@ -387,6 +401,14 @@ fn bad_recordings_get_clear_errors() {
     fit_fails(&[xdf, "--rig", rig, "--tasks", "markers", "--heldout", "0.89", "--out", o], &["training bins", "at least 200"]);
     // Options out of range, and markers the file does not have.
     fit_fails(&[xdf, "--rig", rig, "--latent", "0", "--out", o], &["--latent"]);
+    // Negative numbers are values of their flag, refused with its range (not "unexpected
+    // argument '-3'" with a tip that would pass it as a recording).
+    fit_fails(&[xdf, "--rig", rig, "--latent", "-3", "--out", o], &["'--latent <LATENT>'", "1..=64", "got -3"]);
+    fit_fails(&[xdf, "--rig", rig, "--iterations", "-1", "--out", o], &["'--iterations <ITERATIONS>'", "1..=100000"]);
+    fit_fails(&[xdf, "--rig", rig, "--heldout", "-0.5", "--out", o], &["--heldout must be a fraction in [0, 0.9), got -0.5"]);
+    // Outputs that cannot be written are refused before the fit starts, not after it.
+    fit_fails(&[xdf, "--rig", rig, "--out", d.to_str().unwrap()], &["cannot write the model", "it is a folder"]);
+    fit_fails(&[xdf, "--rig", rig, "--out", "/proc/self/model.safetensors"], &["cannot write the model", "does not accept new files"]);
     fit_fails(&[no_control.to_str().unwrap(), "--rig", rig, "--tasks", "markers", "--out", o], &["no Control stream"]);
     fit_fails(&["/nonexistent/rec.xdf", "--rig", rig, "--out", o], &["/nonexistent/rec.xdf"]);
     assert!(!out.exists(), "a failed fit wrote a model");
@@ -406,6 +428,45 @@ fn bad_recordings_get_clear_errors() {
     let our_sha = neuroloop::record::sha256_hex(&std::fs::read(&other).unwrap());
     assert!(err.contains("different rig file") && err.contains(&rec_sha) && err.contains(&our_sha), "{err}");
 
+    // Nothing held out: fitted, and the report says there is no score (never NaN).
+    let m = d.join("all.safetensors");
+    let report = d.join("all.json");
+    let (res, r) = fit(&[
+        xdf,
+        "--rig",
+        rig,
+        "--iterations",
+        "2",
+        "--heldout",
+        "0",
+        "--out",
+        m.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(res.status.success() && stdout.contains("not scored: no held-out bins") && !stdout.contains("NaN"), "{stdout}");
+    let r = r.unwrap();
+    assert!(
+        r["heldout_bits_per_spike"].is_null() && r["heldout"]["unscored"].as_str().unwrap().contains("no held-out bins"),
+        "{}",
+        r["heldout"]
+    );
+    assert!(!std::fs::read_to_string(&report).unwrap().contains("NaN"));
+
+    // Stimulation of ±1e30 (a unit mix-up): fitted as recorded, with a warning that says so.
+    let huge = d.join("huge-control.xdf");
+    let ets: Vec<f64> = (0..5000).map(|i| i as f64 * 0.004).collect();
+    let evals: Vec<f64> = (0..5000).flat_map(|i| [(i % 96) as f64, 0.0]).collect();
+    let hv: Vec<f64> = (0..8000).map(|i| if i % 2 == 0 { 1e30 } else { -1e30 }).collect();
+    xdf_with(&huge, &[(1, &spikes_name, "SpikeEvents", 2, 0.0, ets, evals), (3, "ctl", "Control", 4, 100.0, cts, hv)]);
+    let m = d.join("huge.safetensors");
+    let (res, _) =
+        fit(&[huge.to_str().unwrap(), "--rig", rig, "--iterations", "2", "--heldout", "0.1", "--out", m.to_str().unwrap(), "--quiet"]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("values up to 1e30") && err.contains("far outside the rig's safety bounds"), "{err}");
+
     // A truncated recording: read up to its last whole chunk, and say how much was used.
     let bytes = std::fs::read(&s.xdf).unwrap();
     let cut = d.join("cut.xdf");
@@ -414,8 +475,74 @@ fn bad_recordings_get_clear_errors() {
     let (res, _) = fit(&[cut.to_str().unwrap(), "--rig", rig, "--iterations", "2", "--out", m.to_str().unwrap(), "--quiet"]);
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(res.status.success(), "{err}");
-    assert!(err.contains("truncated") && err.contains(&format!("of {} bytes", bytes.len() * 7 / 10 + 3)), "{err}");
+    assert!(err.contains("cut off") && err.contains(&format!("of {} bytes skipped", bytes.len() * 7 / 10 + 3)), "{err}");
     assert!(neuroloop::model::ModelParams::load(&m).is_ok());
+
+    // A damaged chunk in the middle (one NeuroloopBins chunk and one Control chunk declare
+    // one sample more than they hold): everything after them is still fitted, the bins in
+    // them are left out, and stdout, stderr and the report say so. (It used to stop at the
+    // first one and fit half the file without a word.)
+    let mut damaged = bytes.clone();
+    let bins_at = declare_one_more_sample(&mut damaged, "NeuroloopBins", 40);
+    let control_at = declare_one_more_sample(&mut damaged, "Control", 60);
+    let bad = d.join("damaged.xdf");
+    std::fs::write(&bad, &damaged).unwrap();
+    let m = d.join("damaged.safetensors");
+    let report = d.join("damaged.json");
+    let (res, r) = fit(&[
+        bad.to_str().unwrap(),
+        "--rig",
+        rig,
+        "--iterations",
+        "2",
+        "--out",
+        m.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(res.status.success(), "{err}");
+    assert!(err.contains(&format!("damaged at byte {bins_at}")) && err.contains(&format!("damaged at byte {control_at}")), "{err}");
+    assert!(stdout.contains("DAMAGED FILE"), "{stdout}");
+    let input = &r.unwrap()["inputs"][0];
+    assert_eq!(input["bins"], 3 * BINS_PER_TASK, "the bins after the damaged chunks are read: {input}");
+    let damage = &input["damage"];
+    assert_eq!(damage["parts"].as_array().unwrap().len(), 2, "{damage}");
+    let lost = input["lost_bins"].as_u64().unwrap();
+    let skipped_bins = damage["samples_skipped"].as_object().unwrap().iter().find(|(k, _)| k.contains("NeuroloopBins")).unwrap().1;
+    assert!(lost >= skipped_bins.as_u64().unwrap() && lost < 200, "{input}");
+    assert_eq!(input["bytes_used"].as_u64().unwrap() + damage["bytes_skipped"].as_u64().unwrap(), bytes.len() as u64);
+}
+
+/// The disk fills while the model is written (here: a file-size limit of 4 KiB, the EFBIG a
+/// full disk's ENOSPC is to the writer): the fit fails with a message, and the model that was
+/// at --out is still there, whole, with no partial file beside it. (It used to be overwritten
+/// in place: a full disk or a crash mid-write left 8 KiB of a model `check` rejects.)
+#[test]
+fn a_full_disk_leaves_the_model_that_was_at_out_whole() {
+    let s = session();
+    let (fitted_model, _) = fitted();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.safetensors");
+    std::fs::copy(fitted_model, &out).unwrap();
+    let before = std::fs::read(&out).unwrap();
+    assert!(before.len() > 4096);
+    let res = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 8; exec \"$0\" fit \"$1\" --rig \"$2\" --iterations 2 --out \"$3\" --quiet")
+        .arg(common::bin())
+        .args([&s.xdf, &s.rig, &out])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot write the model") && err.contains("File too large"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), before, "the previous model is untouched");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "no partial file is left beside it: {left:?}");
+    assert!(neuroloop::model::ModelParams::load(&out).is_ok());
 }
 
 /// A fit whose objective goes non-finite stops, says so, exits 1 and keeps the last good
@@ -516,4 +643,31 @@ fn a_labrecorder_file_of_the_raw_streams_fits_too() {
     eprintln!("LabRecorder-style file: bits/spike {bps}, latent R² {}", r["latent_r2"]);
     assert!(bps > 0.1, "from the raw streams: {bps} bits/spike");
     assert!(r["latent_r2"].is_null(), "no truth stream, yet latent R² {}", r["latent_r2"]);
+
+    // A damaged spike chunk in the middle: the rest is re-binned and fitted, the bins its
+    // spikes fell in are left out (not fitted as silence), and the report says so.
+    let mut damaged = std::fs::read(&lab).unwrap();
+    declare_one_more_sample(&mut damaged, "SpikeEvents", 5);
+    let bad = dir.path().join("labrecorder-damaged.xdf");
+    std::fs::write(&bad, &damaged).unwrap();
+    let report = dir.path().join("lab-damaged.json");
+    let (out, r) = fit(&[
+        bad.to_str().unwrap(),
+        "--rig",
+        s.rig.to_str().unwrap(),
+        "--iterations",
+        "2",
+        "--out",
+        model.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let input = &r.unwrap()["inputs"][0];
+    assert_eq!(input["bins"].as_u64().unwrap(), bins, "{input}");
+    let lost = input["lost_bins"].as_u64().unwrap();
+    // 1000 spike events of a 96-unit population at ~10–40 Hz span a few bins to tens.
+    assert!((1..200).contains(&lost), "{input}");
+    assert_eq!(input["damage"]["samples_skipped"]["{} (SpikeEvents)".replace("{}", spikes.name.as_deref().unwrap())], 1000, "{input}");
 }

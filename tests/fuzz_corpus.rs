@@ -48,6 +48,11 @@ fn xdf_recording_corpus_and_crashers() {
     replay_all("xdf_recording", neuroloop::fuzz::xdf_recording);
 }
 
+#[test]
+fn xdf_resync_corpus_and_crashers() {
+    replay_all("xdf_resync", neuroloop::fuzz::xdf_resync);
+}
+
 /// The crasher the lsl_samples fuzzer found first: a spike-event sample with no values (a
 /// stream of 0 channels) indexed past its end. It is now counted as invalid.
 #[test]

@@ -13,10 +13,17 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
 
+/// Where a recording is written until its session ends (then renamed to its path).
+fn partial(xdf: &Path) -> std::path::PathBuf {
+    let mut p = xdf.as_os_str().to_owned();
+    p.push(".partial");
+    p.into()
+}
+
 /// Waits (up to a minute) until the recording a spawned run is writing holds `bytes`.
 fn wait_until_recorded(xdf: &Path, bytes: u64) {
     let started = std::time::Instant::now();
-    while std::fs::metadata(xdf).map_or(0, |m| m.len()) < bytes {
+    while std::fs::metadata(partial(xdf)).map_or(0, |m| m.len()) < bytes {
         assert!(started.elapsed().as_secs() < 60, "the recording never grew");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -195,6 +202,36 @@ fn replay_reproduces_the_control_stream_bit_for_bit_and_reports_the_first_diverg
     assert!(u(&v["differing_bins"]) >= 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("DIVERGED at bin {first}")));
 
+    // A damaged file: a Control chunk that declares one sample more than it holds. The
+    // rest of the file is still read and replayed; the bins whose Control sample was in the
+    // damaged chunk could not be checked, which replay says, naming them, and exits 1.
+    let bytes = std::fs::read(&xdf).unwrap();
+    let mut damaged = bytes.clone();
+    let at = declare_one_more_sample(&mut damaged, "Control", 2);
+    let bad = dir.path().join("damaged-control.xdf");
+    std::fs::write(&bad, &damaged).unwrap();
+    let (out, v) = replay(&["replay", bad.to_str().unwrap(), "--rig", rig_path.to_str().unwrap(), "--quiet"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "bins that could not be checked fail the replay: {stderr}");
+    assert!(stderr.contains(&format!("damaged at byte {at}")), "{stderr}");
+    assert!(stderr.contains("replay could NOT check"), "{stderr}");
+    let unchecked = u(&v["unchecked_bins"]);
+    assert!(unchecked > 0 && unchecked < 100, "{v}");
+    assert_eq!(u(&v["compared"]) + unchecked, 300, "every bin compared or named as unchecked");
+    assert_eq!(v["identical"], true, "what could be compared is identical");
+    assert_eq!(v["damage"]["parts"][0]["at"], at as u64);
+    assert_eq!(u(&v["damage"]["samples_skipped"][format!("{} (Control)", rig.control)]), unchecked, "{}", v["damage"]);
+    // A damaged timing chunk: replay runs up to it and stops there, saying so.
+    let mut damaged = bytes.clone();
+    declare_one_more_sample(&mut damaged, "NeuroloopTiming", 1);
+    std::fs::write(&bad, &damaged).unwrap();
+    let (out, v) = replay(&["replay", bad.to_str().unwrap(), "--rig", rig_path.to_str().unwrap(), "--quiet"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stop = u(&v["unchecked"][0]["from"]);
+    assert!(stop > 0 && u(&v["unchecked"][0]["to"]) == 300, "{v}");
+    assert_eq!(u(&v["compared"]), stop, "bins before the damage replay and match");
+    assert!(v["notices"].to_string().contains(&format!("replay stopped at bin {stop}")), "{v}");
+
     // Bad input: not an XDF file; a rig with another model.
     let bogus = write(dir.path(), "bogus.xdf", "not xdf");
     let (out, _) = replay(&["replay", bogus.to_str().unwrap(), "--rig", rig_path.to_str().unwrap()]);
@@ -219,6 +256,11 @@ fn a_killed_run_leaves_a_readable_recording_that_replays() {
     std::thread::sleep(std::time::Duration::from_millis(1300));
     let out = signal(child, "KILL");
     assert!(!out.status.success(), "killed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("written as {}", partial(&xdf).display())), "the run says where");
+    // The session never finished: its recording is the .partial file; nothing was put at
+    // the path (an earlier file there would have stayed whole).
+    assert!(!xdf.exists());
+    let xdf = partial(&xdf);
 
     let d = xdf_dump(&xdf);
     let control = xdf_stream(&d, "Control");
@@ -451,6 +493,11 @@ fn a_full_disk_stops_the_recording_not_the_run_and_the_loss_is_counted() {
     let rec = &r["recording"];
     assert!(rec["error"].as_str().unwrap_or("").contains("failed"), "{rec}");
     assert!(err.contains("the recording stops here"), "{err}");
+    // A failed recording is not renamed over the path: it stays as its .partial file, and
+    // the report says where.
+    assert!(!xdf.exists());
+    let xdf = partial(&xdf);
+    assert_eq!(rec["path"], xdf.to_str().unwrap(), "{rec}");
     let lost = u(&rec["samples_lost_after_error"]);
     let written: u64 = rec["streams"].as_array().unwrap().iter().map(|s| u(&s["samples"])).sum();
     assert!(lost > 1000, "the samples after the error are counted: {lost}");

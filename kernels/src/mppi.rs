@@ -111,7 +111,8 @@ pub fn mppi_rollout_kernel(mem: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f
 pub const MIN_GAP: f32 = 1e-6;
 
 /// One cube: softmin weights (non-finite costs weigh 0), nominal update, u_k into `out`,
-/// warm-start shift (the last step repeats).
+/// warm-start shift (the last step repeats). Without any finite cost, u_k is NaN (a
+/// controller fault) and the nominal is reset to zero.
 #[cube(launch)]
 pub fn mppi_update_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>) {
     let t = UNIT_POS as usize;
@@ -197,14 +198,25 @@ pub fn mppi_update_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Arra
     while q2 < hor * m {
         let h = q2 / m;
         let j = q2 % m;
+        // No rollout with a finite cost: no command (NaN, which the backend counts as a
+        // controller fault and the emitter replaces with the fallback), and the nominal
+        // starts again from zero — as the CPU reference (src/control/mppi.rs) does.
         if h == 0 {
-            out[j] = nominal(mem, o_unom2, o_lo, o_hi, m, 0, j);
+            if update {
+                out[j] = nominal(mem, o_unom2, o_lo, o_hi, m, 0, j);
+            } else {
+                out[j] = f32::NAN;
+            }
         }
         let mut src = h + 1;
         if src >= hor {
             src = hor - 1;
         }
-        mem[o_unom + q2] = mem[o_unom2 + src * m + j];
+        if update {
+            mem[o_unom + q2] = mem[o_unom2 + src * m + j];
+        } else {
+            mem[o_unom + q2] = 0.0;
+        }
         q2 += nt;
     }
 }

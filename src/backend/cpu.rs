@@ -106,11 +106,13 @@ impl Backend for CpuBackend {
         }
         let x = self.filter.x();
         out.control_valid = false;
+        out.control_fault = false;
         if input.want_control && input.has_data {
             let ctx = ControlContext { params: p, theta: &self.theta, x, u_prev: &self.u_prev, bin: input.bin };
-            self.controller.compute(&ctx, &self.objective, &self.limits, &mut self.u);
+            let usable = self.controller.compute(&ctx, &self.objective, &self.limits, &mut self.u);
             out.u.copy_from_slice(self.u.as_slice());
-            out.control_valid = true;
+            out.control_valid = usable;
+            out.control_fault = !usable;
         }
         out.x.copy_from_slice(x.as_slice());
         out.z.copy_from_slice(self.z.as_slice());

@@ -317,6 +317,7 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             self.device.pf_resample(false, input.bin);
         }
         out.control_valid = false;
+        out.control_fault = false;
         out.task_jump = None;
         out.embed_step = 0.0;
         if self.device.read_out(&mut self.out_buf).is_err() {
@@ -346,7 +347,9 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             for (dst, &v) in out.u.iter_mut().zip(&self.out_buf[..m]) {
                 *dst = v as f64;
             }
+            // The kernel's command is NaN when no rollout had a finite cost (as on the CPU).
             out.control_valid = out.u.iter().all(|v| v.is_finite());
+            out.control_fault = !out.control_valid;
         }
     }
 

@@ -48,6 +48,9 @@ pub struct BinOutput {
     /// Proposed command u_k (m), before the safety layer.
     pub u: Vec<f64>,
     pub control_valid: bool,
+    /// The controller ran but had no usable command (a cost or a command that was not
+    /// finite): the loop proposes the fallback and counts it (`controller_faults`).
+    pub control_fault: bool,
     /// Filtered latent mean x_k (d).
     pub x: Vec<f64>,
     /// Current embedding z (e).
@@ -65,6 +68,7 @@ impl BinOutput {
         BinOutput {
             u: vec![0.0; dims.control],
             control_valid: false,
+            control_fault: false,
             x: vec![0.0; dims.latent],
             z: vec![0.0; dims.embed],
             loglik: 0.0,

@@ -315,7 +315,7 @@ type LiveRows = Vec<Option<Vec<f64>>>;
 /// was on (the Timing stream's `enabled`).
 fn live_estimate(f: &FileData, d: usize) -> anyhow::Result<(LiveRows, Vec<bool>)> {
     let opened = crate::record::read::open(&f.path)?;
-    let streams = streams_of(&opened.file);
+    let streams = streams_of(&opened);
     let status = streams.iter().find(|s| s.stream_type == "NeuroloopStatus").with_context(|| {
         format!("{}: has no NeuroloopStatus stream: score a `neuroloop run --record` file (it records the live estimate)", f.path.display())
     })?;

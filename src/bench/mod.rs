@@ -430,7 +430,7 @@ fn run_neuroloop(rig: &Rig, o: &BenchOptions, dir: &Path) -> anyhow::Result<(Rep
     let title =
         format!("{} · {} backend · Δ = {} ms · {} bins after {} warm-up", rig.name, report.backend, rig.timing.bin_ms, o.bins, o.warmup);
     let table = table(&report, &title);
-    std::fs::write(&files.table, &table).with_context(|| format!("cannot write {}", files.table.display()))?;
+    crate::outfile::write_output(&files.table, table.as_bytes(), "table")?;
     plot::distribution(&files.distribution_svg, &format!("latency distribution — {title}"), &report.quantile_curves)?;
     plot::over_time(&files.over_time_svg, &format!("latency over time — {title}"), &report.series, rig.timing.bin_ms * 1e-3, o.warmup)?;
     let summary = LoopSummary::of_neuroloop(&report, steal);
@@ -496,7 +496,7 @@ pub fn run(rig: &Rig, o: &BenchOptions) -> anyhow::Result<(Report, String)> {
         return Ok((report, table));
     }
     let cmp = Comparison::new(rig, o, rounds);
-    std::fs::write(&files.baselines, serde_json::to_string_pretty(&cmp)?)
+    crate::outfile::write_atomic(&files.baselines, serde_json::to_string_pretty(&cmp)?.as_bytes())
         .with_context(|| format!("cannot write {}", files.baselines.display()))?;
     let table = if o.rounds > 1 {
         let title = format!(
@@ -514,7 +514,7 @@ pub fn run(rig: &Rig, o: &BenchOptions) -> anyhow::Result<(Report, String)> {
     } else {
         format!("{table}\n{}", cmp.table())
     };
-    std::fs::write(&files.table, &table).with_context(|| format!("cannot write {}", files.table.display()))?;
+    crate::outfile::write_output(&files.table, table.as_bytes(), "table")?;
     Ok((report, table))
 }
 

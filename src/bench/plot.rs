@@ -23,32 +23,47 @@ fn err<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
     move |e| anyhow::anyhow!("cannot draw {}: {e:?}", path.display())
 }
 
+/// Draws a 960 × 540 chart in memory and writes it to `path` whole (a temporary file
+/// renamed over it: a plot is never left half-written).
+fn svg_file(
+    path: &Path,
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (960, 540)).into_drawing_area();
+        draw(&root)?;
+    }
+    crate::outfile::write_output(path, svg.as_bytes(), "plot")
+}
+
 /// Latency (µs, log) against percentile (log of 1/(1 − q)), one line per stage.
 pub fn distribution(path: &Path, title: &str, curves: &[(Stage, Vec<(f64, f64)>)]) -> anyhow::Result<()> {
     let curves: Vec<_> = curves.iter().filter(|(_, c)| !c.is_empty()).collect();
     let x_of = |q: f64| 1.0 / (1.0 - q).max(1e-7);
     let x_max = curves.iter().flat_map(|(_, c)| c.iter().map(|p| x_of(p.0))).fold(10.0, f64::max);
     let (y_min, y_max) = y_range(curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.1)));
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = frame(&root, title).build_cartesian_2d((1.0..x_max).log_scale(), (y_min..y_max).log_scale()).map_err(err(path))?;
-    chart
-        .configure_mesh()
-        .x_desc("percentile")
-        .y_desc("latency (µs)")
-        .x_label_formatter(&|x| format!("{}%", trim(100.0 * (1.0 - 1.0 / x))))
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .draw()
-        .map_err(err(path))?;
-    for (stage, c) in curves {
-        let col = color(*stage);
+    svg_file(path, |root| {
+        root.fill(&WHITE).map_err(err(path))?;
+        let mut chart = frame(&root, title).build_cartesian_2d((1.0..x_max).log_scale(), (y_min..y_max).log_scale()).map_err(err(path))?;
         chart
-            .draw_series(LineSeries::new(c.iter().map(|&(q, v)| (x_of(q), v.max(y_min))), col.stroke_width(2)))
-            .map_err(err(path))?
-            .label(stage.describe())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
-    }
-    finish(chart, &root, path)
+            .configure_mesh()
+            .x_desc("percentile")
+            .y_desc("latency (µs)")
+            .x_label_formatter(&|x| format!("{}%", trim(100.0 * (1.0 - 1.0 / x))))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .draw()
+            .map_err(err(path))?;
+        for (stage, c) in curves {
+            let col = color(*stage);
+            chart
+                .draw_series(LineSeries::new(c.iter().map(|&(q, v)| (x_of(q), v.max(y_min))), col.stroke_width(2)))
+                .map_err(err(path))?
+                .label(stage.describe())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+        }
+        finish(chart, root, path)
+    })
 }
 
 /// Per-bin latency over the run (µs, log): every bin when there are few, else the median
@@ -77,29 +92,30 @@ pub fn over_time(path: &Path, title: &str, series: &[BinLatency], bin_s: f64, fi
     }
     let (y_min, y_max) = y_range(lines.iter().flat_map(|(_, p)| p.iter().flat_map(|&(_, a, b)| [a, b])));
     let t_end = t_of(series.len().max(1));
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = frame(&root, title).build_cartesian_2d(t_of(0)..t_end, (y_min..y_max).log_scale()).map_err(err(path))?;
-    chart
-        .configure_mesh()
-        .x_desc("time since the first bin (s)")
-        .y_desc("latency (µs)")
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .draw()
-        .map_err(err(path))?;
-    let what = if group > 1 { format!(" (median and max of every {group} bins)") } else { String::new() };
-    for (stage, pts) in &lines {
-        let col = color(*stage);
+    svg_file(path, |root| {
+        root.fill(&WHITE).map_err(err(path))?;
+        let mut chart = frame(&root, title).build_cartesian_2d(t_of(0)..t_end, (y_min..y_max).log_scale()).map_err(err(path))?;
         chart
-            .draw_series(LineSeries::new(pts.iter().map(|&(t, med, _)| (t, med)), col.stroke_width(2)))
-            .map_err(err(path))?
-            .label(format!("{}{what}", stage.describe()))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
-        if group > 1 {
-            chart.draw_series(LineSeries::new(pts.iter().map(|&(t, _, max)| (t, max)), col.mix(0.4))).map_err(err(path))?;
+            .configure_mesh()
+            .x_desc("time since the first bin (s)")
+            .y_desc("latency (µs)")
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .draw()
+            .map_err(err(path))?;
+        let what = if group > 1 { format!(" (median and max of every {group} bins)") } else { String::new() };
+        for (stage, pts) in &lines {
+            let col = color(*stage);
+            chart
+                .draw_series(LineSeries::new(pts.iter().map(|&(t, med, _)| (t, med)), col.stroke_width(2)))
+                .map_err(err(path))?
+                .label(format!("{}{what}", stage.describe()))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+            if group > 1 {
+                chart.draw_series(LineSeries::new(pts.iter().map(|&(t, _, max)| (t, max)), col.mix(0.4))).map_err(err(path))?;
+            }
         }
-    }
-    finish(chart, &root, path)
+        finish(chart, root, path)
+    })
 }
 
 /// Every chart's frame: its title, margins and axis label areas.
@@ -137,33 +153,34 @@ pub fn scaling(path: &Path, title: &str, x_desc: &str, lines: &[(String, Scaling
     let x_lo = xs().fold(f64::MAX, f64::min).min(1e9);
     let x_hi = xs().fold(0.0f64, f64::max).max(x_lo * 2.0);
     let (y_min, y_max) = y_range(lines.iter().flat_map(|(_, p)| p.iter().flat_map(|q| [q.1, q.2])));
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(err(path))?;
-    let mut chart =
-        frame(&root, title).build_cartesian_2d((x_lo * 0.8..x_hi * 1.25).log_scale(), (y_min..y_max).log_scale()).map_err(err(path))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc("per-bin compute (µs)")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .draw()
-        .map_err(err(path))?;
-    for (i, (name, pts)) in lines.iter().enumerate().filter(|(_, (_, p))| !p.is_empty()) {
-        let col = COLORS[i % COLORS.len()];
+    svg_file(path, |root| {
+        root.fill(&WHITE).map_err(err(path))?;
+        let mut chart =
+            frame(&root, title).build_cartesian_2d((x_lo * 0.8..x_hi * 1.25).log_scale(), (y_min..y_max).log_scale()).map_err(err(path))?;
         chart
-            .draw_series(LineSeries::new(pts.iter().map(|q| (q.0, q.1)), col.stroke_width(2)))
-            .map_err(err(path))?
-            .label(format!("{name} p50"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
-        chart.draw_series(pts.iter().map(|q| Circle::new((q.0, q.1), 3, col.filled()))).map_err(err(path))?;
-        chart
-            .draw_series(LineSeries::new(pts.iter().map(|q| (q.0, q.2)), col.mix(0.4)))
-            .map_err(err(path))?
-            .label(format!("{name} p99"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.mix(0.4)));
-    }
-    finish(chart, &root, path)
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc("per-bin compute (µs)")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .draw()
+            .map_err(err(path))?;
+        for (i, (name, pts)) in lines.iter().enumerate().filter(|(_, (_, p))| !p.is_empty()) {
+            let col = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(pts.iter().map(|q| (q.0, q.1)), col.stroke_width(2)))
+                .map_err(err(path))?
+                .label(format!("{name} p50"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+            chart.draw_series(pts.iter().map(|q| Circle::new((q.0, q.1), 3, col.filled()))).map_err(err(path))?;
+            chart
+                .draw_series(LineSeries::new(pts.iter().map(|q| (q.0, q.2)), col.mix(0.4)))
+                .map_err(err(path))?
+                .label(format!("{name} p99"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.mix(0.4)));
+        }
+        finish(chart, root, path)
+    })
 }
 
 /// A log-scale y range covering the values (µs), in whole decades.
@@ -188,24 +205,25 @@ pub fn training_curve(path: &Path, title: &str, series: &[(String, Vec<(f64, f64
     let (lo, hi) = pts().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 1.0) };
     let pad = ((hi - lo) * 0.05).max(1e-6);
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(err(path))?;
-    let mut chart = frame(&root, title).build_cartesian_2d(0.0..x_hi + 0.5, (lo - pad)..(hi + pad)).map_err(err(path))?;
-    chart
-        .configure_mesh()
-        .x_desc("EM iteration")
-        .y_desc("objective per bin (nats, lower is better)")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.3}"))
-        .draw()
-        .map_err(err(path))?;
-    for (i, (name, p)) in series.iter().enumerate() {
-        let col = COLORS[i % COLORS.len()];
+    svg_file(path, |root| {
+        root.fill(&WHITE).map_err(err(path))?;
+        let mut chart = frame(&root, title).build_cartesian_2d(0.0..x_hi + 0.5, (lo - pad)..(hi + pad)).map_err(err(path))?;
         chart
-            .draw_series(LineSeries::new(p.iter().copied().filter(|q| q.1.is_finite()), col.stroke_width(2)))
-            .map_err(err(path))?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
-    }
-    finish(chart, &root, path)
+            .configure_mesh()
+            .x_desc("EM iteration")
+            .y_desc("objective per bin (nats, lower is better)")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.3}"))
+            .draw()
+            .map_err(err(path))?;
+        for (i, (name, p)) in series.iter().enumerate() {
+            let col = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(p.iter().copied().filter(|q| q.1.is_finite()), col.stroke_width(2)))
+                .map_err(err(path))?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+        }
+        finish(chart, root, path)
+    })
 }

@@ -246,9 +246,9 @@ pub fn run(base: &Rig, o: &SweepOptions) -> anyhow::Result<(SweepReport, String)
     let report = SweepReport { rig: base.name.clone(), machine: super::machine_summary(), bins: o.bins, warmup: o.warmup, rows };
     let md = table(&report, base);
     let json = o.out.join("sweep.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", json.display()))?;
+    crate::outfile::write_output(&json, serde_json::to_string_pretty(&report)?.as_bytes(), "sweep report")?;
     let md_path = o.out.join("sweep.md");
-    std::fs::write(&md_path, &md).with_context(|| format!("cannot write {}", md_path.display()))?;
+    crate::outfile::write_output(&md_path, md.as_bytes(), "sweep table")?;
     for (axis, _) in &o.axes {
         let lines: Vec<(String, super::plot::ScalingCurve)> = o
             .backends

@@ -305,8 +305,8 @@ pub fn run(o: &WakeupOptions) -> anyhow::Result<(WakeupReport, String)> {
         rows,
     };
     let table = table(&report);
-    std::fs::write(&md, &table).with_context(|| format!("cannot write {}", md.display()))?;
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", json.display()))?;
+    crate::outfile::write_output(&md, table.as_bytes(), "table")?;
+    crate::outfile::write_output(&json, serde_json::to_string_pretty(&report)?.as_bytes(), "JSON report")?;
     Ok((report, table))
 }
 

@@ -488,7 +488,7 @@ impl Lqr {
     }
 
     /// One bin; allocation-free.
-    pub fn compute(&mut self, ctx: &ControlContext, objective: &Objective, limits: &ActuationLimits, u_out: &mut DVector<f64>) {
+    pub fn compute(&mut self, ctx: &ControlContext, objective: &Objective, limits: &ActuationLimits, u_out: &mut DVector<f64>) -> bool {
         self.target.sync(objective, ctx.params);
         let alpha = ctx.params.alpha;
         let x = ctx.x;
@@ -553,7 +553,16 @@ impl Lqr {
         self.dx -= &self.target.latent;
         u_out.copy_from(&self.u_star);
         u_out.gemv(-1.0, &self.k, &self.dx, 1.0);
+        if u_out.iter().any(|v| !v.is_finite()) {
+            // No command to give (a state or target the linearisation overflows on): said,
+            // not clamped into a constant; the next bin starts the linearisation afresh.
+            u_out.fill(f64::NAN);
+            self.u_lin_valid = false;
+            self.p_warm = false;
+            return false;
+        }
         limits.clamp_in_place(u_out);
+        true
     }
 }
 

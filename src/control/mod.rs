@@ -106,10 +106,13 @@ impl Controller {
     }
 
     /// The control for this bin into `u_out` (m), within `limits`. Allocation-free.
+    /// Returns false when there is no usable command (a cost or a command that is not
+    /// finite): `u_out` is then NaN, and the caller falls back and counts it — a controller
+    /// never hides such a bin behind a clamped or repeated command.
     ///
     /// Panics if the objective's or `u_out`'s length does not match the model; validate
     /// objectives with [`Objective::validate`] (or use [`Controller::set_objective`]).
-    pub fn compute(&mut self, ctx: &ControlContext, objective: &Objective, limits: &ActuationLimits, u_out: &mut DVector<f64>) {
+    pub fn compute(&mut self, ctx: &ControlContext, objective: &Objective, limits: &ActuationLimits, u_out: &mut DVector<f64>) -> bool {
         match self {
             Controller::Mppi(c) => c.compute(ctx, objective, limits, u_out),
             Controller::Lqr(c) => c.compute(ctx, objective, limits, u_out),
@@ -220,6 +223,83 @@ mod tests {
         assert_eq!(t.generation, g);
         assert!(t.sync(&Objective::Latent(x_true.clone()), &p));
         assert_eq!(t.latent, x_true);
+    }
+
+    /// Every controller, driven with extreme but finite objectives (inside the accepted
+    /// bounds and far beyond them: 1e200, ±f64::MAX, 1e300 Hz) and extreme states, either
+    /// gives a finite command inside the limits or says it has none (false, u = NaN) — it
+    /// never hands on a clamped stand-in for a non-finite computation.
+    #[test]
+    fn extreme_objectives_and_states_give_a_command_or_a_visible_fault() {
+        use proptest::prelude::*;
+        let (p, theta, _, limits) = reachable_model();
+        let mut policy_p = p.clone();
+        policy_p.policy = Some(crate::model::Policy {
+            w1: pseudo_random(8, 4, 3, 1.0),
+            b1: DVector::zeros(8),
+            w2: pseudo_random(2, 8, 4, 1.0),
+            b2: DVector::zeros(2),
+            scale: 1.5,
+        });
+        let magnitude = prop_oneof![Just(0.0), -10.0..10.0f64, Just(1e150), Just(-1e200), Just(f64::MAX), Just(-f64::MAX), Just(1e300)];
+        let runner_cfg = ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() };
+        proptest!(runner_cfg, |(kind in 0usize..3, rates in any::<bool>(), t0 in magnitude.clone(), t1 in magnitude.clone(),
+                               x0 in magnitude.clone(), x1 in magnitude, bins in 1usize..4)| {
+            let cfg = ControllerConfig {
+                kind: [ControllerKind::Mppi, ControllerKind::Lqr, ControllerKind::Policy][kind],
+                samples: 16,
+                horizon: 5,
+                ..Default::default()
+            };
+            let params = if kind == 2 { &policy_p } else { &p };
+            let mut ctrl = Controller::new(&cfg, &params.dims, params).unwrap();
+            let objective = if rates {
+                Objective::Rates(DVector::from_vec(vec![t0.abs(), t1.abs(), 5.0]))
+            } else {
+                Objective::Latent(DVector::from_vec(vec![t0, t1]))
+            };
+            let x = DVector::from_vec(vec![x0, x1]);
+            let u_prev = DVector::zeros(2);
+            let mut u = DVector::zeros(2);
+            for bin in 0..bins {
+                let ctx = ControlContext { params, theta: &theta, x: &x, u_prev: &u_prev, bin: bin as u64 };
+                let usable = ctrl.compute(&ctx, &objective, &limits, &mut u);
+                if usable {
+                    for j in 0..2 {
+                        prop_assert!(u[j].is_finite() && u[j] >= limits.lo[j] && u[j] <= limits.hi[j], "{:?} bin {bin}: u = {u}", cfg.kind);
+                    }
+                } else {
+                    prop_assert!(u.iter().all(|v| v.is_nan()), "{:?}: a fault must not carry a command: {u}", cfg.kind);
+                }
+            }
+        });
+    }
+
+    /// The case that froze MPPI: a latent target of 1e200 makes every rollout's cost
+    /// infinite. It used to repeat its last nominal command forever with the gate on; now
+    /// every such bin is a fault (the loop falls back and counts it).
+    #[test]
+    fn an_objective_every_cost_overflows_on_is_a_fault_every_bin_not_a_frozen_command() {
+        let (p, theta, target, limits) = reachable_model();
+        let mut ctrl = Controller::new(&ControllerConfig { samples: 32, horizon: 8, ..Default::default() }, &p.dims, &p).unwrap();
+        let x = DVector::zeros(2);
+        let u_prev = DVector::zeros(2);
+        let mut u = DVector::zeros(2);
+        // A few good bins first: the nominal holds a non-zero command.
+        for bin in 0..5 {
+            let ctx = ControlContext { params: &p, theta: &theta, x: &x, u_prev: &u_prev, bin };
+            assert!(ctrl.compute(&ctx, &Objective::Latent(target.clone()), &limits, &mut u));
+        }
+        assert!(u.amax() > 0.0);
+        for bin in 5..20 {
+            let ctx = ControlContext { params: &p, theta: &theta, x: &x, u_prev: &u_prev, bin };
+            assert!(!ctrl.compute(&ctx, &Objective::Latent(DVector::from_vec(vec![1e200, 0.0])), &limits, &mut u), "bin {bin}");
+            assert!(u.iter().all(|v| v.is_nan()));
+        }
+        // Back to a sane objective: commands again, from a fresh nominal.
+        let ctx = ControlContext { params: &p, theta: &theta, x: &x, u_prev: &u_prev, bin: 20 };
+        assert!(ctrl.compute(&ctx, &Objective::Latent(target), &limits, &mut u));
+        assert!(u.iter().all(|v| v.is_finite()));
     }
 
     #[test]

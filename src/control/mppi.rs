@@ -121,7 +121,7 @@ impl Mppi {
     }
 
     /// One bin; allocation-free.
-    pub fn compute(&mut self, ctx: &ControlContext, objective: &Objective, limits: &ActuationLimits, u_out: &mut DVector<f64>) {
+    pub fn compute(&mut self, ctx: &ControlContext, objective: &Objective, limits: &ActuationLimits, u_out: &mut DVector<f64>) -> bool {
         self.target.sync(objective, ctx.params);
         let (h_len, k_len, m) = (self.horizon, self.samples, self.u_nom.nrows());
         let params = ctx.params;
@@ -201,10 +201,22 @@ impl Mppi {
                     self.u_nom[(j, h)] = limits.clamp(j, self.u_nom[(j, h)] + acc / total);
                 }
             }
+        } else {
+            // No rollout has a finite cost (an objective or a state the cost overflows on):
+            // there is no command to give. Said, not hidden: the caller falls back, and the
+            // nominal starts again from zero instead of repeating its last value forever.
+            self.u_nom.fill(0.0);
+            u_out.fill(f64::NAN);
+            return false;
         }
 
         u_out.copy_from(&self.u_nom.column(0));
-        limits.clamp_in_place(u_out);
+        let usable = u_out.iter().all(|v| v.is_finite());
+        if usable {
+            limits.clamp_in_place(u_out);
+        } else {
+            self.u_nom.fill(0.0);
+        }
 
         // Warm start: shift one bin, the last step repeats.
         for h in 0..h_len.saturating_sub(1) {
@@ -212,6 +224,7 @@ impl Mppi {
                 self.u_nom[(j, h)] = self.u_nom[(j, h + 1)];
             }
         }
+        usable
     }
 }
 

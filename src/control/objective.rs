@@ -10,6 +10,41 @@ use nalgebra::{DMatrix, DVector};
 /// conversion, so a silent target unit does not pull x* to the log-rate floor.
 pub const RATE_FLOOR_HZ: f64 = 0.1;
 
+/// The largest |x*ᵢ| a latent objective may ask for. The model's dynamics keep every latent
+/// within (−1, 1) (x' = x + α(tanh(·) − x)), so no target beyond that box is reachable; ±10
+/// leaves room for a target that pushes hard at the edge, and keeps every controller's cost
+/// far from overflow (a target of 1e200 squared is infinite).
+pub const LATENT_TARGET_MAX: f64 = 10.0;
+
+/// The default ceiling of a rate objective (Hz), `[objective] max_rate_hz` in a rig file:
+/// above any neuron's sustained rate.
+pub const DEFAULT_MAX_RATE_HZ: f64 = 1000.0;
+
+/// The highest `[objective] max_rate_hz` a rig may set (Hz).
+pub const MAX_RATE_CEILING_HZ: f64 = 100_000.0;
+
+/// Checks an objective's values against the documented bounds: latent targets within
+/// ±[`LATENT_TARGET_MAX`], rate targets within [0, `max_rate_hz`]; every value finite.
+/// The message names the value, its index and the bound.
+pub fn check_target_values(rates: bool, target: &[f64], max_rate_hz: f64) -> Result<(), String> {
+    for (i, &v) in target.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(format!("value {i} is {v}; expected a finite number"));
+        }
+        if rates && !(0.0..=max_rate_hz).contains(&v) {
+            return Err(format!(
+                "rate {i} is {v} Hz; a rate target must lie within [0, {max_rate_hz}] Hz (the rig's [objective] max_rate_hz)"
+            ));
+        }
+        if !rates && v.abs() > LATENT_TARGET_MAX {
+            return Err(format!(
+                "value {i} is {v}; a latent target must lie within ±{LATENT_TARGET_MAX} (the model's latents stay within ±1)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Relative ridge ρ / (tr(CᵀC)/d) of the rate → latent least squares.
 const RATE_LS_RIDGE: f64 = 1e-6;
 
@@ -30,24 +65,22 @@ pub enum Objective {
 }
 
 impl Objective {
-    /// Checks lengths against the model and that every value is finite (rates ≥ 0).
+    /// Checks lengths against the model and every value against the bounds of
+    /// [`check_target_values`] (rates up to [`MAX_RATE_CEILING_HZ`]: the rig's own ceiling
+    /// is checked where commands and rig files are, before an objective gets here).
     pub fn validate(&self, dims: &Dims) -> Result<(), String> {
         match self {
             Objective::Latent(x) => {
                 if x.len() != dims.latent {
                     return Err(format!("latent objective has {} values, the model's latent dimension is {}", x.len(), dims.latent));
                 }
-                if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-                    return Err(format!("latent objective value {i} is not finite"));
-                }
+                check_target_values(false, x.as_slice(), MAX_RATE_CEILING_HZ).map_err(|e| format!("latent objective: {e}"))?;
             }
             Objective::Rates(r) => {
                 if r.len() != dims.n_units {
                     return Err(format!("rate objective has {} values, the model has {} units", r.len(), dims.n_units));
                 }
-                if let Some(i) = r.iter().position(|v| !v.is_finite() || *v < 0.0) {
-                    return Err(format!("rate objective value {i} must be finite and ≥ 0 Hz"));
-                }
+                check_target_values(true, r.as_slice(), MAX_RATE_CEILING_HZ).map_err(|e| format!("rate objective: {e}"))?;
             }
         }
         Ok(())

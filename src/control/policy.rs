@@ -58,12 +58,12 @@ impl PolicyController {
 
     /// One bin; allocation-free. If the parameters carry no policy (a model swapped under a
     /// running controller), outputs the clamp of 0.
-    pub fn compute(&mut self, ctx: &ControlContext, objective: &Objective, limits: &ActuationLimits, u_out: &mut DVector<f64>) {
+    pub fn compute(&mut self, ctx: &ControlContext, objective: &Objective, limits: &ActuationLimits, u_out: &mut DVector<f64>) -> bool {
         self.target.sync(objective, ctx.params);
         let Some(pol) = ctx.params.policy.as_ref() else {
             u_out.fill(0.0);
             limits.clamp_in_place(u_out);
-            return;
+            return true;
         };
         let d = ctx.x.len();
         self.input.rows_mut(0, d).copy_from(ctx.x);
@@ -76,7 +76,12 @@ impl PolicyController {
         for j in 0..u_out.len() {
             u_out[j] = pol.scale * self.out[j].tanh();
         }
+        if u_out.iter().any(|v| !v.is_finite()) {
+            u_out.fill(f64::NAN);
+            return false;
+        }
         limits.clamp_in_place(u_out);
+        true
     }
 }
 

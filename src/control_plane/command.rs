@@ -79,6 +79,8 @@ pub struct SessionLimits {
     pub lower: Vec<f64>,
     pub upper: Vec<f64>,
     pub max_step: f64,
+    /// The highest rate target accepted (Hz; the rig's `[objective] max_rate_hz`).
+    pub max_rate_hz: f64,
     /// An identification session (the probe): no objective, no task library.
     pub probe: bool,
     /// Why `lock_task` / `unlock_task` cannot be done in this session (a backend that
@@ -184,14 +186,8 @@ impl Request {
                     ObjectiveKind::Latent => target,
                     ObjectiveKind::Rates => broadcast("target", target, s.n_units, "N")?,
                 };
-                if let Some(i) = target.iter().position(|v| !v.is_finite()) {
-                    return Err(refuse("target", format!("value {i} is {}; expected a finite number", target[i])));
-                }
-                if kind == ObjectiveKind::Rates {
-                    if let Some(i) = target.iter().position(|v| *v < 0.0) {
-                        return Err(refuse("target", format!("rate {i} is {} Hz; expected ≥ 0", target[i])));
-                    }
-                }
+                crate::control::objective::check_target_values(kind == ObjectiveKind::Rates, &target, s.max_rate_hz)
+                    .map_err(|e| refuse("target", e))?;
                 Ok(Request::SetObjective { kind, target })
             }
             Request::LockTask { .. } | Request::UnlockTask if s.lock_refusal.is_some() => {
@@ -320,6 +316,7 @@ mod tests {
             lower: vec![-1.0, 0.0],
             upper: vec![1.0, 2.0],
             max_step: 0.5,
+            max_rate_hz: 200.0,
             probe: false,
             lock_refusal: None,
         }
@@ -410,6 +407,21 @@ mod tests {
         assert_eq!(refused(check(r#"{"command": "set_objective", "kind": "rates", "target": [1, 2]}"#)).field, "target");
         assert_eq!(refused(check(r#"{"command": "set_objective", "kind": "rates", "target": [-1.0]}"#)).field, "target");
         assert_eq!(refused(Request::SetObjective { kind: ObjectiveKind::Latent, target: vec![f64::NAN, 0.0] }.check(&s)).field, "target");
+        // Objectives the controllers' costs overflow on are refused, naming value and bound.
+        for (kind, v, bound) in [
+            (ObjectiveKind::Latent, 1e200, "±10"),
+            (ObjectiveKind::Latent, -f64::MAX, "±10"),
+            (ObjectiveKind::Latent, 10.5, "±10"),
+            (ObjectiveKind::Rates, 1e300, "[0, 200] Hz"),
+            (ObjectiveKind::Rates, 200.5, "[0, 200] Hz"),
+        ] {
+            let target = if kind == ObjectiveKind::Latent { vec![0.0, v] } else { vec![v] };
+            let e = refused(Request::SetObjective { kind, target }.check(&s));
+            assert_eq!(e.field, "target");
+            assert!(e.message.contains(bound) && e.message.contains(&format!("{v}")), "{}", e.message);
+        }
+        assert!(Request::SetObjective { kind: ObjectiveKind::Latent, target: vec![-10.0, 10.0] }.check(&s).is_ok());
+        assert!(Request::SetObjective { kind: ObjectiveKind::Rates, target: vec![200.0] }.check(&s).is_ok());
         // The library has tasks 0, 1, 2.
         assert!(check(r#"{"command": "lock_task", "task": 2}"#).is_ok());
         let e = refused(check(r#"{"command": "lock_task", "task": 3}"#));

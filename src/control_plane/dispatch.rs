@@ -98,6 +98,27 @@ pub struct CommandCounts {
     pub refused_requests: u64,
     /// Journal records the recording could not take (its queue was full).
     pub journal_dropped: u64,
+    /// The HTTP server's own refusals (none is a command, so none is in `rejected`):
+    /// connections closed on arrival because `MAX_OPEN_CONNECTIONS` were open,
+    pub connections_refused: u64,
+    /// requests whose headers or body did not arrive within their timeout (408 or closed),
+    pub timed_out_requests: u64,
+    /// requests answered 503 because every slot of their kind was busy,
+    pub busy_refusals: u64,
+    /// WebSocket clients dropped for not reading for 2 s,
+    pub slow_clients_dropped: u64,
+    /// and status frames not sent to a client that was still behind (it gets the newest).
+    pub stale_frames_skipped: u64,
+}
+
+/// What the HTTP server counts (see [`CommandCounts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerEvent {
+    ConnectionRefused,
+    TimedOut,
+    Busy,
+    SlowClientDropped,
+    StaleFrameSkipped,
 }
 
 /// What the operator has set so far (the rig file's values until a command changes them).
@@ -236,6 +257,8 @@ pub struct Dispatcher {
     rate_limited: AtomicU64,
     refused_requests: AtomicU64,
     journal_dropped: AtomicU64,
+    /// Indexed by `ServerEvent as usize`.
+    server: [AtomicU64; 5],
 }
 
 impl Dispatcher {
@@ -250,6 +273,7 @@ impl Dispatcher {
             rate_limited: AtomicU64::new(0),
             refused_requests: AtomicU64::new(0),
             journal_dropped: AtomicU64::new(0),
+            server: Default::default(),
         }
     }
 
@@ -269,7 +293,17 @@ impl Dispatcher {
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             refused_requests: self.refused_requests.load(Ordering::Relaxed),
             journal_dropped: self.journal_dropped.load(Ordering::Relaxed),
+            connections_refused: self.server[ServerEvent::ConnectionRefused as usize].load(Ordering::Relaxed),
+            timed_out_requests: self.server[ServerEvent::TimedOut as usize].load(Ordering::Relaxed),
+            busy_refusals: self.server[ServerEvent::Busy as usize].load(Ordering::Relaxed),
+            slow_clients_dropped: self.server[ServerEvent::SlowClientDropped as usize].load(Ordering::Relaxed),
+            stale_frames_skipped: self.server[ServerEvent::StaleFrameSkipped as usize].load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts one of the HTTP server's refusals.
+    pub fn count_server(&self, event: ServerEvent) {
+        self.server[event as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request refused at the door (HTTP 401, 403, 413, 415 on a command endpoint).

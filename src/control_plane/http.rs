@@ -6,12 +6,23 @@
 //! loopback, no CORS (and cross-origin requests refused outright, so a web page in the
 //! operator's browser cannot drive the rig), JSON only, bodies size-limited, commands
 //! rate-limited by the dispatcher. A client that floods, stalls or disconnects costs the
-//! server a task, never the loop.
+//! server a task, never the loop — and never locks the operator out:
+//! - a request's headers must arrive within [`HEADER_TIMEOUT`] of its connection being
+//!   ready for them, a command's body within [`BODY_TIMEOUT`]; a client that sends half a
+//!   request and waits is closed (or answered 408), not waited for;
+//! - a half-sent request holds no slot: the page, the status and the config are answered at
+//!   once, commands and WebSocket streams take a slot of their own kind only once their
+//!   request is whole, so streams cannot starve commands and stalled requests starve
+//!   neither; only the number of open connections is capped ([`MAX_OPEN_CONNECTIONS`]);
+//! - a WebSocket client gets the newest frame, never a backlog: each frame is followed by a
+//!   ping, a client more than [`MAX_FRAMES_IN_FLIGHT`] frames behind is skipped (counted),
+//!   and one that answers no ping for [`SLOW_CLIENT`] is dropped (counted);
+//! - every refusal is counted in the report (`commands.*`).
 
-use super::dispatch::{Dispatcher, Refusal, Source};
+use super::dispatch::{Dispatcher, Refusal, ServerEvent, Source};
 use crate::telemetry::live::{LiveFrame, LiveShared, FRAME_RATE};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -25,12 +36,29 @@ use std::time::Duration;
 /// The dashboard: one page, its script and styles inline, drawn on canvas by its own code.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// A WebSocket client that has not taken a frame for this long is dropped.
-const SLOW_CLIENT: Duration = Duration::from_secs(2);
+/// A WebSocket client that has not taken a frame (answered its ping) for this long is dropped.
+pub const SLOW_CLIENT: Duration = Duration::from_secs(2);
 
-/// Clients the server serves at once (more are refused with 503): the page, a script or
-/// two; never a crowd.
-const MAX_CONNECTIONS: usize = 64;
+/// Frames sent to a WebSocket client and not yet answered, beyond which newer frames wait
+/// (the client gets the newest one once it has caught up).
+pub const MAX_FRAMES_IN_FLIGHT: u64 = 2;
+
+/// A request's headers (and an idle connection's next request) must arrive within this.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A command's body must arrive within this once its headers have.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connections open at once; more are closed on arrival (counted). Each costs a task and a
+/// socket until its timeouts close it.
+pub const MAX_OPEN_CONNECTIONS: usize = 512;
+
+/// WebSocket clients at once (the page, a script or two; never a crowd); more get 503.
+const MAX_STREAMS: usize = 32;
+
+/// Commands being applied at once (each waits a bin or so for its stage); more get 503.
+/// Apart from the streams' slots, so a full house of dashboards never blocks a disarm.
+const MAX_COMMANDS_IN_FLIGHT: usize = 16;
 
 pub struct ServerSetup {
     /// Bound by the session (so that a busy port is an error before the run starts).
@@ -62,7 +90,9 @@ impl ControlServer {
             live: setup.live,
             config: setup.config,
             token: setup.token,
-            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            open: Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_CONNECTIONS)),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+            commands_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_COMMANDS_IN_FLIGHT)),
             closing: tokio::sync::watch::channel(false).0,
         });
         let handle = std::thread::Builder::new().name("neuroloop-control".into()).spawn(move || {
@@ -75,10 +105,9 @@ impl ControlServer {
                     }
                 };
                 let closing = state.closing.clone();
-                let app = router(state);
-                let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>());
+                let app = router(state.clone());
                 tokio::select! {
-                    r = serve => if let Err(e) = r { eprintln!("[neuroloop] control plane: {e}") },
+                    _ = serve(listener, app, state) => {}
                     _ = ended.notified() => {
                         // WebSocket clients get the session's last frame and a close.
                         let _ = closing.send(true);
@@ -109,12 +138,61 @@ impl Drop for ControlServer {
     }
 }
 
+/// Accepts connections and serves each on hyper's HTTP/1 with the header timeout (what
+/// `axum::serve` does, plus the timeout and the cap on open connections).
+async fn serve(listener: tokio::net::TcpListener, app: Router, state: Arc<AppState>) {
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(_) => {
+                // Out of file descriptors or the like: the next accept may work.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = state.open.clone().try_acquire_owned() else {
+            state.dispatcher.count_server(ServerEvent::ConnectionRefused);
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        // Whether the connection ever completed a request: a timeout after one is an idle
+        // keep-alive connection closing, not a refusal.
+        let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = served.clone();
+        let app = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            seen.store(true, std::sync::atomic::Ordering::Relaxed);
+            hyper::service::Service::call(&app, request)
+        });
+        let state = state.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                if e.is_timeout() && !served.load(std::sync::atomic::Ordering::Relaxed) {
+                    state.dispatcher.count_server(ServerEvent::TimedOut);
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
 struct AppState {
     dispatcher: Arc<Dispatcher>,
     live: Arc<LiveShared>,
     config: serde_json::Value,
     token: Option<String>,
-    connections: Arc<tokio::sync::Semaphore>,
+    /// Open connections (a slot from accept to close).
+    open: Arc<tokio::sync::Semaphore>,
+    /// WebSocket clients.
+    streams: Arc<tokio::sync::Semaphore>,
+    /// Commands being applied.
+    commands_in_flight: Arc<tokio::sync::Semaphore>,
     /// Set when the session ends: WebSocket handlers send their last frame and close.
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -128,7 +206,6 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/stream", get(stream))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
-        .layer(DefaultBodyLimit::max(super::command::MAX_COMMAND_BYTES))
         .with_state(state)
 }
 
@@ -146,12 +223,8 @@ async fn not_found() -> Response {
     )
 }
 
-/// Every request: at most `MAX_CONNECTIONS` at once, same-origin only, and the token when
-/// the session has one.
+/// Every request: same-origin only, and the token when the session has one.
 async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = state.connections.clone().try_acquire_owned() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "connection", "too many clients at once; try again shortly");
-    };
     let headers = request.headers();
     let is_command = request.uri().path() == "/api/commands" || request.uri().path() == "/api/stream";
     let refused = |r: Response| {
@@ -270,23 +343,34 @@ async fn config(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `POST /api/commands`: 202 with the bin the command took effect at, or the refusal.
-async fn commands(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn commands(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
     if !json {
         state.dispatcher.count_refused_request();
         return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content-type", "commands are JSON: send Content-Type: application/json");
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => {
+    // The body within its time and size, or a refusal; a stalled body holds no slot.
+    let limit = super::command::MAX_COMMAND_BYTES;
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             state.dispatcher.count_refused_request();
-            let limit = super::command::MAX_COMMAND_BYTES;
-            return error(e.status(), "body", format!("{e} (a command is at most {limit} bytes of JSON)"));
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "body", format!("a command is at most {limit} bytes of JSON"));
         }
+        Err(_) => {
+            state.dispatcher.count_refused_request();
+            state.dispatcher.count_server(ServerEvent::TimedOut);
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body",
+                format!("the body did not arrive within {} s of the headers", BODY_TIMEOUT.as_secs()),
+            );
+        }
+    };
+    let Ok(_slot) = state.commands_in_flight.clone().try_acquire_owned() else {
+        state.dispatcher.count_refused_request();
+        state.dispatcher.count_server(ServerEvent::Busy);
+        return error(StatusCode::SERVICE_UNAVAILABLE, "connection", "too many commands in flight at once; try again shortly");
     };
     let body = String::from_utf8_lossy(&body).into_owned();
     let dispatcher = state.dispatcher.clone();
@@ -313,9 +397,10 @@ fn refusal_response(refusal: &Refusal) -> Response {
 /// a second. Text frames from the client are commands (same grammar as the POST), each
 /// answered with `{"reply": …}`.
 async fn stream(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
-    // A WebSocket holds its connection slot for as long as it is open.
-    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "connection", "too many clients at once; try again shortly");
+    // A WebSocket holds a stream slot for as long as it is open.
+    let Ok(permit) = state.streams.clone().try_acquire_owned() else {
+        state.dispatcher.count_server(ServerEvent::Busy);
+        return error(StatusCode::SERVICE_UNAVAILABLE, "connection", "too many live views at once; try again shortly");
     };
     ws.max_message_size(super::command::MAX_COMMAND_BYTES).on_upgrade(move |socket| async move {
         stream_frames(socket, state).await;
@@ -328,18 +413,53 @@ async fn stream_frames(mut socket: WebSocket, state: Arc<AppState>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut closing = state.closing.subscribe();
     let mut sent_seq = 0;
+    let mut skipped_seq = 0;
+    // Each frame is followed by a ping carrying its number; the client's pong says it has
+    // read up to there (a WebSocket is in order). Unanswered pings, oldest first.
+    let mut next_ping = 0u64;
+    let mut unanswered: std::collections::VecDeque<(u64, tokio::time::Instant)> = std::collections::VecDeque::new();
+    let dispatcher = state.dispatcher.clone();
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if state.live.seq() == sent_seq {
-                    continue;
-                }
-                sent_seq = state.live.seq();
-                if !send_or_drop(&mut socket, status_json(&state)).await {
+                if unanswered.front().is_some_and(|(_, at)| at.elapsed() > SLOW_CLIENT) {
+                    // Not reading: dropped, so it never gets a backlog when it reads again.
+                    dispatcher.count_server(ServerEvent::SlowClientDropped);
+                    let _ = tokio::time::timeout(Duration::from_millis(100), socket.send(Message::Close(None))).await;
                     return;
                 }
+                let seq = state.live.seq();
+                if seq == sent_seq {
+                    continue;
+                }
+                if unanswered.len() as u64 >= MAX_FRAMES_IN_FLIGHT {
+                    // Behind: this frame is stale before it could be read; the newest goes
+                    // out once the client catches up.
+                    if seq != skipped_seq {
+                        skipped_seq = seq;
+                        dispatcher.count_server(ServerEvent::StaleFrameSkipped);
+                    }
+                    continue;
+                }
+                sent_seq = seq;
+                next_ping += 1;
+                if !send_or_drop(&mut socket, status_json(&state)).await
+                    || !matches!(tokio::time::timeout(SLOW_CLIENT, socket.send(Message::Ping(next_ping.to_le_bytes().to_vec().into()))).await, Ok(Ok(())))
+                {
+                    dispatcher.count_server(ServerEvent::SlowClientDropped);
+                    return;
+                }
+                unanswered.push_back((next_ping, tokio::time::Instant::now()));
             }
             incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Pong(payload))) => {
+                    if let Ok(bytes) = <[u8; 8]>::try_from(&payload[..]) {
+                        let answered = u64::from_le_bytes(bytes);
+                        while unanswered.front().is_some_and(|(k, _)| *k <= answered) {
+                            unanswered.pop_front();
+                        }
+                    }
+                }
                 Some(Ok(Message::Text(text))) => {
                     let dispatcher = state.dispatcher.clone();
                     let text = text.to_string();

@@ -11,8 +11,9 @@
 //! u_k is the command emitted for bin k: it drives x_{k+1} (README, "The model").
 
 use crate::clock::bin_ending_at;
+use crate::record::read::Damage;
 use crate::record::{sha256_hex, TASK_MARKER_PREFIX};
-use crate::replay::{header_text, pick_input, rebin_spikes, recorded_grid, streams_of, Recorded};
+use crate::replay::{bins_in_losses, header_text, pick_input, rebin_spikes, recorded_grid, streams_of, Recorded};
 use crate::rig::Rig;
 use crate::units::UnitMap;
 use anyhow::{bail, Context};
@@ -54,9 +55,14 @@ pub struct FileData {
     /// Held out of the fit, kept for the report's evaluation.
     pub heldout: Vec<bool>,
     pub truth: Option<Truth>,
-    /// Bytes of the file that were read (less than its size when it was truncated).
+    /// Bins whose counts or input lie in a damaged part of the file (skipped by the
+    /// reader): left out of the fit and the evaluation.
+    pub lost: Vec<bool>,
+    /// Bytes of the file that were read (less than its size when parts were damaged).
     pub bytes_used: u64,
     pub bytes_total: u64,
+    /// What the reader skipped (None: the whole file was read).
+    pub damage: Option<Damage>,
 }
 
 /// Everything a fit reads, with the task library's labels.
@@ -84,13 +90,14 @@ fn take(streams: &mut Vec<Recorded>, ty: &str) -> Option<Recorded> {
 
 fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String>) -> anyhow::Result<Raw> {
     let opened = crate::record::read::open(path)?;
-    let (total, whole) = (opened.bytes.len(), opened.used);
-    if let Some(t) = opened.truncated {
-        notices.push(format!("{t}; the {} bytes after it were ignored", total - whole));
-    }
-    let (file, bytes) = (opened.file, opened.bytes);
-    let sha256 = sha256_hex(&bytes);
-    if let Some(sha) = header_text(&file, &["neuroloop", "rig", "sha256"]) {
+    let damage = opened.damage();
+    let total = opened.bytes.len();
+    let whole = total - damage.as_ref().map_or(0, |d| d.bytes_skipped as usize);
+    notices.extend(opened.damage_notices(path));
+    let mut streams = streams_of(&opened);
+    let (file, bytes) = (&opened.file, &opened.bytes);
+    let sha256 = sha256_hex(bytes);
+    if let Some(sha) = header_text(file, &["neuroloop", "rig", "sha256"]) {
         let ours = sha256_hex(&std::fs::read(&rig.path).unwrap_or_default());
         if ours != sha {
             notices.push(format!(
@@ -103,7 +110,6 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
             ));
         }
     }
-    let mut streams = streams_of(&file);
     let n = UnitMap::from_config(&rig.units).n_units();
     let bin_s = rig.timing.bin_ms * 1e-3;
     let markers = take_markers(&mut streams);
@@ -121,7 +127,7 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
     };
 
     let (t0, mut fd) = if streams.iter().any(|s| s.stream_type == "NeuroloopBins") {
-        let grid = |k: &str| recorded_grid(&file, path, k);
+        let grid = |k: &str| recorded_grid(file, path, k);
         let (t0, rec_bin_s) = (grid("t0")?, grid("bin_s")?);
         if (rec_bin_s - bin_s).abs() > 1e-9 {
             bail!(
@@ -132,7 +138,9 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
                 rig.timing.bin_ms
             );
         }
-        let bins_rows = take(&mut streams, "NeuroloopBins").unwrap().rows;
+        let bins_stream = take(&mut streams, "NeuroloopBins").unwrap();
+        let damaged_bins_stream = !bins_stream.losses.is_empty();
+        let bins_rows = bins_stream.rows;
         if bins_rows.channels != n + 2 {
             bail!(
                 "{}: the recording has N = {} units, the rig {} maps {n}: fit with the rig the session ran with",
@@ -175,10 +183,20 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
                 }
             }
         }
+        if counts.iter().all(|c| *c == 0.0) {
+            bail!(
+                "{}: the NeuroloopBins stream has no spike in any of its {bins} bins: there is nothing to fit (was the rig's input silent, or its [units] map wrong, in that session?)",
+                path.display()
+            );
+        }
         let missing = present.iter().filter(|p| !**p).count();
         if missing > 0 {
-            notices
-                .push(format!("{}: {missing} bins have no recorded counts (dropped while recording); they are left out", path.display()));
+            let why = if damaged_bins_stream {
+                "in the damaged parts of the file, or dropped while recording"
+            } else {
+                "dropped while recording"
+            };
+            notices.push(format!("{}: {missing} bins have no recorded counts ({why}); they are left out", path.display()));
         }
         let fd = FileData {
             path: path.to_path_buf(),
@@ -191,8 +209,10 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
             task: vec![None; bins],
             heldout: vec![false; bins],
             truth: None,
+            lost: vec![false; bins],
             bytes_used: whole as u64,
             bytes_total: total as u64,
+            damage: damage.clone(),
         };
         (t0, fd)
     } else {
@@ -201,6 +221,18 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
         let binned = rebin_spikes(&input, rig).with_context(|| path.display().to_string())?;
         notices.extend(binned.notices.iter().map(|m| format!("{}: {m}", path.display())));
         let bins = binned.bins();
+        if binned.spikes == 0.0 {
+            if binned.rejected_samples > 0 {
+                bail!(
+                    "{}: no spike of stream '{name}' maps to a unit of the rig ({} samples were rejected or outside the rig's [units] map): check [units] in {} (channels, map or labels) against the recording's channels",
+                    path.display(),
+                    binned.rejected_samples,
+                    rig.path.display()
+                );
+            }
+            bail!("{}: stream '{name}' has no spike in any of its {bins} bins: there is nothing to fit", path.display());
+        }
+        let lost = bins_in_losses(&input.rows, &input.losses, binned.clock.t0, binned.clock.bin_s, bins);
         let fd = FileData {
             path: path.to_path_buf(),
             sha256,
@@ -212,8 +244,10 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
             task: vec![None; bins],
             heldout: vec![false; bins],
             truth: None,
+            lost,
             bytes_used: whole as u64,
             bytes_total: total as u64,
+            damage,
         };
         (binned.clock.t0, fd)
     };
@@ -252,7 +286,22 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
     if seen == 0 {
         bail!("{}: the Control stream has no samples inside the recorded bins: the fit cannot identify W_xu", path.display());
     }
+    // Stimulation far outside the rig's own bounds is more likely a unit or channel mix-up
+    // than what was applied: said, and fitted as recorded.
+    let bound = rig.safety.lower.iter().chain(&rig.safety.upper).fold(0.0f64, |a, v| a.max(v.abs()));
+    let largest = inputs.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    if largest > 1e6 || (bound > 0.0 && largest > 100.0 * bound) {
+        let msg = format!(
+            "{}: the Control stream holds values up to {largest:e}, far outside the rig's safety bounds (±{bound}): check its units and channel order; the fit uses them as recorded",
+            path.display()
+        );
+        notices.push(msg);
+    }
     fd.inputs = inputs;
+    // Bins whose command was in a damaged part: the held command above is a guess.
+    for (k, l) in bins_in_losses(&control.rows, &control.losses, t0, bin_s, bins).into_iter().enumerate() {
+        fd.lost[k] |= l;
+    }
 
     let mut labels = vec![None; bins];
     if tasks == TaskSource::Markers {
@@ -390,6 +439,21 @@ pub fn load(paths: &[PathBuf], rig: &Rig, tasks: TaskSource, heldout: f64) -> an
         match tasks {
             TaskSource::File => f.task = vec![Some(fi); f.bins],
             TaskSource::Markers => f.task = r.labels.iter().map(|l| l.as_ref().and_then(|l| labels.iter().position(|x| x == l))).collect(),
+        }
+        // Bins in damaged parts of the file: neither fitted nor scored.
+        let lost = f.lost.iter().filter(|l| **l).count();
+        if lost > 0 {
+            for k in 0..f.bins {
+                if f.lost[k] {
+                    f.task[k] = None;
+                    f.has_data[k] = false;
+                }
+            }
+            notices.push(format!(
+                "{}: {lost} of {} bins lie in damaged parts of the file (their counts or their command were skipped); they are left out of the fit and the evaluation",
+                f.path.display(),
+                f.bins
+            ));
         }
         // Held-out: the last fraction of each block of one task.
         let mut k = 0;

@@ -21,8 +21,11 @@ use serde::Serialize;
 pub struct Evaluation {
     pub heldout_bins: usize,
     pub heldout_spikes: f64,
-    pub bits_per_spike: f64,
-    pub predictive_bits_per_spike: f64,
+    /// None when nothing could be scored (see `unscored`): never NaN.
+    pub bits_per_spike: Option<f64>,
+    pub predictive_bits_per_spike: Option<f64>,
+    /// Why there is no score: no held-out bins, or no spikes in them.
+    pub unscored: Option<String>,
     /// Filtered latent vs the simulator's truth after the best affine map (None: no truth).
     pub latent_r2: Option<f64>,
 }
@@ -83,13 +86,21 @@ pub fn evaluate(data: &FitData, p: &ModelParams, task_of: &dyn Fn(usize, usize) 
             mp += nll(rates_p[row * n + u], y[u]);
         }
     }
-    let bps = |model: f64| if spikes > 0.0 { (null - model) / spikes / std::f64::consts::LN_2 } else { f64::NAN };
+    let unscored = if rows == 0 {
+        Some("no held-out bins (--heldout 0, or every held-out bin was a stream gap or unlabelled)".to_string())
+    } else if spikes == 0.0 {
+        Some(format!("no spikes in the {rows} held-out bins"))
+    } else {
+        None
+    };
+    let bps = |model: f64| Some((null - model) / spikes / std::f64::consts::LN_2).filter(|v| unscored.is_none() && v.is_finite());
     Evaluation {
         heldout_bins: rows,
         heldout_spikes: spikes,
         bits_per_spike: bps(ms),
         predictive_bits_per_spike: bps(mp),
         latent_r2: affine_r2(&r2_pairs),
+        unscored,
     }
 }
 

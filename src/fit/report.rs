@@ -19,6 +19,10 @@ pub struct InputFile {
     pub heldout_bins: usize,
     pub bytes_used: u64,
     pub bytes_total: u64,
+    /// Bins left out because their counts or command were in a damaged part of the file.
+    pub lost_bins: usize,
+    /// What the reader skipped (null: the whole file was read).
+    pub damage: Option<crate::record::read::Damage>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,9 +47,10 @@ pub struct FitReport {
     pub alpha: f64,
     pub process_noise: Vec<f64>,
     pub heldout: Evaluation,
-    /// `heldout.bits_per_spike`, the headline number.
-    pub heldout_bits_per_spike: f64,
-    pub heldout_predictive_bits_per_spike: f64,
+    /// `heldout.bits_per_spike`, the headline number (null, with `heldout.unscored` saying
+    /// why, when there is nothing to score).
+    pub heldout_bits_per_spike: Option<f64>,
+    pub heldout_predictive_bits_per_spike: Option<f64>,
     /// The simulator's true model on the same held-out bins (recordings of the simulated rig).
     pub true_model_heldout: Option<Evaluation>,
     pub true_model_heldout_bits_per_spike: Option<f64>,
@@ -99,11 +104,9 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
     if let Some(path) = &opts.report {
         crate::ensure_writable(path, "fit report")?;
     }
-    // The model file is written only by a fit that succeeds; its folder must exist now.
-    let folder = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    if !folder.is_dir() {
-        anyhow::bail!("cannot write the model to {}: the folder {} does not exist", opts.out.display(), folder.display());
-    }
+    // The model file is written only by a fit that succeeds (whole, through a temporary
+    // file): that it can be written is checked now, not after the fit.
+    crate::ensure_writable(&opts.out, "model")?;
     let started = std::time::Instant::now();
     let data = data::load(&opts.files, rig, opts.tasks, opts.heldout)?;
     for n in &data.notices {
@@ -163,6 +166,8 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
             heldout_bins: f.heldout.iter().filter(|h| **h).count(),
             bytes_used: f.bytes_used,
             bytes_total: f.bytes_total,
+            lost_bins: f.lost.iter().filter(|l| **l).count(),
+            damage: f.damage.clone(),
         })
         .collect();
     let provenance: Vec<(String, String)> = vec![
@@ -227,8 +232,8 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
         heldout_predictive_bits_per_spike: heldout.predictive_bits_per_spike,
         latent_r2: heldout.latent_r2,
         heldout,
-        true_model_heldout_bits_per_spike: true_eval.as_ref().map(|e| e.bits_per_spike),
-        true_model_heldout_predictive_bits_per_spike: true_eval.as_ref().map(|e| e.predictive_bits_per_spike),
+        true_model_heldout_bits_per_spike: true_eval.as_ref().and_then(|e| e.bits_per_spike),
+        true_model_heldout_predictive_bits_per_spike: true_eval.as_ref().and_then(|e| e.predictive_bits_per_spike),
         true_model_heldout: true_eval,
         embeddings: data.labels.iter().zip(lib).map(|(l, z)| TaskEmbedding { label: l.clone(), z: z.iter().copied().collect() }).collect(),
         embedding_distances: distances,
@@ -239,8 +244,7 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
         notices,
     };
     if let Some(path) = &opts.report {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+        crate::outfile::write_output(path, serde_json::to_string_pretty(&report)?.as_bytes(), "report")?;
     }
     Ok(report)
 }
@@ -262,15 +266,31 @@ pub fn summary(r: &FitReport, out: &Path) -> String {
         r.iterations.len(),
         f(r.final_objective)
     );
-    s += &format!(
-        "held-out ({} bins, {:.0} spikes): bits/spike {} (true model {}), one-step-ahead {} (true model {})\n",
-        r.heldout.heldout_bins,
-        r.heldout.heldout_spikes,
-        f(Some(r.heldout_bits_per_spike)),
-        f(r.true_model_heldout_bits_per_spike),
-        f(Some(r.heldout_predictive_bits_per_spike)),
-        f(r.true_model_heldout_predictive_bits_per_spike)
-    );
+    match &r.heldout.unscored {
+        Some(why) => s += &format!("held-out: not scored: {why}\n"),
+        None => {
+            s += &format!(
+                "held-out ({} bins, {:.0} spikes): bits/spike {} (true model {}), one-step-ahead {} (true model {})\n",
+                r.heldout.heldout_bins,
+                r.heldout.heldout_spikes,
+                f(r.heldout_bits_per_spike),
+                f(r.true_model_heldout_bits_per_spike),
+                f(r.heldout_predictive_bits_per_spike),
+                f(r.true_model_heldout_predictive_bits_per_spike)
+            )
+        }
+    }
+    for i in r.inputs.iter().filter(|i| i.damage.is_some()) {
+        s += &format!(
+            "DAMAGED FILE {}: {} of {} bytes could not be read ({} damaged parts skipped); {} of its {} bins were left out (see the report's inputs[].damage)\n",
+            i.path,
+            i.bytes_total - i.bytes_used,
+            i.bytes_total,
+            i.damage.as_ref().map_or(0, |d| d.parts.len()),
+            i.lost_bins,
+            i.bins
+        );
+    }
     if r.latent_r2.is_some() {
         s += &format!("latent R² vs the simulator's truth (best affine map): {}\n", f(r.latent_r2));
     }

@@ -24,6 +24,7 @@
 mod header;
 mod provenance;
 pub mod read;
+pub mod scan;
 mod writer;
 pub mod xdf;
 
@@ -149,6 +150,7 @@ pub struct RecordedStream {
 pub struct Recorder {
     handle: Option<std::thread::JoinHandle<RecordingSummary>>,
     stop: Arc<AtomicBool>,
+    partial: PathBuf,
 }
 
 impl Drop for Recorder {
@@ -168,6 +170,7 @@ impl Recorder {
         use anyhow::Context;
         let writer = XdfWriter::create(&setup.path, &file_header_body(&setup))
             .with_context(|| format!("cannot create the recording {}", setup.path.display()))?;
+        let partial = writer.partial_path().to_path_buf();
         // The counts ring holds `bins_capacity` bins, capped at 256 MiB for huge arrays.
         let joined = Tap::new(bins_capacity);
         let bins_capacity = bins_capacity.min(((32usize << 20) / setup.n_units.max(1)).max(64));
@@ -205,7 +208,12 @@ impl Recorder {
         let handle = std::thread::Builder::new()
             .name("neuroloop-record".into())
             .spawn(move || RecorderThread::new(setup, sources, writer).run(&s))?;
-        Ok((Recorder { handle: Some(handle), stop }, taps))
+        Ok((Recorder { handle: Some(handle), stop, partial }, taps))
+    }
+
+    /// Where the recording is written until it is finished (then renamed to its path).
+    pub fn partial_path(&self) -> &std::path::Path {
+        &self.partial
     }
 
     /// Drain everything queued, write the footers and close the file. Call after the

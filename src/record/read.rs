@@ -1,125 +1,143 @@
-//! Opening an XDF file for `replay` and `fit`: the chunk structure is walked here first, so
-//! a file that is not XDF, or is cut off, gets a message that says so in XDF's terms
-//! ("no XDF: magic", "truncated: chunk at byte N needs M bytes") instead of the parser's
-//! internals, and a file cut off mid-chunk (a killed recorder, a partial copy) is read up to
-//! its last whole chunk.
+//! Opening an XDF file for `replay`, `fit` and `filters`: the file goes through the chunk
+//! scanner ([`super::scan`]) first, so that a file that is not XDF gets a message in XDF's
+//! terms, a damaged chunk is skipped and the reading goes on after it, and whatever was
+//! skipped is counted and said ([`Opened::damage`]) — never a silent stop part-way through.
 
+use super::scan::{scan, Skipped, Unreadable};
 use anyhow::Context;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
-
-/// XDF chunk tags (XDF 1.0 specification).
-const TAGS: std::ops::RangeInclusive<u16> = 1..=6;
-
-/// How far the chunk structure of a file is whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChunkWalk {
-    /// Bytes up to the end of the last whole chunk.
-    pub whole: usize,
-    /// Why the walk stopped before the end of the file (None: the file is whole).
-    pub stopped: Option<String>,
-}
-
-/// Walk "XDF:" then chunks of [length-bytes count (1, 4 or 8)][length][tag u16 + content].
-/// None when the file does not start with the magic.
-pub fn walk_chunks(bytes: &[u8]) -> Option<ChunkWalk> {
-    if bytes.len() < 4 || &bytes[..4] != b"XDF:" {
-        return None;
-    }
-    let mut at = 4usize;
-    let stop = |at: usize, why: String| Some(ChunkWalk { whole: at, stopped: Some(why) });
-    loop {
-        let Some(&nb) = bytes.get(at) else { return Some(ChunkWalk { whole: at, stopped: None }) };
-        let nb = nb as usize;
-        if !matches!(nb, 1 | 4 | 8) {
-            return stop(at, format!("chunk at byte {at}: its length field is {nb} bytes long (XDF allows 1, 4 or 8)"));
-        }
-        if at + 1 + nb > bytes.len() {
-            return stop(at, format!("truncated: the chunk at byte {at} is cut off inside its length field"));
-        }
-        let mut len = 0u64;
-        for (i, b) in bytes[at + 1..at + 1 + nb].iter().enumerate() {
-            len |= (*b as u64) << (8 * i);
-        }
-        let end = (at + 1 + nb) as u64 + len;
-        if len < 2 {
-            return stop(at, format!("chunk at byte {at}: length {len} is too short for its tag"));
-        }
-        if end > bytes.len() as u64 {
-            return stop(at, format!("truncated: the chunk at byte {at} needs {len} bytes, {} are left", bytes.len() - at - 1 - nb));
-        }
-        let tag_at = at + 1 + nb;
-        let tag = u16::from_le_bytes([bytes[tag_at], bytes[tag_at + 1]]);
-        if !TAGS.contains(&tag) {
-            return stop(at, format!("chunk at byte {at}: unknown tag {tag} (XDF tags are 1–6)"));
-        }
-        at = end as usize;
-    }
-}
 
 /// A recording read for replay or fitting.
 pub struct Opened {
     pub file: xdf::XDFFile,
     /// The whole file's bytes (for hashing).
     pub bytes: Vec<u8>,
-    /// Bytes parsed: less than `bytes.len()` when the file was cut off.
-    pub used: usize,
-    /// Set when only part of the file could be read: what was wrong and how much was used.
-    pub truncated: Option<String>,
+    /// The damaged parts that were skipped (empty: the whole file was read).
+    pub skipped: Vec<Skipped>,
 }
 
-/// Read and parse an XDF file. A file that is not XDF, or whose first chunk is already
-/// broken, is an error; one broken later is read up to its last whole chunk, with a notice.
+/// What a reader could not read of a file: for the report (JSON) and the notices.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Damage {
+    pub bytes_total: u64,
+    pub bytes_skipped: u64,
+    /// Whole samples skipped per stream name (samples in skipped chunks of a known stream;
+    /// a part whose stream is unknown adds nothing here).
+    pub samples_skipped: BTreeMap<String, u64>,
+    /// Every damaged part: where, how long, which stream, why.
+    pub parts: Vec<Skipped>,
+}
+
+/// Where samples of one stream were lost: before its kept row `row` (`row == len`: after
+/// its last row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loss {
+    pub row: usize,
+    /// Whole samples lost there, when the skipped chunk was a known samples chunk.
+    pub samples: Option<u64>,
+}
+
+impl Opened {
+    /// The stream's display name for a stream id ("'name' (type)", or "stream 7").
+    pub fn stream_name(&self, id: u32) -> String {
+        match self.file.streams.iter().find(|s| s.id == id) {
+            Some(s) => format!("{} ({})", s.name.as_deref().unwrap_or(""), s.r#type.as_deref().unwrap_or("")),
+            None => format!("stream {id}"),
+        }
+    }
+
+    /// None when the whole file was read.
+    pub fn damage(&self) -> Option<Damage> {
+        if self.skipped.is_empty() {
+            return None;
+        }
+        let mut samples_skipped = BTreeMap::new();
+        for s in &self.skipped {
+            if let (Some(id), Some(n)) = (s.stream, s.samples) {
+                *samples_skipped.entry(self.stream_name(id)).or_default() += n;
+            }
+        }
+        Some(Damage {
+            bytes_total: self.bytes.len() as u64,
+            bytes_skipped: self.skipped.iter().map(|s| s.bytes).sum(),
+            samples_skipped,
+            parts: self.skipped.clone(),
+        })
+    }
+
+    /// One line per damaged part, then a summary (for stderr and the reports' notices).
+    pub fn damage_notices(&self, path: &Path) -> Vec<String> {
+        let Some(d) = self.damage() else { return Vec::new() };
+        let mut out: Vec<String> = self
+            .skipped
+            .iter()
+            .take(20)
+            .map(|s| {
+                let what = match (s.stream, s.samples) {
+                    (Some(id), Some(n)) => format!(" ({n} samples of {})", self.stream_name(id)),
+                    (Some(id), None) => format!(" (of {})", self.stream_name(id)),
+                    _ => String::new(),
+                };
+                format!("{}: damaged at byte {}: {} bytes skipped{what}: {}", path.display(), s.at, s.bytes, s.why)
+            })
+            .collect();
+        if self.skipped.len() > 20 {
+            out.push(format!("{}: … and {} more damaged parts (every one is in the report)", path.display(), self.skipped.len() - 20));
+        }
+        let per_stream: Vec<String> = d.samples_skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        out.push(format!(
+            "{}: {} damaged part{}, {} of {} bytes skipped{}; everything else was read",
+            path.display(),
+            self.skipped.len(),
+            if self.skipped.len() == 1 { "" } else { "s" },
+            d.bytes_skipped,
+            d.bytes_total,
+            if per_stream.is_empty() { String::new() } else { format!(" (samples skipped: {})", per_stream.join(", ")) }
+        ));
+        out
+    }
+
+    /// Where the stream with this id lost samples, in its kept rows. A damaged part whose
+    /// stream is unknown counts as a loss in every stream that had a header before it.
+    pub fn losses(&self, id: u32) -> Vec<Loss> {
+        self.skipped
+            .iter()
+            .filter(|s| s.stream.is_none_or(|sid| sid == id))
+            .filter_map(|s| {
+                let row = s.kept_before.iter().find(|(sid, _)| *sid == id)?.1 as usize;
+                Some(Loss { row, samples: s.samples.filter(|_| s.stream == Some(id)) })
+            })
+            .collect()
+    }
+}
+
+/// Read and parse an XDF file. A file that is not XDF, or whose file header is damaged, is
+/// an error; damaged chunks after it are skipped and counted ([`Opened::damage`]).
 pub fn open(path: &Path) -> anyhow::Result<Opened> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let walk = walk_chunks(&bytes).with_context(|| format!("{} is not an XDF file (it does not start with \"XDF:\")", path.display()))?;
-    if walk.whole <= 4 && walk.stopped.is_some() {
-        anyhow::bail!("{} is not a readable XDF file: {}", path.display(), walk.stopped.unwrap_or_default());
-    }
-    let truncated = walk
-        .stopped
-        .as_ref()
-        .map(|why| format!("{}: {why}; read {} of {} bytes (up to the last whole chunk)", path.display(), walk.whole, bytes.len()));
-    let file = xdf::XDFFile::from_bytes(&bytes[..walk.whole]).map_err(|e| {
-        // The xdf crate's errors print nom's internals (byte arrays): keep the first line short.
+    let scanned = scan(&bytes).map_err(|e| match e {
+        Unreadable::NoMagic => anyhow::anyhow!("{} is not an XDF file (it does not start with \"XDF:\")", path.display()),
+        e => anyhow::anyhow!("{} is not a readable XDF file: {e}", path.display()),
+    })?;
+    let file = xdf::XDFFile::from_bytes(&scanned.clean).map_err(|e| {
+        // Not expected after the scan; the xdf crate's errors print nom's internals.
         let mut why = e.to_string();
         if why.len() > 120 || why.contains('[') {
-            why = "a chunk's content does not parse (a stream header that is not XML, or samples that do not match their stream)".into();
+            why = "a chunk's content does not parse".into();
         }
         anyhow::anyhow!("{} is not a readable XDF file: {why}", path.display())
     })?;
-    Ok(Opened { file, used: walk.whole, bytes, truncated })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn chunk(b: &mut Vec<u8>, tag: u16, content: usize) {
-        b.push(1);
-        b.push((content + 2) as u8);
-        b.extend(tag.to_le_bytes());
-        b.extend(std::iter::repeat_n(0u8, content));
-    }
-
-    #[test]
-    fn the_walk_stops_at_a_cut_and_says_where() {
-        let mut b = b"XDF:".to_vec();
-        for len in [10, 20, 7] {
-            chunk(&mut b, 3, len);
+    // The scan kept only chunks that parse: the crate must have read every sample of them.
+    for (id, kept) in &scanned.kept {
+        let read = file.streams.iter().find(|s| s.id == *id).map_or(0, |s| s.samples.len() as u64);
+        if read != *kept {
+            anyhow::bail!(
+                "{}: stream {id}: the XDF parser read {read} of the {kept} samples in the file's readable chunks; refusing to go on with part of the file (please report this file)",
+                path.display()
+            );
         }
-        assert_eq!(walk_chunks(&b), Some(ChunkWalk { whole: b.len(), stopped: None }));
-        let full = b.len();
-        let w = walk_chunks(&b[..full - 3]).unwrap();
-        assert_eq!(w.whole, full - 11);
-        assert!(w.stopped.unwrap().contains(&format!("truncated: the chunk at byte {}", full - 11)));
-        assert_eq!(walk_chunks(b"nope"), None);
-        let mut bad = b"XDF:".to_vec();
-        chunk(&mut bad, 3, 4);
-        chunk(&mut bad, 77, 4);
-        let w = walk_chunks(&bad).unwrap();
-        assert_eq!(w.whole, 12);
-        assert!(w.stopped.unwrap().contains("unknown tag 77"));
-        let w = walk_chunks(b"XDF:\x03abc").unwrap();
-        assert!(w.stopped.unwrap().contains("length field is 3 bytes"));
     }
+    Ok(Opened { file, bytes, skipped: scanned.skipped })
 }

@@ -159,7 +159,12 @@ impl RecorderThread {
     fn flush(&mut self) {
         if self.error.is_none() {
             if let Err(e) = self.w.flush() {
-                self.error = Some(format!("writing {} failed: {e}; the recording stops here", self.s.path.display()));
+                self.error = Some(format!(
+                    "writing {} failed: {e}; the recording stops here: what was written is in {} ({} was not replaced)",
+                    self.s.path.display(),
+                    self.w.partial_path().display(),
+                    self.s.path.display()
+                ));
                 eprintln!("[neuroloop] {}", self.error.as_ref().unwrap());
             }
         }
@@ -193,11 +198,17 @@ impl RecorderThread {
             self.names.iter().map(|(id, name)| RecordedStream { id: *id, name: name.clone(), samples: self.w.sample_count(*id) }).collect();
         let samples_lost_after_error = self.names.iter().map(|(id, _)| self.w.samples_lost(*id)).sum();
         let mut error = self.error.take();
+        let partial = self.w.partial_path().to_path_buf();
         let bytes = if error.is_none() {
             match self.w.finish() {
                 Ok(b) => b,
                 Err(e) => {
-                    error = Some(format!("closing {} failed: {e}", self.s.path.display()));
+                    error = Some(format!(
+                        "closing {} failed: {e}; the recording is in {} ({} was not replaced)",
+                        self.s.path.display(),
+                        partial.display(),
+                        self.s.path.display()
+                    ));
                     0
                 }
             }
@@ -206,7 +217,8 @@ impl RecorderThread {
         };
         RecordingSummary {
             samples_lost_after_error,
-            path: self.s.path.display().to_string(),
+            // Where the recording is: its path, or its partial file after an error.
+            path: if error.is_none() { self.s.path.display().to_string() } else { partial.display().to_string() },
             bytes,
             streams,
             dropped_input_samples: self.src.input_dropped.load(Ordering::Relaxed),

@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A channel format of the XDF/LSL spec. Numeric streams are written with
 /// [`XdfWriter::samples`], string streams (markers) with [`XdfWriter::text_samples`].
@@ -111,6 +111,9 @@ struct StreamState {
 /// only counts the samples it is given ([`XdfWriter::samples_lost`]).
 pub struct XdfWriter {
     file: File,
+    /// Where the file is written until [`finish`](XdfWriter::finish) renames it to `path`.
+    partial: PathBuf,
+    path: PathBuf,
     buf: Vec<u8>,
     streams: Vec<StreamState>,
     bytes_written: u64,
@@ -155,11 +158,23 @@ fn put_chunk(out: &mut Vec<u8>, tag: u16, content: &[u8]) {
 }
 
 impl XdfWriter {
-    /// Create (truncate) `path` and write the magic and the file header. `header_xml_body`
+    /// Start a recording for `path` and write the magic and the file header. The file is
+    /// written as `<path>.partial` ([`XdfWriter::partial_path`]) until
+    /// [`finish`](XdfWriter::finish) renames it to `path`: an earlier file at `path` stays
+    /// whole until the new one is, and a killed session leaves its `.partial` file, readable
+    /// up to its last flush. `header_xml_body`
     /// goes inside `<info>` after `<version>1.0</version>` (already escaped XML).
     pub fn create(path: &Path, header_xml_body: &str) -> std::io::Result<XdfWriter> {
-        let file = File::create(path)?;
-        let mut w = XdfWriter { file, buf: Vec::with_capacity(1 << 16), streams: Vec::new(), bytes_written: 0, failed: false };
+        let (file, partial) = crate::outfile::create_partial(path)?;
+        let mut w = XdfWriter {
+            file,
+            partial,
+            path: path.to_path_buf(),
+            buf: Vec::with_capacity(1 << 16),
+            streams: Vec::new(),
+            bytes_written: 0,
+            failed: false,
+        };
         w.buf.extend_from_slice(b"XDF:");
         let xml = format!("<?xml version=\"1.0\"?><info><version>1.0</version>{header_xml_body}</info>");
         put_chunk(&mut w.buf, TAG_FILE_HEADER, xml.as_bytes());
@@ -314,6 +329,11 @@ impl XdfWriter {
         self.streams.iter().find(|s| s.id == id).map_or(0, |s| s.lost)
     }
 
+    /// Where the recording is until it is finished.
+    pub fn partial_path(&self) -> &Path {
+        &self.partial
+    }
+
     /// Bytes waiting for the next flush.
     pub fn buffered_bytes(&self) -> usize {
         self.buf.len()
@@ -349,6 +369,7 @@ impl XdfWriter {
         }
         self.boundary();
         self.sync()?;
+        crate::outfile::rename_into_place(&self.partial, &self.path)?;
         Ok(self.bytes_written)
     }
 }

@@ -20,7 +20,7 @@ mod rebin;
 mod streams;
 
 pub(crate) use rebin::{pick_input, rebin_spikes};
-pub(crate) use streams::{header_text, recorded_grid, streams_of, Recorded, Rows};
+pub(crate) use streams::{bins_in_losses, header_text, recorded_grid, streams_of, Recorded, Rows};
 
 use crate::clock::{self, BinGrid};
 use crate::control_plane::CommandRecord;
@@ -96,17 +96,43 @@ pub struct ReplayReport {
     /// Control-plane commands from the recording re-applied at the bins they took effect
     /// at live (recorded-bins replay; marks and stop act on neither stage and are not counted).
     pub commands_applied: u64,
+    /// Bins whose recorded Control sample could not be compared: it, or the records replay
+    /// needs to reach it, are in damaged parts of the file. Non-zero: `replay` exits 1.
+    pub unchecked_bins: u64,
+    /// Those bins as ranges, each with why.
+    pub unchecked: Vec<Unchecked>,
+    /// What the reader skipped (null: the whole file was read).
+    pub damage: Option<crate::record::read::Damage>,
     pub notices: Vec<String>,
+}
+
+/// Bins `from..to` (end exclusive) that replay could not check, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Unchecked {
+    pub from: u64,
+    pub to: u64,
+    pub why: String,
+}
+
+/// Appends bin k to the ranges (merging with the last range when it continues it).
+fn add_unchecked(ranges: &mut Vec<Unchecked>, k: u64, why: &str) {
+    if let Some(last) = ranges.last_mut() {
+        if last.to == k && last.why == why {
+            last.to = k + 1;
+            return;
+        }
+    }
+    ranges.push(Unchecked { from: k, to: k + 1, why: why.into() });
 }
 
 pub fn replay(path: &Path, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     let opened = crate::record::read::open(path)?;
-    let file = opened.file;
     let mut rig = rig.clone();
     if let Some(b) = opts.backend {
         rig.model.backend = b;
     }
-    let streams = streams_of(&file);
+    let streams = streams_of(&opened);
+    let file = &opened.file;
     let has_bins = streams.iter().any(|s| s.stream_type == "NeuroloopBins");
     let source = match opts.source {
         ReplaySource::Auto if has_bins => ReplaySource::Bins,
@@ -114,11 +140,11 @@ pub fn replay(path: &Path, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<Re
         s => s,
     };
     let mut notices = Vec::new();
-    if let Some(t) = opened.truncated {
-        eprintln!("[neuroloop] replay: {t}");
-        notices.push(t);
+    for line in opened.damage_notices(path) {
+        eprintln!("[neuroloop] replay: {line}");
+        notices.push(line);
     }
-    let recorded_sha = header_text(&file, &["neuroloop", "rig", "sha256"]);
+    let recorded_sha = header_text(file, &["neuroloop", "rig", "sha256"]);
     let rig_matches_recording = match &recorded_sha {
         Some(sha) => {
             let ours = crate::record::sha256_hex(&std::fs::read(&rig.path).unwrap_or_default());
@@ -142,10 +168,11 @@ pub fn replay(path: &Path, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<Re
             .push(format!("backend {}: a bit-for-bit match is only expected on the CPU backend (--backend cpu)", rig.model.backend.name()));
     }
     let mut r = match source {
-        ReplaySource::Bins => replay_bins(path, &file, streams, &rig, opts)?,
+        ReplaySource::Bins => replay_bins(path, file, streams, &rig, opts)?,
         _ => replay_spikes(path, streams, &rig, opts)?,
     };
     r.rig_matches_recording = rig_matches_recording;
+    r.damage = opened.damage();
     notices.append(&mut r.notices);
     r.notices = notices;
     Ok(r)
@@ -305,15 +332,15 @@ impl Progress {
 fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     let mut take = |ty: &str| {
         let i = streams.iter().position(|s| s.stream_type == ty);
-        i.map(|i| streams.swap_remove(i).rows)
+        i.map(|i| streams.swap_remove(i))
     };
-    let need = |r: Option<Rows>, ty: &str| {
+    let need = |r: Option<Recorded>, ty: &str| {
         r.with_context(|| format!("{}: no {ty} stream; was it recorded by `neuroloop run --record`?", path.display()))
     };
-    let bins = need(take("NeuroloopBins"), "NeuroloopBins")?;
-    let timing = need(take("NeuroloopTiming"), "NeuroloopTiming")?;
-    let control = need(take("Control"), "Control")?;
-    let status = take("NeuroloopStatus");
+    let Recorded { rows: bins, losses: bins_losses, .. } = need(take("NeuroloopBins"), "NeuroloopBins")?;
+    let Recorded { rows: timing, losses: timing_losses, .. } = need(take("NeuroloopTiming"), "NeuroloopTiming")?;
+    let Recorded { rows: control, losses: control_losses, .. } = need(take("Control"), "Control")?;
+    let status = take("NeuroloopStatus").map(|s| s.rows);
     let commands = streams
         .iter()
         .position(|s| s.stream_type == "Markers" && s.labels.len() == 1 && s.labels[0] == crate::record::COMMANDS_LABEL)
@@ -353,8 +380,17 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
             );
         }
     }
-    // Index every stream by bin.
-    let n_bins = timing.len();
+    // Index every stream by bin. One timing row per bin; when timing rows were in a damaged
+    // part of the file, the bins go on as far as the timing and Control rows name (no
+    // further than they have rows: a bin number from a file allocates nothing by itself).
+    let n_bins = if timing_losses.is_empty() {
+        timing.len()
+    } else {
+        let cap = (timing.len() + control.len()) as i64;
+        let last_timing = (0..timing.len()).map(|i| timing.row(i)[0]).filter(|k| k.is_finite()).map(|k| k as i64).max().unwrap_or(-1);
+        let last_control = (0..control.len()).map(|i| clock.bin_ending_at(control.timestamps[i])).max().unwrap_or(-1);
+        (last_timing.max(last_control).min(cap - 1) + 1).max(timing.len() as i64) as usize
+    };
     let index = |rows: &Rows, by_column: bool| -> Vec<Option<usize>> {
         let mut idx = vec![None; n_bins];
         for i in 0..rows.len() {
@@ -389,11 +425,20 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     let mut latent_diff: Option<f64> = None;
     let mut emitter_unknown = 0u64;
     let mut progress = Progress { on: opts.status_line, last: clock::now(), total: n_bins as u64 };
+    // Bins whose Control sample was in a damaged part of the file.
+    let control_lost = crate::replay::bins_in_losses(&control, &control_losses, clock.t0, clock.bin_s, n_bins);
+    // Replay stops at the first bin whose timing or bins row was in a damaged part: every
+    // bin after it depends on the bins it cannot run.
+    let mut stopped_at: Option<(usize, &str)> = None;
     let start = clock::now();
     let pace_t0 = clock::now() + 0.05;
     for k in 0..n_bins {
         progress.tick(k as u64);
         let Some(ti) = t_idx[k] else {
+            if !timing_losses.is_empty() {
+                stopped_at = Some((k, "its timing row is in a damaged part of the file; replay cannot go on without it"));
+                break;
+            }
             bail!(
                 "the recording has no timing row for bin {k} (its records were dropped while recording): replay cannot go on past bin {k}"
             );
@@ -407,7 +452,13 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
         let loop_ran = t[c_started].is_finite();
         let mut result = None;
         if loop_ran {
-            let Some(bi) = b_idx[k] else { bail!("the recording has no bins row for bin {k}: replay cannot go on past bin {k}") };
+            let Some(bi) = b_idx[k] else {
+                if !bins_losses.is_empty() {
+                    stopped_at = Some((k, "its counts are in a damaged part of the file; replay cannot go on without them"));
+                    break;
+                }
+                bail!("the recording has no bins row for bin {k}: replay cannot go on past bin {k}")
+            };
             counts.copy_from_slice(&bins.row(bi)[..n]);
             report.late_spikes += bins.row(bi)[n] as u64;
             report.spikes += counts.iter().sum::<f64>();
@@ -468,9 +519,16 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
                 }
             }
             report.differing_bins += differs as u64;
+        } else if control_lost[k] {
+            add_unchecked(&mut report.unchecked, k as u64, "its Control sample is in a damaged part of the file");
         }
         report.bins += 1;
     }
+    if let Some((k, why)) = stopped_at {
+        report.unchecked.push(Unchecked { from: k as u64, to: n_bins as u64, why: why.into() });
+        report.notices.push(format!("replay stopped at bin {k} of {n_bins}: {why}"));
+    }
+    report.unchecked_bins = report.unchecked.iter().map(|u| u.to - u.from).sum();
     report.elapsed_s = clock::now() - start;
     report.identical = (report.compared > 0).then_some(report.differing_bins == 0);
     report.latent_max_abs_difference = latent_diff;
@@ -480,7 +538,7 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
             "{emitter_unknown} bins' timing rows lack the emitter's decision (its record was lost while recording): replay assumed the result in time and the gate closed there, so those bins may differ"
         ));
     }
-    let missing = n_bins as u64 - report.compared;
+    let missing = (n_bins as u64).saturating_sub(report.compared + report.unchecked_bins);
     if missing > 0 {
         report.notices.push(format!("{missing} bins have no recorded Control sample to compare"));
     }
@@ -508,13 +566,25 @@ fn empty_report(path: &Path, source: &str, backend: &str, realtime: bool) -> Rep
         elapsed_s: 0.0,
         rig_matches_recording: None,
         commands_applied: 0,
+        unchecked_bins: 0,
+        unchecked: Vec::new(),
+        damage: None,
         notices: Vec::new(),
     }
 }
 
 fn replay_spikes(path: &Path, streams: Vec<Recorded>, rig: &Rig, opts: &ReplayOptions) -> anyhow::Result<ReplayReport> {
     let stream = pick_input(path, streams, rig)?;
-    let binned = rebin_spikes(&stream, rig).with_context(|| path.display().to_string())?;
+    let mut binned = rebin_spikes(&stream, rig).with_context(|| path.display().to_string())?;
+    // Bins whose spikes were in a damaged part of the file are gaps (no data), as live.
+    let lost = crate::replay::bins_in_losses(&stream.rows, &stream.losses, binned.clock.t0, binned.clock.bin_s, binned.bins());
+    let n_lost = lost.iter().filter(|l| **l).count();
+    if n_lost > 0 {
+        for (k, l) in lost.iter().enumerate() {
+            binned.has_data[k] &= !l;
+        }
+        binned.notices.push(format!("{n_lost} bins' spikes are in damaged parts of the file: they are replayed as stream gaps"));
+    }
     let mut mach = Machine::new(rig)?;
     let (n, m) = (mach.n, mach.m);
     if n != binned.n_units {

@@ -1,6 +1,7 @@
 //! A recording's streams as replay and `neuroloop fit` read them: each stream's samples as
 //! f64 rows with timestamps, its header's labels, and the file header's bin grid.
 
+use crate::record::read::{Loss, Opened};
 use anyhow::{bail, Context};
 use std::path::Path;
 use xdf::{Values, XDFFile};
@@ -59,6 +60,8 @@ pub(crate) fn header_text(file: &XDFFile, path: &[&str]) -> Option<String> {
 /// One stream of the file, its samples as f64 rows.
 pub(crate) struct Recorded {
     pub name: String,
+    /// Where samples of this stream were in damaged parts of the file that were skipped.
+    pub losses: Vec<Loss>,
     pub stream_type: String,
     /// Nominal rate (Hz; 0 = irregular).
     pub srate: f64,
@@ -68,11 +71,14 @@ pub(crate) struct Recorded {
 }
 
 /// The file's streams (timestamps mapped onto the recorder's clock by its clock offsets).
-pub(crate) fn streams_of(file: &XDFFile) -> Vec<Recorded> {
-    file.streams
+pub(crate) fn streams_of(opened: &Opened) -> Vec<Recorded> {
+    opened
+        .file
+        .streams
         .iter()
         .map(|s| Recorded {
             name: s.name.as_deref().unwrap_or("").to_string(),
+            losses: opened.losses(s.id),
             stream_type: s.r#type.as_deref().unwrap_or("").to_string(),
             srate: s.nominal_srate.unwrap_or(0.0),
             rows: Rows::of(s.channel_count as usize, &s.samples),
@@ -108,4 +114,30 @@ pub(crate) fn recorded_grid(file: &XDFFile, path: &Path, key: &str) -> anyhow::R
         );
     }
     Ok(v)
+}
+
+/// Which of `bins` bins (on the grid t0 + kΔ) overlap a time span where `rows` lost samples
+/// to damaged parts of the file: between the kept sample before a loss and the one after it
+/// (from the grid's start or to its end when the loss is at either end of the stream).
+pub(crate) fn bins_in_losses(rows: &Rows, losses: &[Loss], t0: f64, bin_s: f64, bins: usize) -> Vec<bool> {
+    let mut lost = vec![false; bins];
+    let finite_at = |i: usize| rows.timestamps.get(i).copied().filter(|t| t.is_finite());
+    for l in losses {
+        let lo = l.row.checked_sub(1).and_then(finite_at).unwrap_or(f64::NEG_INFINITY);
+        let hi = finite_at(l.row).unwrap_or(f64::INFINITY);
+        // Bin k spans [t0 + kΔ, t0 + (k+1)Δ): it overlaps (lo, hi) when it starts before hi
+        // and ends after lo.
+        let first = ((lo - t0) / bin_s).floor().max(0.0);
+        let last = ((hi - t0) / bin_s).ceil().min(bins as f64);
+        if first.is_nan() || last.is_nan() {
+            continue;
+        }
+        for k in first as usize..last as usize {
+            let (start, end) = (t0 + k as f64 * bin_s, t0 + (k + 1) as f64 * bin_s);
+            if start < hi && end > lo {
+                lost[k] = true;
+            }
+        }
+    }
+    lost
 }

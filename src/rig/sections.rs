@@ -271,8 +271,19 @@ pub enum ObjectiveKind {
 #[serde(deny_unknown_fields)]
 pub struct ObjectiveConfig {
     pub kind: ObjectiveKind,
-    /// Latent target (d values) or target rates in Hz (N values, or one value for all units).
+    /// Latent target (d values, each within ±10) or target rates in Hz (N values, or one
+    /// value for all units, each within [0, max_rate_hz]).
     pub target: Vec<f64>,
+    /// The highest rate target (Hz) this rig accepts, here and from the control plane
+    /// (default 1000).
+    #[serde(default)]
+    pub max_rate_hz: Option<f64>,
+}
+
+impl ObjectiveConfig {
+    pub fn max_rate_hz(&self) -> f64 {
+        self.max_rate_hz.unwrap_or(crate::control::objective::DEFAULT_MAX_RATE_HZ)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -348,7 +359,7 @@ fn default_sim_stream() -> String {
     "neuroloop-sim".into()
 }
 
-/// Fault injection: make the model slow on purpose.
+/// Fault injection: make the model slow, or its controller fail, on purpose.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultConfig {
@@ -357,6 +368,10 @@ pub struct FaultConfig {
     pub slow_every: u64,
     #[serde(default)]
     pub slow_ms: f64,
+    /// Every `controller_fault_every`-th bin the controller's command is NaN, as when a
+    /// cost overflows (0 = off): the loop must fall back, count it and say so.
+    #[serde(default)]
+    pub controller_fault_every: u64,
 }
 
 /// The control plane (`neuroloop run`; docs/control.md): the HTTP server with the dashboard

@@ -148,12 +148,18 @@ impl Rig {
             }
             None => {}
             Some(o) => {
-                if o.target.is_empty() || o.target.iter().any(|v| !v.is_finite()) {
+                use crate::control::objective::{check_target_values, MAX_RATE_CEILING_HZ};
+                if let Some(max) = o.max_rate_hz {
+                    if !(max > 0.0 && max <= MAX_RATE_CEILING_HZ) {
+                        return Err(self
+                            .invalid("objective.max_rate_hz", format!("is {max}; expected a number of Hz in (0, {MAX_RATE_CEILING_HZ}]")));
+                    }
+                }
+                if o.target.is_empty() {
                     return Err(self.invalid("objective.target", "must be a non-empty list of finite numbers"));
                 }
-                if o.kind == ObjectiveKind::Rates && o.target.iter().any(|v| *v < 0.0) {
-                    return Err(self.invalid("objective.target", "rates must be ≥ 0 Hz"));
-                }
+                check_target_values(o.kind == ObjectiveKind::Rates, &o.target, o.max_rate_hz())
+                    .map_err(|e| self.invalid("objective.target", e))?;
             }
         }
         if let (Some(labels), Some(m)) = (&self.output.control_labels, self.output.control_dim) {

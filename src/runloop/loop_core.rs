@@ -29,11 +29,12 @@ pub fn delivery(want_control: bool, done_at: f64, deadline: f64) -> Delivery {
 
 /// What the loop proposes from the bin's input and the backend's output.
 #[inline]
-pub fn proposal(has_data: bool, control_valid: bool) -> Proposal {
-    match (has_data, control_valid) {
-        (false, _) => Proposal::Gap,
-        (true, true) => Proposal::Command,
-        (true, false) => Proposal::NoCommand,
+pub fn proposal(has_data: bool, control_valid: bool, control_fault: bool) -> Proposal {
+    match (has_data, control_valid, control_fault) {
+        (false, _, _) => Proposal::Gap,
+        (true, true, _) => Proposal::Command,
+        (true, false, true) => Proposal::ControllerFault,
+        (true, false, false) => Proposal::NoCommand,
     }
 }
 
@@ -108,7 +109,11 @@ impl LoopCore {
         self.backend.step(&input, &mut self.out);
         // The recorded `control_valid` is derived from the proposal (schema::timing_row).
         debug_assert!(s.has_data || !self.out.control_valid, "a backend reported a command for a bin without live input");
-        let mut result = ControlResult { bin: s.bin, u: [0.0; MAX_CONTROL], proposal: proposal(s.has_data, self.out.control_valid) };
+        let mut result = ControlResult {
+            bin: s.bin,
+            u: [0.0; MAX_CONTROL],
+            proposal: proposal(s.has_data, self.out.control_valid, self.out.control_fault),
+        };
         result.u[..self.dims.control].copy_from_slice(&self.out.u);
         result
     }

@@ -120,6 +120,11 @@ fn run(mut s: LoopSetup, status: &LoopStatus) -> LoopEnd {
         };
         let result = core.step(&start, &counts, &u_prev);
         let done_at = clock::now();
+        if result.proposal == crate::events::Proposal::ControllerFault {
+            // Counted here, at the source (telemetry may drop records); said by telemetry.
+            status.controller_faults.fetch_add(1, Ordering::Relaxed);
+            let _ = status.first_controller_fault.compare_exchange(0, k + 1, Ordering::Relaxed, Ordering::Relaxed);
+        }
         let delivery = loop_core::delivery(start.want_control, done_at, deadline);
         if delivery.on_time() {
             // Never blocks: capacity covers many bins and the emitter drains every bin.

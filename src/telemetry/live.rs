@@ -99,6 +99,8 @@ pub struct Totals {
     pub bins: u64,
     pub deadline_misses: u64,
     pub fallbacks: u64,
+    /// Bins whose controller had no usable command (the fallback went out).
+    pub controller_faults: u64,
     pub gap_bins: u64,
     pub late_spikes: u64,
     pub late_results: u64,

@@ -134,6 +134,7 @@ pub struct Telemetry {
     eval: Evaluation,
     lateness: InputLateness,
     notices: Vec<String>,
+    controller_fault_noticed: bool,
     status_outlet: Option<lsl::StreamOutlet>,
     /// The Status sample being built (liblsl's Rust binding pushes a Vec).
     status_sample: Vec<f64>,
@@ -171,6 +172,7 @@ impl Telemetry {
             eval,
             lateness: InputLateness::default(),
             notices: Vec::new(),
+            controller_fault_noticed: false,
             status_outlet: None,
             last_line: 0.0,
         }
@@ -262,6 +264,7 @@ impl Telemetry {
             eprintln!("[neuroloop] {msg}");
             self.notices.push(msg);
         }
+        self.notice_controller_faults();
         self.lat.tick(crate::clock::now());
         while let Some((k, parts)) = self.joiner.next_ready() {
             self.finalise(k, parts);
@@ -272,6 +275,21 @@ impl Telemetry {
         self.publish_live(false);
     }
 
+    /// Said once, the first time the controller had no usable command (the loop counts each
+    /// such bin; the emitter sent the fallback for it).
+    fn notice_controller_faults(&mut self) {
+        let first = self.q.loop_status.first_controller_fault.load(Ordering::Relaxed);
+        if first > 0 && !self.controller_fault_noticed {
+            self.controller_fault_noticed = true;
+            let msg = format!(
+                "WARNING: at bin {} the controller had no usable command (a cost or a command that is not finite: check the objective and the model); the fallback went out instead, and every such bin is counted (controller_faults)",
+                first - 1
+            );
+            eprintln!("[neuroloop] {msg}");
+            self.notices.push(msg);
+        }
+    }
+
     /// The live view's frame, when one is due (`last`: the session's final frame).
     fn publish_live(&mut self, last: bool) {
         let Some(mut l) = self.live.take() else { return };
@@ -280,6 +298,7 @@ impl Telemetry {
             bins: self.bins,
             deadline_misses: self.misses,
             fallbacks: self.fallbacks,
+            controller_faults: self.q.loop_status.controller_faults.load(Ordering::Relaxed),
             gap_bins: self.gap_bins,
             late_spikes: self.late_spikes,
             late_results: self.q.emit.late_results.load(Ordering::Relaxed),
@@ -417,6 +436,7 @@ impl Telemetry {
             ring_overflows: ld(&st.ring_overflows),
             telemetry_dropped: ld(&self.q.bins.dropped) + ld(&self.q.emitted.dropped),
             device_errors: 0,
+            controller_faults: self.q.loop_status.controller_faults.load(Ordering::Relaxed),
             commands: Default::default(),
             truth_dropped: ld(&self.q.truth.dropped),
             end_to_end_dropped: ld(&self.q.end_to_end.dropped),

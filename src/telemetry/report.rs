@@ -77,6 +77,9 @@ pub struct Report {
     pub telemetry_dropped: u64,
     /// Bins whose device work failed (GPU backends; each got the fallback).
     pub device_errors: u64,
+    /// Bins whose controller had no usable command (a non-finite cost or command): the
+    /// fallback went out for each, and the first was said on stderr and the dashboard.
+    pub controller_faults: u64,
     /// The control plane's commands: accepted, and rejected (malformed, out of range,
     /// rate-limited or too late).
     pub commands: crate::control_plane::CommandCounts,

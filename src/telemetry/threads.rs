@@ -73,17 +73,13 @@ impl ThreadsSummary {
             acc.runqueue_wait_us += u.runqueue_wait_us;
             acc.wakeups_per_bin += u.wakeups_per_bin;
         }
-        let mut by_name: Vec<ThreadUsage> = sums
-            .into_values()
-            .map(|(n, mut u)| {
-                let n = n as f64;
-                u.cpu_percent /= n;
-                u.runqueue_wait_us /= n;
-                u.wakeups_per_bin /= n;
-                u
-            })
-            .collect();
-        by_name.sort_by(|a, b| b.cpu_percent.total_cmp(&a.cpu_percent));
+        let by_name = largest_first(sums.into_values().map(|(n, mut u)| {
+            let n = n as f64;
+            u.cpu_percent /= n;
+            u.runqueue_wait_us /= n;
+            u.wakeups_per_bin /= n;
+            u
+        }));
         Some(ThreadsSummary { window_s: parts.iter().map(|p| p.window_s).sum(), by_name })
     }
 
@@ -97,6 +93,13 @@ impl ThreadsSummary {
         }
         s
     }
+}
+
+/// The summary's order: largest CPU share first.
+fn largest_first(usage: impl Iterator<Item = ThreadUsage>) -> Vec<ThreadUsage> {
+    let mut v: Vec<ThreadUsage> = usage.collect();
+    v.sort_by(|a, b| b.cpu_percent.total_cmp(&a.cpu_percent));
+    v
 }
 
 /// Parses one `schedstat` line: "cpu_ns wait_ns slices".
@@ -138,17 +141,13 @@ impl Snapshot {
             let e = merged.entry(now.name.as_str()).or_default();
             *e = (e.0 + 1, e.1 + dc, e.2 + dw, e.3 + ds);
         }
-        let mut by_name: Vec<ThreadUsage> = merged
-            .into_iter()
-            .map(|(name, (threads, cpu, wait, slices))| ThreadUsage {
-                name: name.to_string(),
-                threads,
-                cpu_percent: 100.0 * cpu as f64 * 1e-9 / window_s,
-                runqueue_wait_us: wait as f64 * 1e-3 / slices as f64,
-                wakeups_per_bin: slices as f64 / bins.max(1) as f64,
-            })
-            .collect();
-        by_name.sort_by(|a, b| b.cpu_percent.total_cmp(&a.cpu_percent));
+        let by_name = largest_first(merged.into_iter().map(|(name, (threads, cpu, wait, slices))| ThreadUsage {
+            name: name.to_string(),
+            threads,
+            cpu_percent: 100.0 * cpu as f64 * 1e-9 / window_s,
+            runqueue_wait_us: wait as f64 * 1e-3 / slices as f64,
+            wakeups_per_bin: slices as f64 / bins.max(1) as f64,
+        }));
         ThreadsSummary { window_s, by_name }
     }
 }

@@ -347,3 +347,38 @@ pub fn reachable_rates(truth: &neuroloop::model::ModelParams) -> Vec<f64> {
     observation::log_rates(&truth.obs_c, &truth.obs_d, truth.log_rate_max, &x, &mut eta);
     eta.iter().map(|e| e.exp()).collect()
 }
+
+/// Damages an XDF file's bytes as a crashed or buggy writer does: the `nth` samples chunk
+/// of the stream of type `ty` declares one more sample than it holds (its length is right).
+/// Returns the byte offset of that chunk.
+pub fn declare_one_more_sample(bytes: &mut [u8], ty: &str, nth: usize) -> usize {
+    let varlen = |b: &[u8], at: usize| -> (u64, usize) {
+        let nb = b[at] as usize;
+        (b[at + 1..at + 1 + nb].iter().enumerate().fold(0u64, |v, (i, x)| v | (*x as u64) << (8 * i)), at + 1 + nb)
+    };
+    let mut id = None;
+    let mut seen = 0;
+    let mut at = 4;
+    while at < bytes.len() {
+        let (len, tag_at) = varlen(bytes, at);
+        let end = tag_at + len as usize;
+        let tag = u16::from_le_bytes([bytes[tag_at], bytes[tag_at + 1]]);
+        let content = tag_at + 2;
+        let chunk_id = u32::from_le_bytes(bytes[content..content + 4].try_into().unwrap_or([0; 4]));
+        if tag == 2 && String::from_utf8_lossy(&bytes[content + 4..end]).contains(&format!("<type>{ty}</type>")) {
+            id = Some(chunk_id);
+        }
+        if tag == 3 && Some(chunk_id) == id {
+            if seen == nth {
+                let count_at = content + 4;
+                let nb = bytes[count_at] as usize;
+                let (count, _) = varlen(bytes, count_at);
+                bytes[count_at + 1..count_at + 1 + nb].copy_from_slice(&(count + 1).to_le_bytes()[..nb]);
+                return at;
+            }
+            seen += 1;
+        }
+        at = end;
+    }
+    panic!("no samples chunk {nth} of a {ty} stream");
+}

@@ -368,7 +368,8 @@ impl ModelParams {
         }
         let raw = safetensors::serialize(views, &Some(meta)).map_err(|e| fmt_err(format!("{e:?}")))?;
         let out = canonical_header(&raw).map_err(fmt_err)?;
-        std::fs::write(path, out).map_err(|source| ModelFileError::Io { path: path.to_path_buf(), source })
+        // Whole or not at all: a full disk or a crash leaves any previous model at the path.
+        crate::outfile::write_atomic(path, &out).map_err(|source| ModelFileError::Io { path: path.to_path_buf(), source })
     }
 
     /// Check dimensions, shapes, finiteness and the ranges of the constants.
