@@ -23,7 +23,7 @@ enum Command {
         #[arg(long)]
         rig: PathBuf,
         /// Stop after this many bins (default: run until Ctrl-C).
-        #[arg(long, value_parser = whole::<u64>(1, u64::MAX))]
+        #[arg(long, value_parser = whole::<u64>(0, u64::MAX))]
         bins: Option<u64>,
         /// Write a JSON summary here at the end.
         #[arg(long)]
@@ -53,7 +53,7 @@ enum Command {
         #[arg(long)]
         rig: PathBuf,
         /// Stop after this many bins (default: run until Ctrl-C).
-        #[arg(long, value_parser = whole::<u64>(1, u64::MAX))]
+        #[arg(long, value_parser = whole::<u64>(0, u64::MAX))]
         bins: Option<u64>,
         /// Write the simulator's true model to this safetensors file and exit.
         #[arg(long)]
@@ -66,7 +66,7 @@ enum Command {
         #[arg(long)]
         rig: PathBuf,
         /// Measured bins, after the warm-up.
-        #[arg(long, default_value_t = 10_000, value_parser = whole::<u64>(1, u64::MAX))]
+        #[arg(long, default_value_t = 10_000, value_parser = whole::<u64>(0, u64::MAX))]
         bins: u64,
         /// Bins run first and left out of the latencies.
         #[arg(long, default_value_t = 500, value_parser = whole::<u64>(0, u64::MAX))]
@@ -85,7 +85,7 @@ enum Command {
         /// Rounds: each runs neuroloop and every baseline (alternating their order); the
         /// histograms are merged per loop and the ratios taken over rounds with comparable
         /// CPU steal. Each round's files go to OUT/round-NN/ when there are several.
-        #[arg(long, default_value_t = 1, value_parser = whole::<u32>(1, u32::MAX as u64))]
+        #[arg(long, default_value_t = 1, value_parser = whole::<u32>(0, u32::MAX as u64))]
         rounds: u32,
         /// Python with pylsl and numpy for the baselines (default: .venv/bin/python).
         #[arg(long)]
@@ -104,7 +104,7 @@ enum Command {
         #[arg(long)]
         rig: PathBuf,
         /// Timed steps per grid point, after the warm-up.
-        #[arg(long, default_value_t = 300, value_parser = whole::<u64>(1, u64::MAX))]
+        #[arg(long, default_value_t = 300, value_parser = whole::<u64>(0, u64::MAX))]
         bins: u64,
         /// Untimed steps first at each point (GPU pipelines compile on the first launches).
         #[arg(long, default_value_t = 30, value_parser = whole::<u64>(0, u64::MAX))]
@@ -177,7 +177,7 @@ enum Command {
         #[arg(long, default_value_t = 500, value_parser = whole::<usize>(0, u64::MAX))]
         skip: usize,
         /// Score at most this many bins per file.
-        #[arg(long, value_parser = whole::<usize>(1, u64::MAX))]
+        #[arg(long, value_parser = whole::<usize>(0, u64::MAX))]
         bins: Option<usize>,
         /// Write the scores as JSON here too.
         #[arg(long)]

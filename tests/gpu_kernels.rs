@@ -333,6 +333,44 @@ fn mppi_matches_the_cpu_controller() {
     }
 }
 
+/// No rollout with a finite cost (a latent target of 1e200: every cost overflows): the kernel
+/// flags the bin (`OUT_FAULT`, which the GPU backend turns into a controller fault) and resets
+/// its nominal to zero, as the CPU controller says it has no command and resets its own.
+#[test]
+fn mppi_flags_a_bin_without_a_finite_cost_as_the_cpu_does() {
+    let mut case = Case::new(SHAPES[1], 77);
+    let p = case.params.clone();
+    let (n, d, e, m) = (p.dims.n_units, p.dims.latent, p.dims.embed, p.dims.control);
+    case.objective = Objective::Latent(DVector::from_element(d, 1e200));
+    let mut dm = case.device();
+    let mut rng = Rng::new(9);
+    let x = DVector::from_fn(d, |_, _| 0.3 * rng.normal());
+    set_state(&dm, &x, &random_spd(d, &mut rng), &p.z_init);
+    dm.upload_bin(&bin_upload(&vec![0.0; n], &vec![0.0; m]));
+    dm.mppi(0);
+    let mut out = vec![0.0; dm.layout.shape.out_len()];
+    dm.read_out(&mut out).unwrap();
+    assert_eq!(out[m + d + e + lay::OUT_FAULT], 1.0, "the kernel flags the bin");
+    let mem = dm.read_mem().unwrap();
+    assert!(region(&mem, &dm.layout, lay::O_UNOM, case.ctl.horizon * m).iter().all(|v| *v == 0.0), "the nominal starts again from zero");
+    let theta = p.theta_at(&p.z_init);
+    let limits = ActuationLimits { lo: DVector::from_vec(case.lo.clone()), hi: DVector::from_vec(case.hi.clone()) };
+    let mut mppi = Mppi::new(&case.ctl, &p.dims);
+    let mut u = DVector::zeros(m);
+    let ctx = ControlContext { params: &p, theta: &theta, x: &x, u_prev: &DVector::zeros(m), bin: 0 };
+    assert!(!mppi.compute(&ctx, &case.objective, &limits, &mut u), "the CPU controller has no command either");
+    assert!(u.iter().all(|v| v.is_nan()) && mppi.nominal().iter().all(|v| *v == 0.0));
+    // A sane objective next bin: the kernel clears the flag.
+    let mut ok = Case::new(SHAPES[1], 77);
+    ok.objective = Objective::Latent(DVector::zeros(d));
+    let mut dm = ok.device();
+    set_state(&dm, &x, &random_spd(d, &mut rng), &p.z_init);
+    dm.upload_bin(&bin_upload(&vec![0.0; n], &vec![0.0; m]));
+    dm.mppi(1);
+    dm.read_out(&mut out).unwrap();
+    assert_eq!(out[m + d + e + lay::OUT_FAULT], 0.0);
+}
+
 #[test]
 fn particle_filter_matches_the_cpu_filter() {
     let counts = [1usize, 300, 1000, 2049];

@@ -216,7 +216,9 @@ pub const OUT_LL: usize = 0;
 pub const OUT_STEP: usize = 1;
 pub const OUT_JUMP: usize = 2;
 pub const OUT_ESS: usize = 3;
-pub const OUT_TAIL: usize = 4;
+/// 1 when MPPI had no rollout with a finite cost (no command: a controller fault), else 0.
+pub const OUT_FAULT: usize = 4;
+pub const OUT_TAIL: usize = 5;
 
 // ---- `cfg` indices ----
 pub const CFG_ALPHA: usize = 0;

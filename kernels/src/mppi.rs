@@ -111,13 +111,13 @@ pub fn mppi_rollout_kernel(mem: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f
 pub const MIN_GAP: f32 = 1e-6;
 
 /// One cube: softmin weights (non-finite costs weigh 0), nominal update, u_k into `out`,
-/// warm-start shift (the last step repeats). Without any finite cost, u_k is NaN (a
+/// warm-start shift (the last step repeats). Without any finite cost, OUT_FAULT is set (a
 /// controller fault) and the nominal is reset to zero.
 #[cube(launch)]
 pub fn mppi_update_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Array<u32>, cfg: &Array<f32>) {
     let t = UNIT_POS as usize;
     let nt = CUBE_DIM as usize;
-    let Lay { m, hor, nk, flags, o_lo, o_hi, o_unom, o_unom2, o_eps, o_costs, o_rcost, .. } = Lay::read(lay);
+    let Lay { m, d, e, hor, nk, flags, o_lo, o_hi, o_unom, o_unom2, o_eps, o_costs, o_rcost, .. } = Lay::read(lay);
     let temp = cfg[CFG_TEMP];
     let mut sh = SharedMemory::<f32>::new(CUBE);
 
@@ -198,15 +198,12 @@ pub fn mppi_update_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Arra
     while q2 < hor * m {
         let h = q2 / m;
         let j = q2 % m;
-        // No rollout with a finite cost: no command (NaN, which the backend counts as a
-        // controller fault and the emitter replaces with the fallback), and the nominal
-        // starts again from zero — as the CPU reference (src/control/mppi.rs) does.
+        // No rollout with a finite cost: no command (OUT_FAULT, which the backend turns into
+        // the CPU reference's NaN command: a controller fault, the fallback goes out), and
+        // the nominal starts again from zero — as src/control/mppi.rs does. (A NaN literal
+        // is not WGSL: the shader would not compile.)
         if h == 0 {
-            if update {
-                out[j] = nominal(mem, o_unom2, o_lo, o_hi, m, 0, j);
-            } else {
-                out[j] = f32::NAN;
-            }
+            out[j] = nominal(mem, o_unom2, o_lo, o_hi, m, 0, j);
         }
         let mut src = h + 1;
         if src >= hor {
@@ -218,5 +215,12 @@ pub fn mppi_update_kernel(mem: &mut Array<f32>, out: &mut Array<f32>, lay: &Arra
             mem[o_unom + q2] = 0.0;
         }
         q2 += nt;
+    }
+    if t == 0 {
+        let mut fault = 0.0f32;
+        if !update {
+            fault = 1.0;
+        }
+        out[m + d + e + OUT_FAULT] = fault;
     }
 }

@@ -347,7 +347,10 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             for (dst, &v) in out.u.iter_mut().zip(&self.out_buf[..m]) {
                 *dst = v as f64;
             }
-            // The kernel's command is NaN when no rollout had a finite cost (as on the CPU).
+            // No rollout had a finite cost: no command, as on the CPU (NaN, a fault).
+            if self.out_buf[tail + lay::OUT_FAULT] > 0.5 {
+                out.u.fill(f64::NAN);
+            }
             out.control_valid = out.u.iter().all(|v| v.is_finite());
             out.control_fault = !out.control_valid;
         }

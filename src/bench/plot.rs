@@ -45,7 +45,7 @@ pub fn distribution(path: &Path, title: &str, curves: &[(Stage, Vec<(f64, f64)>)
     let (y_min, y_max) = y_range(curves.iter().flat_map(|(_, c)| c.iter().map(|p| p.1)));
     svg_file(path, |root| {
         root.fill(&WHITE).map_err(err(path))?;
-        let mut chart = frame(&root, title).build_cartesian_2d((1.0..x_max).log_scale(), (y_min..y_max).log_scale()).map_err(err(path))?;
+        let mut chart = frame(root, title).build_cartesian_2d((1.0..x_max).log_scale(), (y_min..y_max).log_scale()).map_err(err(path))?;
         chart
             .configure_mesh()
             .x_desc("percentile")
@@ -94,7 +94,7 @@ pub fn over_time(path: &Path, title: &str, series: &[BinLatency], bin_s: f64, fi
     let t_end = t_of(series.len().max(1));
     svg_file(path, |root| {
         root.fill(&WHITE).map_err(err(path))?;
-        let mut chart = frame(&root, title).build_cartesian_2d(t_of(0)..t_end, (y_min..y_max).log_scale()).map_err(err(path))?;
+        let mut chart = frame(root, title).build_cartesian_2d(t_of(0)..t_end, (y_min..y_max).log_scale()).map_err(err(path))?;
         chart
             .configure_mesh()
             .x_desc("time since the first bin (s)")
@@ -156,7 +156,7 @@ pub fn scaling(path: &Path, title: &str, x_desc: &str, lines: &[(String, Scaling
     svg_file(path, |root| {
         root.fill(&WHITE).map_err(err(path))?;
         let mut chart =
-            frame(&root, title).build_cartesian_2d((x_lo * 0.8..x_hi * 1.25).log_scale(), (y_min..y_max).log_scale()).map_err(err(path))?;
+            frame(root, title).build_cartesian_2d((x_lo * 0.8..x_hi * 1.25).log_scale(), (y_min..y_max).log_scale()).map_err(err(path))?;
         chart
             .configure_mesh()
             .x_desc(x_desc)
@@ -207,7 +207,7 @@ pub fn training_curve(path: &Path, title: &str, series: &[(String, Vec<(f64, f64
     let pad = ((hi - lo) * 0.05).max(1e-6);
     svg_file(path, |root| {
         root.fill(&WHITE).map_err(err(path))?;
-        let mut chart = frame(&root, title).build_cartesian_2d(0.0..x_hi + 0.5, (lo - pad)..(hi + pad)).map_err(err(path))?;
+        let mut chart = frame(root, title).build_cartesian_2d(0.0..x_hi + 0.5, (lo - pad)..(hi + pad)).map_err(err(path))?;
         chart
             .configure_mesh()
             .x_desc("EM iteration")

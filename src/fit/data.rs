@@ -139,7 +139,7 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
             );
         }
         let bins_stream = take(&mut streams, "NeuroloopBins").unwrap();
-        let damaged_bins_stream = !bins_stream.losses.is_empty();
+        let bins_losses = bins_stream.losses;
         let bins_rows = bins_stream.rows;
         if bins_rows.channels != n + 2 {
             bail!(
@@ -189,14 +189,13 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
                 path.display()
             );
         }
-        let missing = present.iter().filter(|p| !**p).count();
+        // Bins whose counts were in a damaged part of the file (stamped at their ends):
+        // left out (and counted) as lost, apart from those dropped while recording.
+        let lost = bins_in_losses(&bins_rows, &bins_losses, t0, bin_s, bins);
+        let missing = (0..bins).filter(|&k| !present[k] && !lost[k]).count();
         if missing > 0 {
-            let why = if damaged_bins_stream {
-                "in the damaged parts of the file, or dropped while recording"
-            } else {
-                "dropped while recording"
-            };
-            notices.push(format!("{}: {missing} bins have no recorded counts ({why}); they are left out", path.display()));
+            notices
+                .push(format!("{}: {missing} bins have no recorded counts (dropped while recording); they are left out", path.display()));
         }
         let fd = FileData {
             path: path.to_path_buf(),
@@ -209,7 +208,7 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
             task: vec![None; bins],
             heldout: vec![false; bins],
             truth: None,
-            lost: vec![false; bins],
+            lost,
             bytes_used: whole as u64,
             bytes_total: total as u64,
             damage: damage.clone(),

@@ -152,11 +152,12 @@ mod tests {
     use crate::events::Pushed;
     use crate::safety::Safety;
 
-    /// A backend whose command is 0.1·bin, and whose controller gives no usable command on
-    /// one bin.
+    /// A backend whose command is 0.1·bin, whose controller gives no usable command on one
+    /// bin, and has a fault (a non-finite command) on another.
     struct Fake {
         dims: Dims,
         invalid_on: u64,
+        fault_on: u64,
     }
 
     impl Backend for Fake {
@@ -170,6 +171,11 @@ mod tests {
             out.u[0] = 0.1 * input.bin as f64;
             out.x[0] = input.counts[0];
             out.control_valid = input.has_data && input.want_control && input.bin != self.invalid_on;
+            out.control_fault = out.control_valid && input.bin == self.fault_on;
+            if out.control_fault {
+                out.control_valid = false;
+                out.u[0] = f64::NAN;
+            }
         }
         fn set_objective(&mut self, objective: Objective) -> Result<Objective, (Objective, &'static str)> {
             Err((objective, "no objective"))
@@ -197,7 +203,7 @@ mod tests {
     #[test]
     fn on_time_late_started_late_gap_and_no_command_bins() {
         let dims = Dims { n_units: 1, latent: 1, embed: 0, control: 1, hidden: 0 };
-        let mut core = LoopCore::new(Box::new(Fake { dims, invalid_on: 4 }));
+        let mut core = LoopCore::new(Box::new(Fake { dims, invalid_on: 4, fault_on: 7 }));
         // Bounds ±10 and a step of at most 1 per bin; the fallback holds the last command.
         let mut emit = EmitCore::new(Safety::for_tests(1, -10.0, 10.0, 1.0), 1);
         // (bin, has_data, started, done) → (proposal, delivery, pushed, command)
@@ -208,6 +214,18 @@ mod tests {
             ("no usable command", 4, true, 0.2, 0.5, Proposal::NoCommand, Delivery::OnTime, Pushed::RequestedFallback, 0.1),
             ("gap", 5, false, 0.2, 0.5, Proposal::Gap, Delivery::OnTime, Pushed::RequestedFallback, 0.1),
             ("on time again", 6, true, 0.2, 0.5, Proposal::Command, Delivery::OnTime, Pushed::Command, 0.6000000000000001),
+            // The controller's command is NaN: the fallback (hold) goes out, never the NaN.
+            (
+                "controller fault",
+                7,
+                true,
+                0.2,
+                0.5,
+                Proposal::ControllerFault,
+                Delivery::OnTime,
+                Pushed::RequestedFallback,
+                0.6000000000000001,
+            ),
         ];
         for (what, k, has_data, started, done, proposal, delivery, pushed, u) in table {
             let (rec, p, cmd) = one_bin(&mut core, &mut emit, k, has_data, started, done);
@@ -222,7 +240,7 @@ mod tests {
     #[test]
     fn skipped_and_early_results() {
         let dims = Dims { n_units: 1, latent: 1, embed: 0, control: 1, hidden: 0 };
-        let mut core = LoopCore::new(Box::new(Fake { dims, invalid_on: u64::MAX }));
+        let mut core = LoopCore::new(Box::new(Fake { dims, invalid_on: u64::MAX, fault_on: u64::MAX }));
         let mut emit = EmitCore::new(Safety::for_tests(1, -10.0, 10.0, 1.0), 1);
         let start = BinStart { bin: 8, started_at: 0.0, has_data: true, want_control: true, u_prev_from: Some(6) };
         let r8 = core.step(&start, &[1.0], &[0.0]);
