@@ -47,5 +47,5 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p +=
 awk '/Running (unittests|tests)/ { name = $2 } /^test result:/ { for (i = 1; i <= NF; i++) if ($i == "in") t = $(i+1); sub(/s$/, "", t); if (name != "") printf "%8.1f s  %s\n", t, name; name = "" }' "$log" | sort -rn | head -5
 [ "$status" -eq 0 ] || exit "$status"
 # The coverage-guided fuzzers, bounded (docs/fuzzing.md): NEUROLOOP_FUZZ_SECONDS per target.
-./scripts/fuzz.sh "${NEUROLOOP_FUZZ_SECONDS:-30}"
+./scripts/fuzz.sh "${NEUROLOOP_FUZZ_SECONDS:-20}"
 phase "fuzz build + fuzzers"

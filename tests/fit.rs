@@ -159,10 +159,16 @@ fn task_identification_with_the_fitted_library_finds_the_true_task_after_a_switc
 fn the_same_fit_writes_the_same_bytes_and_its_provenance() {
     let (model, r) = fitted();
     let s = session();
-    let again = s.dir.join("again.safetensors");
-    let (out, _) = s.fit(&["--tasks", "markers", "--out", again.to_str().unwrap(), "--quiet"]);
-    assert!(out.status.success());
-    assert!(std::fs::read(model).unwrap() == std::fs::read(&again).unwrap(), "two fits with the same inputs and seed differ");
+    // Two fits with the same inputs, options and seed write the same bytes (5 EM iterations
+    // each: every iteration runs the same code, so a nondeterminism shows in the first few;
+    // the 25-iteration refit this used to do cost 30 s of the suite).
+    let fit_twice = |name: &str| {
+        let path = s.dir.join(name);
+        let (out, _) = s.fit(&["--tasks", "markers", "--iterations", "5", "--out", path.to_str().unwrap(), "--quiet"]);
+        assert!(out.status.success());
+        std::fs::read(path).unwrap()
+    };
+    assert!(fit_twice("once.safetensors") == fit_twice("again.safetensors"), "two fits with the same inputs and seed differ");
     // Provenance: the input's hash, the seed, the iterations, the final objective, the version.
     let bytes = std::fs::read(model).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;

@@ -163,7 +163,7 @@ fn errors_say_each_cause_once_in_plain_terms() {
     let rig = write(dir.path(), "rig.toml", &SimRig::new("xdferr").events_toml("lqr"));
     let cases: [(&str, &[u8], &str); 3] = [
         ("not.xdf", b"n\xa6 this is not a recording at all", "does not start with \"XDF:\""),
-        ("cut.xdf", b"XDF:\x04\x10\x00\x00\x00\x01\x00<?xml", "truncated"),
+        ("cut.xdf", b"XDF:\x04\x10\x00\x00\x00\x01\x00<?xml", "needs 16 bytes, 7 are left in the file"),
         ("tag.xdf", b"XDF:\x01\x04\x63\x00ab", "unknown tag 99"),
     ];
     for (name, bytes, want) in cases {

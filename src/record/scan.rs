@@ -108,7 +108,7 @@ fn chunk_at(bytes: &[u8], at: usize) -> Result<ChunkAt, String> {
     }
     let tag = u16::from_le_bytes([bytes[tag_at], bytes[tag_at + 1]]);
     if !(TAG_FILE_HEADER..=TAG_STREAM_FOOTER).contains(&tag) {
-        return Err(format!("the chunk at byte {at} has tag {tag} (XDF's tags are 1–6)"));
+        return Err(format!("the chunk at byte {at} has an unknown tag {tag} (XDF's tags are 1–6)"));
     }
     Ok(ChunkAt { tag, content: tag_at + 2, end: tag_at + len as usize })
 }
