@@ -121,10 +121,11 @@ impl AtomicFile {
     /// Sync the data, rename it over the destination, sync the folder (so the rename
     /// survives a power cut).
     pub fn commit(mut self) -> std::io::Result<()> {
-        let file = self.file.take().expect("committed once");
-        file.sync_all()?;
-        drop(file);
-        rename_into_place(&self.tmp, &self.path)
+        // On an error here the file stays in `self.file`: dropped, it removes the temporary.
+        self.file.as_ref().expect("committed once").sync_all()?;
+        rename_into_place(&self.tmp, &self.path)?;
+        self.file = None;
+        Ok(())
     }
 }
 

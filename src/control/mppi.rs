@@ -215,7 +215,8 @@ impl Mppi {
         if usable {
             limits.clamp_in_place(u_out);
         } else {
-            self.u_nom.fill(0.0);
+            // (The next bin's start makes every non-finite nominal 0, as the kernel does.)
+            u_out.fill(f64::NAN);
         }
 
         // Warm start: shift one bin, the last step repeats.

@@ -353,9 +353,15 @@ async fn commands(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
     let limit = super::command::MAX_COMMAND_BYTES;
     let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
+        Ok(Err(e)) => {
             state.dispatcher.count_refused_request();
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "body", format!("a command is at most {limit} bytes of JSON"));
+            // Too long, or the client went away mid-body.
+            if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
+                || e.to_string().contains("length limit")
+            {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, "body", format!("a command is at most {limit} bytes of JSON"));
+            }
+            return error(StatusCode::BAD_REQUEST, "body", format!("the body could not be read: {e}"));
         }
         Err(_) => {
             state.dispatcher.count_refused_request();
@@ -420,7 +426,44 @@ async fn stream_frames(mut socket: WebSocket, state: Arc<AppState>) {
     let mut unanswered: std::collections::VecDeque<(u64, tokio::time::Instant)> = std::collections::VecDeque::new();
     let dispatcher = state.dispatcher.clone();
     loop {
+        // Biased: the session's end first, then what the client sent (its pongs), then the
+        // clock — so a pong that has arrived is read before the client is judged slow.
         tokio::select! {
+            biased;
+            _ = closing.changed() => {
+                // The session ended: its last frame, then goodbye.
+                let _ = send_or_drop(&mut socket, status_json(&state)).await;
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Pong(payload))) => {
+                    if let Ok(bytes) = <[u8; 8]>::try_from(&payload[..]) {
+                        let answered = u64::from_le_bytes(bytes);
+                        while unanswered.front().is_some_and(|(k, _)| *k <= answered) {
+                            unanswered.pop_front();
+                        }
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    let dispatcher = state.dispatcher.clone();
+                    let text = text.to_string();
+                    let reply = match tokio::task::spawn_blocking(move || dispatcher.submit_json(Source::Websocket, &text)).await {
+                        Ok(Ok(a)) => serde_json::json!({ "reply": { "id": a.id, "applied_at_bin": a.applied_at_bin } }),
+                        Ok(Err(r)) => serde_json::json!({ "reply": { "error": r.error() } }),
+                        Err(_) => serde_json::json!({ "reply": { "error": { "field": "command", "message": "lost" } } }),
+                    };
+                    if !send_or_drop(&mut socket, reply.to_string()).await {
+                        return;
+                    }
+                    // No pong could be read while the command was applied: the wait is
+                    // not the client's.
+                    let now = tokio::time::Instant::now();
+                    unanswered.iter_mut().for_each(|(_, at)| *at = now);
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {} // pings are answered by the library; binary is ignored
+            },
             _ = tick.tick() => {
                 if unanswered.front().is_some_and(|(_, at)| at.elapsed() > SLOW_CLIENT) {
                     // Not reading: dropped, so it never gets a backlog when it reads again.
@@ -450,36 +493,6 @@ async fn stream_frames(mut socket: WebSocket, state: Arc<AppState>) {
                     return;
                 }
                 unanswered.push_back((next_ping, tokio::time::Instant::now()));
-            }
-            incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Pong(payload))) => {
-                    if let Ok(bytes) = <[u8; 8]>::try_from(&payload[..]) {
-                        let answered = u64::from_le_bytes(bytes);
-                        while unanswered.front().is_some_and(|(k, _)| *k <= answered) {
-                            unanswered.pop_front();
-                        }
-                    }
-                }
-                Some(Ok(Message::Text(text))) => {
-                    let dispatcher = state.dispatcher.clone();
-                    let text = text.to_string();
-                    let reply = match tokio::task::spawn_blocking(move || dispatcher.submit_json(Source::Websocket, &text)).await {
-                        Ok(Ok(a)) => serde_json::json!({ "reply": { "id": a.id, "applied_at_bin": a.applied_at_bin } }),
-                        Ok(Err(r)) => serde_json::json!({ "reply": { "error": r.error() } }),
-                        Err(_) => serde_json::json!({ "reply": { "error": { "field": "command", "message": "lost" } } }),
-                    };
-                    if !send_or_drop(&mut socket, reply.to_string()).await {
-                        return;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {} // pings are answered by the library; binary is ignored
-            },
-            _ = closing.changed() => {
-                // The session ended: its last frame, then goodbye.
-                let _ = send_or_drop(&mut socket, status_json(&state)).await;
-                let _ = socket.send(Message::Close(None)).await;
-                return;
             }
         }
     }

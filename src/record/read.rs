@@ -104,7 +104,7 @@ impl Opened {
     pub fn losses(&self, id: u32) -> Vec<Loss> {
         self.skipped
             .iter()
-            .filter(|s| s.stream.is_none_or(|sid| sid == id))
+            .filter(|s| s.may_hold_samples && s.stream.is_none_or(|sid| sid == id))
             .filter_map(|s| {
                 let row = s.kept_before.iter().find(|(sid, _)| *sid == id)?.1 as usize;
                 Some(Loss { row, samples: s.samples.filter(|_| s.stream == Some(id)) })

@@ -40,7 +40,14 @@ pub struct Skipped {
     /// before it (where its lost samples were, in the stream's kept sequence).
     #[serde(skip)]
     pub kept_before: Vec<(u32, u64)>,
+    /// Whether the part may have held samples: a samples chunk, or bytes whose chunks are
+    /// not known (a damaged clock offset, footer or boundary held none).
+    #[serde(skip)]
+    pub may_hold_samples: bool,
 }
+
+/// The most channels a stream may declare (a reader sizes its rows by it).
+pub const MAX_STREAM_CHANNELS: u32 = 1 << 20;
 
 /// The shape of a stream's samples, from its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,9 +211,9 @@ impl Scanner<'_> {
         self.scan.clean.extend_from_slice(&self.bytes[at..c.end]);
     }
 
-    fn skip(&mut self, at: usize, end: usize, stream: Option<u32>, samples: Option<u64>, why: String) {
+    fn skip(&mut self, at: usize, end: usize, stream: Option<u32>, samples: Option<u64>, why: String, may_hold_samples: bool) {
         let kept_before = self.streams.keys().map(|id| (*id, self.scan.kept.get(id).copied().unwrap_or(0))).collect();
-        self.scan.skipped.push(Skipped { at: at as u64, bytes: (end - at) as u64, stream, samples, why, kept_before });
+        self.scan.skipped.push(Skipped { at: at as u64, bytes: (end - at) as u64, stream, samples, why, kept_before, may_hold_samples });
     }
 
     /// Checks one chunk whose header is plausible. Ok: kept; Err: why it was skipped, with
@@ -228,6 +235,16 @@ impl Scanner<'_> {
                     None,
                     "a stream header whose XML does not parse or lacks channel_count, nominal_srate or channel_format".to_string(),
                 ))?;
+                if parsed.channel_count > MAX_STREAM_CHANNELS {
+                    return Err((
+                        Some(id),
+                        None,
+                        format!(
+                            "a header of stream {id} declaring {} channels (at most {MAX_STREAM_CHANNELS} are read)",
+                            parsed.channel_count
+                        ),
+                    ));
+                }
                 let shape = Shape { channels: parsed.channel_count as usize, format: parsed.format };
                 self.streams.insert(id, (shape, chunk.to_vec()));
                 Ok(())
@@ -298,7 +315,13 @@ impl Scanner<'_> {
         let content = &self.bytes[c.content..c.end];
         let fits = match c.tag {
             TAG_BOUNDARY => content == BOUNDARY_UUID,
-            TAG_CLOCK_OFFSET => content.len() == 20,
+            // A clock offset of a known stream, with finite values (binary samples can look
+            // like 20 bytes of anything).
+            TAG_CLOCK_OFFSET => {
+                content.len() == 20
+                    && self.streams.contains_key(&le_u32(content))
+                    && [4, 12].iter().all(|&i| f64::from_le_bytes(content[i..i + 8].try_into().unwrap()).is_finite())
+            }
             TAG_SAMPLES => content.len() >= 6 && self.streams.contains_key(&le_u32(content)),
             TAG_STREAM_HEADER | TAG_STREAM_FOOTER => {
                 content.len() > 4 && content[4..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<')
@@ -342,11 +365,13 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, Unreadable> {
                     at = c.end;
                 }
                 Err((stream, samples, why)) => {
-                    // Trust the chunk's length when a chunk follows it; else its length may
-                    // be what is damaged, and the next chunk may start inside it.
-                    let end = if c.end == bytes.len() || s.could_start_at(c.end) { c.end } else { s.resync(at) };
+                    // Trust the chunk's length when a chunk header follows it; else its length
+                    // may be what is damaged, and the next chunk may start inside it.
+                    let followed = c.end == bytes.len() || chunk_at(bytes, c.end).is_ok_and(|n| n.tag != TAG_FILE_HEADER);
+                    let end = if followed { c.end } else { s.resync(at) };
                     let why = if end == c.end { why } else { format!("{why}; the next readable chunk is at byte {end}") };
-                    s.skip(at, end, stream, samples.filter(|_| end == c.end), why);
+                    let may_hold = c.tag == TAG_SAMPLES || end != c.end;
+                    s.skip(at, end, stream, samples.filter(|_| end == c.end), why, may_hold);
                     at = end;
                 }
             },
@@ -357,15 +382,20 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, Unreadable> {
                 } else {
                     format!("{why}; the next readable chunk is at byte {end}")
                 };
-                // A samples chunk cut off at the end of the file: its stream is still known.
-                let stream = (|| {
+                // The tag of a chunk whose length runs past the end of the file (a cut-off
+                // last chunk): a samples chunk's stream is still known, and any other
+                // chunk's held no samples.
+                let tag = (|| {
                     let (_, tag_at) = varlen(bytes, at).ok()?;
-                    let head = bytes.get(tag_at..tag_at + 6)?;
-                    (u16::from_le_bytes([head[0], head[1]]) == TAG_SAMPLES)
-                        .then(|| le_u32(&head[2..]))
-                        .filter(|id| s.streams.contains_key(id))
+                    let head = bytes.get(tag_at..tag_at + 2)?;
+                    Some(u16::from_le_bytes([head[0], head[1]])).filter(|t| (TAG_FILE_HEADER..=TAG_STREAM_FOOTER).contains(t))
                 })();
-                s.skip(at, end, stream, None, why);
+                let stream = (tag == Some(TAG_SAMPLES))
+                    .then(|| varlen(bytes, at).ok().and_then(|(_, tag_at)| bytes.get(tag_at + 2..tag_at + 6)).map(le_u32))
+                    .flatten()
+                    .filter(|id| s.streams.contains_key(id));
+                let may_hold = !(end == bytes.len() && tag.is_some_and(|t| t != TAG_SAMPLES));
+                s.skip(at, end, stream, None, why, may_hold);
                 at = end;
             }
         }
@@ -504,6 +534,26 @@ mod tests {
         // Every byte is kept or skipped.
         assert_eq!(s.clean.len() as u64 + s.bytes_skipped(), damaged.len() as u64);
         assert_eq!(s.kept[&2], 50, "the cut is in the footer: every sample is read");
+    }
+
+    /// A damaged chunk that held no samples (a boundary without its UUID) is skipped and
+    /// said, but is no loss of samples: readers must not leave bins out around it.
+    #[test]
+    fn a_damaged_chunk_without_samples_is_no_loss() {
+        let (mut bytes, offsets) = recording();
+        let boundary = offsets.iter().copied().find(|&o| chunk_at(&bytes, o).unwrap().tag == TAG_BOUNDARY).unwrap();
+        let c = chunk_at(&bytes, boundary).unwrap();
+        bytes[c.content] ^= 0xFF;
+        let s = scan(&bytes).unwrap();
+        assert_eq!(s.skipped.len(), 1);
+        assert!(!s.skipped[0].may_hold_samples && s.skipped[0].why.contains("boundary"), "{:?}", s.skipped[0]);
+        assert_eq!(s.kept[&2], 50);
+        // Garbage between chunks may have held anything: it counts for every stream.
+        let at = samples_chunks(&bytes, &offsets)[2];
+        let mut garbage = bytes[..at].to_vec();
+        garbage.extend([0xAB; 9]);
+        garbage.extend_from_slice(&bytes[at..]);
+        assert!(scan(&garbage).unwrap().skipped.iter().any(|k| k.may_hold_samples && k.stream.is_none()));
     }
 
     #[test]

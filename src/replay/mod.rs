@@ -198,7 +198,10 @@ impl Machine {
         let dims = model.dims();
         let safety = Safety::from_rig(rig, dims.control)?;
         let tasks = model.params().map_or(0, |p| p.task_library.len());
-        let backend = model.backend(rig)?;
+        // The rig's injected controller faults happen in replay too (the slow bins' sleeps
+        // do not: replay repeats the recorded timing decisions).
+        let faults = crate::rig::FaultConfig { controller_fault_every: rig.fault.controller_fault_every, ..Default::default() };
+        let backend = crate::backend::fault::Faulty::wrap(model.backend(rig)?, &faults);
         let limits = crate::session::session_limits(rig, &safety, tasks, backend.as_ref());
         Ok(Machine {
             limits,
@@ -344,7 +347,9 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     let commands = streams
         .iter()
         .position(|s| s.stream_type == "Markers" && s.labels.len() == 1 && s.labels[0] == crate::record::COMMANDS_LABEL)
-        .map(|i| streams.swap_remove(i).rows);
+        .map(|i| streams.swap_remove(i));
+    let commands_losses = commands.as_ref().map_or(Vec::new(), |c| c.losses.clone());
+    let commands = commands.map(|c| c.rows);
     let grid = |k: &str| recorded_grid(file, path, k);
     let clock = BinGrid { t0: grid("t0")?, bin_s: grid("bin_s")?, grace_s: grid("grace_s")?, deadline_s: grid("deadline_s")? };
     if (clock.bin_s - rig.timing.bin_ms * 1e-3).abs() > 1e-12 {
@@ -394,7 +399,11 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     let index = |rows: &Rows, by_column: bool| -> Vec<Option<usize>> {
         let mut idx = vec![None; n_bins];
         for i in 0..rows.len() {
-            let k = if by_column { rows.row(i)[0] as i64 } else { clock.bin_ending_at(rows.timestamps[i]) };
+            let k = match by_column {
+                true if rows.row(i)[0].is_finite() => rows.row(i)[0] as i64,
+                true => -1,
+                false => clock.bin_ending_at(rows.timestamps[i]),
+            };
             if k >= 0 && (k as usize) < n_bins {
                 idx[k as usize] = Some(i);
             }
@@ -417,6 +426,13 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     );
 
     let mut report = empty_report(path, "recorded bins", mach.backend_name(), opts.realtime);
+    // From this bin on, a control-plane command may have been lost in a damaged part of the
+    // file: a bin that differs there is unchecked (it may have missed the command), not a
+    // divergence.
+    let commands_lost_from = commands.as_ref().and_then(|rows| {
+        let bin_before = |row: usize| row.checked_sub(1).map_or(0, |r| clock.bin_ending_at(rows.timestamps[r]).max(0) as u64);
+        commands_losses.iter().map(|l| bin_before(l.row)).min()
+    });
     let mut commands = RecordedCommands::read(commands.as_ref(), &mach.limits, &mut report.notices);
     report.commands_applied = commands.applied;
     let mut emitted = vec![0.0f64; n_bins * m];
@@ -510,15 +526,20 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
         if let Some(ci) = c_idx[k] {
             report.compared += 1;
             let rec = control.row(ci);
-            let mut differs = false;
-            for j in 0..m {
-                let (a, b) = (rec[j] as f32, emitted[k * m + j] as f32);
-                if a.to_bits() != b.to_bits() {
-                    differs = true;
+            let differs = (0..m).find(|&j| (rec[j] as f32).to_bits() != (emitted[k * m + j] as f32).to_bits());
+            match differs {
+                Some(_) if commands_lost_from.is_some_and(|from| k as u64 >= from) => add_unchecked(
+                    &mut report.unchecked,
+                    k as u64,
+                    "it differs after a damaged part of the file that may have held a control-plane command",
+                ),
+                Some(j) => {
+                    let (a, b) = (rec[j] as f32, emitted[k * m + j] as f32);
                     report.first_difference.get_or_insert(Difference { bin: k as u64, channel: j, recorded: a, replayed: b });
+                    report.differing_bins += 1;
                 }
+                None => {}
             }
-            report.differing_bins += differs as u64;
         } else if control_lost[k] {
             add_unchecked(&mut report.unchecked, k as u64, "its Control sample is in a damaged part of the file");
         }

@@ -81,7 +81,8 @@ pub(crate) fn streams_of(opened: &Opened) -> Vec<Recorded> {
             losses: opened.losses(s.id),
             stream_type: s.r#type.as_deref().unwrap_or("").to_string(),
             srate: s.nominal_srate.unwrap_or(0.0),
-            rows: Rows::of(s.channel_count as usize, &s.samples),
+            // A string stream is read as one string per sample, whatever its header says.
+            rows: Rows::of(if s.format == xdf::Format::String { 1 } else { s.channel_count as usize }, &s.samples),
             // `info/desc/channels/channel/label`, as LabRecorder and neuroloop write it.
             labels: s
                 .header
@@ -122,7 +123,8 @@ pub(crate) fn recorded_grid(file: &XDFFile, path: &Path, key: &str) -> anyhow::R
 pub(crate) fn bins_in_losses(rows: &Rows, losses: &[Loss], t0: f64, bin_s: f64, bins: usize) -> Vec<bool> {
     let mut lost = vec![false; bins];
     let finite_at = |i: usize| rows.timestamps.get(i).copied().filter(|t| t.is_finite());
-    for l in losses {
+    let mut seen = std::collections::BTreeSet::new();
+    for l in losses.iter().filter(|l| seen.insert(l.row)) {
         let lo = l.row.checked_sub(1).and_then(finite_at).unwrap_or(f64::NEG_INFINITY);
         let hi = finite_at(l.row).unwrap_or(f64::INFINITY);
         // Bin k spans [t0 + kΔ, t0 + (k+1)Δ): it overlaps (lo, hi) when it starts before hi
