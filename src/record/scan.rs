@@ -11,16 +11,9 @@
 //! after the scan it never meets such a chunk, and [`super::read::open`] checks that it
 //! read every sample the scan kept.
 
-use super::xdf::BOUNDARY_UUID;
+use super::xdf::{BOUNDARY_UUID, TAG_BOUNDARY, TAG_CLOCK_OFFSET, TAG_FILE_HEADER, TAG_SAMPLES, TAG_STREAM_FOOTER, TAG_STREAM_HEADER};
 use serde::Serialize;
 use std::collections::BTreeMap;
-
-const TAG_FILE_HEADER: u16 = 1;
-const TAG_STREAM_HEADER: u16 = 2;
-const TAG_SAMPLES: u16 = 3;
-const TAG_CLOCK_OFFSET: u16 = 4;
-const TAG_BOUNDARY: u16 = 5;
-const TAG_STREAM_FOOTER: u16 = 6;
 
 /// One damaged part of a file that was skipped.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -82,12 +82,13 @@ impl Format {
     }
 }
 
-const TAG_FILE_HEADER: u16 = 1;
-const TAG_STREAM_HEADER: u16 = 2;
-const TAG_SAMPLES: u16 = 3;
-const TAG_CLOCK_OFFSET: u16 = 4;
-const TAG_BOUNDARY: u16 = 5;
-const TAG_STREAM_FOOTER: u16 = 6;
+// The chunk tags (XDF 1.0), shared with the reader's scanner (scan.rs).
+pub(super) const TAG_FILE_HEADER: u16 = 1;
+pub(super) const TAG_STREAM_HEADER: u16 = 2;
+pub(super) const TAG_SAMPLES: u16 = 3;
+pub(super) const TAG_CLOCK_OFFSET: u16 = 4;
+pub(super) const TAG_BOUNDARY: u16 = 5;
+pub(super) const TAG_STREAM_FOOTER: u16 = 6;
 
 /// The boundary chunk's fixed content (spec): readers scan for it to resynchronise.
 pub const BOUNDARY_UUID: [u8; 16] = [0x43, 0xA5, 0x46, 0xDC, 0xCB, 0xF5, 0x41, 0x0F, 0xB3, 0x0E, 0xD5, 0x46, 0x73, 0x83, 0xCB, 0xE4];
