@@ -32,7 +32,12 @@ trap 'rm -f "$log"; report_phases' EXIT
 # warnings as errors (the project's exceptions are in Cargo.toml's [workspace.lints.clippy]),
 # and that build is the one the tests run. `cargo clippy --all-targets` would check the same
 # code in a build of its own. CLIPPY_ARGS is how cargo-clippy hands the driver its flags.
-clippy=(env RUSTC_WORKSPACE_WRAPPER="$(command -v clippy-driver)" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__")
+driver=$(command -v clippy-driver || echo "$(rustc --print sysroot)/bin/clippy-driver")
+if [ ! -x "$driver" ]; then
+    echo "test.sh: clippy-driver not found (install the clippy component: rustup component add clippy)" >&2
+    exit 1
+fi
+clippy=(env RUSTC_WORKSPACE_WRAPPER="$driver" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__")
 "${clippy[@]}" cargo test --workspace --locked --no-run
 phase "build + clippy (-D warnings) of every target"
 set +e
