@@ -109,15 +109,6 @@ impl AtomicFile {
         Ok(AtomicFile { file: Some(file), tmp, path: path.to_path_buf() })
     }
 
-    /// Where the bytes go until the commit (a recording in progress is readable there).
-    pub fn temp_path(&self) -> &Path {
-        &self.tmp
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Sync the data, rename it over the destination, sync the folder (so the rename
     /// survives a power cut).
     pub fn commit(mut self) -> std::io::Result<()> {

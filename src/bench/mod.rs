@@ -496,8 +496,7 @@ pub fn run(rig: &Rig, o: &BenchOptions) -> anyhow::Result<(Report, String)> {
         return Ok((report, table));
     }
     let cmp = Comparison::new(rig, o, rounds);
-    crate::outfile::write_atomic(&files.baselines, serde_json::to_string_pretty(&cmp)?.as_bytes())
-        .with_context(|| format!("cannot write {}", files.baselines.display()))?;
+    crate::outfile::write_output(&files.baselines, serde_json::to_string_pretty(&cmp)?.as_bytes(), "baseline comparison")?;
     let table = if o.rounds > 1 {
         let title = format!(
             "{} · {} backend · Δ = {} ms · {} rounds × {} bins after {} warm-up",

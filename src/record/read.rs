@@ -30,15 +30,6 @@ pub struct Damage {
     pub parts: Vec<Skipped>,
 }
 
-/// Where samples of one stream were lost: before its kept row `row` (`row == len`: after
-/// its last row).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Loss {
-    pub row: usize,
-    /// Whole samples lost there, when the skipped chunk was a known samples chunk.
-    pub samples: Option<u64>,
-}
-
 impl Opened {
     /// The stream's display name for a stream id ("'name' (type)", or "stream 7").
     pub fn stream_name(&self, id: u32) -> String {
@@ -99,17 +90,17 @@ impl Opened {
         out
     }
 
-    /// Where the stream with this id lost samples, in its kept rows. A damaged part whose
-    /// stream is unknown counts as a loss in every stream that had a header before it.
-    pub fn losses(&self, id: u32) -> Vec<Loss> {
-        self.skipped
+    /// Where the stream with this id lost samples: the kept rows before which some were
+    /// lost (the stream's length: after its last row), in order, each once. A damaged part
+    /// whose stream is unknown counts as a loss in every stream that had a header before it.
+    pub fn losses(&self, id: u32) -> Vec<usize> {
+        let rows: std::collections::BTreeSet<usize> = self
+            .skipped
             .iter()
             .filter(|s| s.may_hold_samples && s.stream.is_none_or(|sid| sid == id))
-            .filter_map(|s| {
-                let row = s.kept_before.iter().find(|(sid, _)| *sid == id)?.1 as usize;
-                Some(Loss { row, samples: s.samples.filter(|_| s.stream == Some(id)) })
-            })
-            .collect()
+            .filter_map(|s| Some(s.kept_before.iter().find(|(sid, _)| *sid == id)?.1 as usize))
+            .collect();
+        rows.into_iter().collect()
     }
 }
 

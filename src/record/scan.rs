@@ -131,12 +131,12 @@ fn value_size(f: ::xdf::Format) -> Option<usize> {
 
 /// A samples chunk's content (after the tag) checked against its stream's shape: the
 /// sample count, then each sample's timestamp (0 or 8 bytes) and values, using up the
-/// chunk exactly. Returns (declared samples, whole samples read, why it does not parse).
-fn check_samples(content: &[u8], shape: Shape) -> (u64, u64, Option<String>) {
+/// chunk exactly. Returns the whole samples read, and why it does not parse.
+fn check_samples(content: &[u8], shape: Shape) -> (u64, Option<String>) {
     // content[..4] is the stream id, checked by the caller.
     let (declared, mut at) = match varlen(content, 4) {
         Ok(v) => v,
-        Err(e) => return (0, 0, Some(format!("its sample count is damaged: {e}"))),
+        Err(e) => return (0, Some(format!("its sample count is damaged: {e}"))),
     };
     let mut read = 0u64;
     while read < declared {
@@ -145,7 +145,7 @@ fn check_samples(content: &[u8], shape: Shape) -> (u64, u64, Option<String>) {
         match ts {
             0 => {}
             8 => at += 8,
-            _ => return (declared, read, Some(format!("sample {read} has a timestamp {ts} bytes long (XDF allows 0 or 8)"))),
+            _ => return (read, Some(format!("sample {read} has a timestamp {ts} bytes long (XDF allows 0 or 8)"))),
         }
         match value_size(shape.format) {
             Some(size) => at = at.saturating_add(size.saturating_mul(shape.channels)),
@@ -153,11 +153,11 @@ fn check_samples(content: &[u8], shape: Shape) -> (u64, u64, Option<String>) {
             None => {
                 let (len, after) = match varlen(content, at) {
                     Ok(v) => v,
-                    Err(e) => return (declared, read, Some(format!("sample {read}'s string is damaged: {e}"))),
+                    Err(e) => return (read, Some(format!("sample {read}'s string is damaged: {e}"))),
                 };
                 let end = after.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
                 if end <= content.len() && std::str::from_utf8(&content[after..end]).is_err() {
-                    return (declared, read, Some(format!("sample {read}'s string is not UTF-8")));
+                    return (read, Some(format!("sample {read}'s string is not UTF-8")));
                 }
                 at = end;
             }
@@ -168,12 +168,12 @@ fn check_samples(content: &[u8], shape: Shape) -> (u64, u64, Option<String>) {
         read += 1;
     }
     if read < declared {
-        return (declared, read, Some(format!("it declares {declared} samples, its {} bytes hold {read} whole ones", content.len())));
+        return (read, Some(format!("it declares {declared} samples, its {} bytes hold {read} whole ones", content.len())));
     }
     if at != content.len() {
-        return (declared, read, Some(format!("{} bytes are left after its {declared} samples", content.len() - at)));
+        return (read, Some(format!("{} bytes are left after its {declared} samples", content.len() - at)));
     }
-    (declared, read, None)
+    (read, None)
 }
 
 /// Checks a chunk the `xdf` crate would parse with its own parser (file header, stream
@@ -247,7 +247,7 @@ impl Scanner<'_> {
                 let Some((shape, _)) = self.streams.get(&id) else {
                     return Err((Some(id), None, format!("samples of stream {id}, which has no header before them")));
                 };
-                let (_, read, why) = check_samples(content, *shape);
+                let (read, why) = check_samples(content, *shape);
                 match why {
                     None => {
                         *self.scan.kept.entry(id).or_default() += read;

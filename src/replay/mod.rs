@@ -348,8 +348,7 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
         .iter()
         .position(|s| s.stream_type == "Markers" && s.labels.len() == 1 && s.labels[0] == crate::record::COMMANDS_LABEL)
         .map(|i| streams.swap_remove(i));
-    let commands_losses = commands.as_ref().map_or(Vec::new(), |c| c.losses.clone());
-    let commands = commands.map(|c| c.rows);
+    let (commands, commands_losses) = commands.map_or((None, Vec::new()), |c| (Some(c.rows), c.losses));
     let grid = |k: &str| recorded_grid(file, path, k);
     let clock = BinGrid { t0: grid("t0")?, bin_s: grid("bin_s")?, grace_s: grid("grace_s")?, deadline_s: grid("deadline_s")? };
     if (clock.bin_s - rig.timing.bin_ms * 1e-3).abs() > 1e-12 {
@@ -431,7 +430,7 @@ fn replay_bins(path: &Path, file: &XDFFile, mut streams: Vec<Recorded>, rig: &Ri
     // divergence.
     let commands_lost_from = commands.as_ref().and_then(|rows| {
         let bin_before = |row: usize| row.checked_sub(1).map_or(0, |r| clock.bin_ending_at(rows.timestamps[r]).max(0) as u64);
-        commands_losses.iter().map(|l| bin_before(l.row)).min()
+        commands_losses.iter().map(|&row| bin_before(row)).min()
     });
     let mut commands = RecordedCommands::read(commands.as_ref(), &mach.limits, &mut report.notices);
     report.commands_applied = commands.applied;

@@ -1,7 +1,7 @@
 //! A recording's streams as replay and `neuroloop fit` read them: each stream's samples as
 //! f64 rows with timestamps, its header's labels, and the file header's bin grid.
 
-use crate::record::read::{Loss, Opened};
+use crate::record::read::Opened;
 use anyhow::{bail, Context};
 use std::path::Path;
 use xdf::{Values, XDFFile};
@@ -60,8 +60,9 @@ pub(crate) fn header_text(file: &XDFFile, path: &[&str]) -> Option<String> {
 /// One stream of the file, its samples as f64 rows.
 pub(crate) struct Recorded {
     pub name: String,
-    /// Where samples of this stream were in damaged parts of the file that were skipped.
-    pub losses: Vec<Loss>,
+    /// The rows before which samples of this stream were in damaged parts of the file
+    /// ([`Opened::losses`]).
+    pub losses: Vec<usize>,
     pub stream_type: String,
     /// Nominal rate (Hz; 0 = irregular).
     pub srate: f64,
@@ -120,13 +121,12 @@ pub(crate) fn recorded_grid(file: &XDFFile, path: &Path, key: &str) -> anyhow::R
 /// Which of `bins` bins (on the grid t0 + kΔ) overlap a time span where `rows` lost samples
 /// to damaged parts of the file: between the kept sample before a loss and the one after it
 /// (from the grid's start or to its end when the loss is at either end of the stream).
-pub(crate) fn bins_in_losses(rows: &Rows, losses: &[Loss], t0: f64, bin_s: f64, bins: usize) -> Vec<bool> {
+pub(crate) fn bins_in_losses(rows: &Rows, losses: &[usize], t0: f64, bin_s: f64, bins: usize) -> Vec<bool> {
     let mut lost = vec![false; bins];
     let finite_at = |i: usize| rows.timestamps.get(i).copied().filter(|t| t.is_finite());
-    let mut seen = std::collections::BTreeSet::new();
-    for l in losses.iter().filter(|l| seen.insert(l.row)) {
-        let lo = l.row.checked_sub(1).and_then(finite_at).unwrap_or(f64::NEG_INFINITY);
-        let hi = finite_at(l.row).unwrap_or(f64::INFINITY);
+    for &row in losses {
+        let lo = row.checked_sub(1).and_then(finite_at).unwrap_or(f64::NEG_INFINITY);
+        let hi = finite_at(row).unwrap_or(f64::INFINITY);
         // Bin k spans [t0 + kΔ, t0 + (k+1)Δ): it overlaps (lo, hi) when it starts before hi
         // and ends after lo.
         let first = ((lo - t0) / bin_s).floor().max(0.0);
