@@ -112,13 +112,18 @@ pub fn start(setup: EmitterSetup) -> anyhow::Result<std::thread::JoinHandle<()>>
     }
 }
 
-fn control_outlet(s: &EmitterSetup) -> Result<lsl::StreamOutlet, String> {
+/// The Control outlet; None for a model without inputs (m = 0, a monitor): no Control
+/// stream exists, and every bin is still decided and accounted as for any other session.
+fn control_outlet(s: &EmitterSetup) -> Result<Option<lsl::StreamOutlet>, String> {
     debug_assert_eq!(s.labels.len(), s.m);
+    if s.m == 0 {
+        return Ok(None);
+    }
     let info = control_stream_spec(&s.stream_name, &s.source_id, s.clock.bin_s, &s.labels).info()?;
-    lsl::StreamOutlet::new(&info, 0, 360).map_err(|e| format!("cannot create the Control outlet: {e:?}"))
+    lsl::StreamOutlet::new(&info, 0, 360).map(Some).map_err(|e| format!("cannot create the Control outlet: {e:?}"))
 }
 
-fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
+fn run(s: EmitterSetup, outlet: Option<lsl::StreamOutlet>) {
     let m = s.m;
     let mut core = EmitCore::new(s.safety, m);
     let mut sample: Vec<f32> = vec![0.0; m];
@@ -152,7 +157,9 @@ fn run(s: EmitterSetup, outlet: lsl::StreamOutlet) {
             sample[j] = out[j] as f32;
         }
         // The timestamp is the bin's end on the local clock (docs/streams.md).
-        let _ = outlet.push_sample_ex(&sample, s.clock.bin_end(k), true);
+        if let Some(outlet) = &outlet {
+            let _ = outlet.push_sample_ex(&sample, s.clock.bin_end(k), true);
+        }
         let pushed_at = clock::now();
         counts.pushed.fetch_add(1, Ordering::Relaxed);
         counts.fallbacks.fetch_add(pushed.fallback() as u64, Ordering::Relaxed);

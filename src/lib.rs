@@ -21,6 +21,7 @@ pub mod clock;
 pub mod control;
 pub mod control_plane;
 pub mod emit;
+pub mod eval;
 pub mod events;
 pub mod fit;
 pub mod fuzz;

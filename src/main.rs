@@ -230,15 +230,16 @@ enum Command {
         /// The fit report (JSON); the training curve goes beside it as .svg.
         #[arg(long, value_name = "FIT.json")]
         report: Option<PathBuf>,
-        /// Latent dimension d.
-        #[arg(long, default_value_t = 4, value_parser = whole::<usize>(1, neuroloop::MAX_LATENT as u64))]
-        latent: usize,
-        /// Embedding dimension e.
-        #[arg(long, default_value_t = 3, value_parser = whole::<usize>(1, neuroloop::MAX_EMBED as u64))]
-        embed: usize,
-        /// Hidden width h of each hypernetwork generator.
-        #[arg(long, default_value_t = 16, value_parser = whole::<usize>(1, 4096))]
-        hidden: usize,
+        /// Latent dimension d; a list (`2,4,8,16`) fits each and keeps the smallest within one
+        /// standard error of the best held-out co-smoothing (docs/evaluation.md).
+        #[arg(long, default_value = "4", value_parser = whole_list(1, neuroloop::MAX_LATENT as u64))]
+        latent: WholeList,
+        /// Embedding dimension e (a list: model selection, as --latent).
+        #[arg(long, default_value = "3", value_parser = whole_list(1, neuroloop::MAX_EMBED as u64))]
+        embed: WholeList,
+        /// Hidden width h of each hypernetwork generator (a list: model selection).
+        #[arg(long, default_value = "16", value_parser = whole_list(1, 4096))]
+        hidden: WholeList,
         #[arg(long, default_value_t = 1, value_parser = whole::<u64>(0, u64::MAX))]
         seed: u64,
         /// EM iterations.
@@ -252,9 +253,10 @@ enum Command {
         /// file's Markers stream).
         #[arg(long, default_value = "file")]
         tasks: String,
-        /// Fix the dynamics' α instead of fitting it.
-        #[arg(long)]
-        alpha: Option<f64>,
+        /// Fix the dynamics' α instead of fitting it (`fit`: fitted, the default); a list
+        /// (`fit,0.02,0.1`) is part of the model selection, as --latent.
+        #[arg(long, default_value = "fit", value_parser = alpha_list)]
+        alpha: AlphaList,
         /// Bins per Adam step (a seeded random subset when the training set is larger).
         #[arg(long, default_value_t = 4096, value_parser = whole::<usize>(64, 10_000_000))]
         batch: usize,
@@ -262,6 +264,10 @@ enum Command {
         /// iterations. Lower it if the fit stops early on a non-finite objective.
         #[arg(long, default_value_t = 1e-2)]
         learning_rate: f64,
+        /// Leave out the per-unit spike-history term (docs/evaluation.md): the model of the
+        /// shared latent alone, e.g. to measure what the term adds.
+        #[arg(long)]
+        no_history: bool,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -286,6 +292,47 @@ fn whole<T: TryFrom<u64>>(lo: u64, hi: u64) -> impl Fn(&str) -> Result<T, String
         }
         T::try_from(v as u64).map_err(|_| format!("must be a whole number {range}, got {v}"))
     }
+}
+
+/// A comma-separated list of whole numbers (`--latent 2,4,8`), each checked as [`whole`].
+#[derive(Debug, Clone)]
+struct WholeList(Vec<usize>);
+
+fn whole_list(lo: u64, hi: u64) -> impl Fn(&str) -> Result<WholeList, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        let one = whole::<usize>(lo, hi);
+        let mut out = Vec::new();
+        for part in text.split(',') {
+            let v = one(part).map_err(|e| format!("{e} (in the list '{text}')"))?;
+            if out.contains(&v) {
+                return Err(format!("{v} is listed twice in '{text}'"));
+            }
+            out.push(v);
+        }
+        Ok(WholeList(out))
+    }
+}
+
+/// `--alpha`: `fit` or a number in (0, 1], or a comma-separated list of them.
+#[derive(Debug, Clone)]
+struct AlphaList(Vec<Option<f64>>);
+
+fn alpha_list(text: &str) -> Result<AlphaList, String> {
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let v = match part.trim() {
+            "fit" => None,
+            t => match t.parse::<f64>() {
+                Ok(a) if a > 0.0 && a <= 1.0 => Some(a),
+                _ => return Err(format!("'{part}' is neither `fit` nor a number in (0, 1] (in '{text}')")),
+            },
+        };
+        if out.contains(&v) {
+            return Err(format!("'{}' is listed twice in '{text}'", part.trim()));
+        }
+        out.push(v);
+    }
+    Ok(AlphaList(out))
 }
 
 fn main() -> ExitCode {
@@ -470,6 +517,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             alpha,
             batch,
             learning_rate,
+            no_history,
             quiet,
         } => {
             use neuroloop::fit::{data::TaskSource, report as fit_report, FitOptions};
@@ -480,20 +528,28 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 "markers" => TaskSource::Markers,
                 other => anyhow::bail!("--tasks: unknown source '{other}' (expected file or markers)"),
             };
+            let choices = neuroloop::fit::select::Choices {
+                latent: latent.0.clone(),
+                embed: embed.0.clone(),
+                hidden: hidden.0.clone(),
+                alpha: alpha.0.clone(),
+            };
             let opts = FitOptions {
                 files,
                 out: out.clone(),
                 report,
-                latent,
-                embed,
-                hidden,
+                latent: latent.0[0],
+                embed: embed.0[0],
+                hidden: hidden.0[0],
+                choices: Some(choices),
                 seed,
                 iterations,
                 heldout,
                 tasks,
-                alpha,
+                alpha: alpha.0[0],
                 batch,
                 learning_rate,
+                history: !no_history,
                 progress: !quiet && std::io::stderr().is_terminal(),
                 ..Default::default()
             };
@@ -529,6 +585,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 params.task_library.len(),
                 params.policy.is_some()
             );
+            println!("{}", session::capabilities(&rig, params));
             Ok(ExitCode::SUCCESS)
         }
     }

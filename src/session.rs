@@ -102,6 +102,13 @@ impl SessionModel {
         let units = UnitMap::from_config(&rig.units);
         if let SessionModel::Model { params, .. } = self {
             rig.check_against_model(&params.dims, units.n_units())?;
+            if params.dims.control == 0 && !rig.is_monitor() {
+                bail!(
+                    "rig file {}: [controller] kind = \"{:?}\", but the model has no input (m = 0, fitted without stimulation): nothing to control; use kind = \"monitor\"",
+                    rig.path.display(),
+                    format!("{:?}", rig.controller.kind).to_lowercase()
+                );
+            }
             // What the backend will be built with: the objective against the model.
             objective(rig, params)?
                 .validate(&params.dims)
@@ -121,6 +128,27 @@ impl SessionModel {
     }
 }
 
+/// What a model can and cannot do in this rig, in words (`neuroloop check`).
+pub fn capabilities(rig: &Rig, p: &ModelParams) -> String {
+    let mut can = vec!["filter the latent state"];
+    if !p.task_library.is_empty() {
+        can.push("identify the task among its library");
+    }
+    if p.history.is_some() {
+        can.push("predict each unit with its own spike history");
+    }
+    let control = if p.dims.control == 0 && rig.is_monitor() {
+        "it has no input (m = 0): it monitors, and no Control stream is emitted".to_string()
+    } else if p.dims.control == 0 {
+        "it cannot control: it was fitted without an input (m = 0); run it with [controller] kind = \"monitor\"".to_string()
+    } else if rig.is_monitor() {
+        format!("it could steer {} inputs, but kind = \"monitor\" emits the rig's fallback command every bin", p.dims.control)
+    } else {
+        format!("it steers {} inputs with kind = \"{:?}\"", p.dims.control, rig.controller.kind).to_lowercase()
+    };
+    format!("the model can {}; {control}", can.join(", "))
+}
+
 /// Load the model a rig names, or the simulator's truth when it names none.
 pub fn load_model(rig: &Rig) -> anyhow::Result<(ModelParams, String)> {
     match (rig.model_path(), &rig.sim) {
@@ -134,6 +162,10 @@ pub fn load_model(rig: &Rig) -> anyhow::Result<(ModelParams, String)> {
 }
 
 pub fn objective(rig: &Rig, params: &ModelParams) -> anyhow::Result<Objective> {
+    if rig.is_monitor() && rig.objective.is_none() {
+        // A monitor has no controller; the latent origin stands in (never pursued).
+        return Ok(Objective::Latent(DVector::zeros(params.dims.latent)));
+    }
     let o = rig.objective()?;
     Ok(match o.kind {
         ObjectiveKind::Latent => Objective::Latent(DVector::from_vec(o.target.clone())),
@@ -152,6 +184,7 @@ pub fn backend_config(rig: &Rig, params: &ModelParams) -> anyhow::Result<Backend
         objective: objective(rig, params)?,
         lower: safety.lower().to_vec(),
         upper: safety.upper().to_vec(),
+        hold: rig.safety.fallback_vector.clone().unwrap_or_default(),
     })
 }
 
@@ -605,7 +638,8 @@ pub fn run(rig: &Rig, opts: &RunOptions) -> anyhow::Result<Report> {
     report.realtime = realtime.grants();
     report.threads = thread_watch.summary();
     if let Some(rc) = rig_control {
-        if rc.lost > 0 || rc.reconnects > 0 {
+        // A model without inputs (m = 0) has no Control stream for the simulator to hear.
+        if (rc.lost > 0 || rc.reconnects > 0) && loop_end.backend.dims().control > 0 {
             let msg = format!(
                 "the simulated rig did not receive {} of {} Control samples (it heard from bin {} on; its inlet subscribed again {} times){}",
                 rc.lost,

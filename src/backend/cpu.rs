@@ -7,7 +7,7 @@
 //! preallocated in `new`; `step` does not allocate.
 
 use super::{Backend, BackendConfig, BinInput, BinOutput};
-use crate::control::{ActuationLimits, ControlContext, Controller, Objective};
+use crate::control::{ActuationLimits, ControlContext, Controller, ControllerKind, Objective};
 use crate::model::embedding::{EmbeddingConfig, EmbeddingUpdater};
 use crate::model::filter::LatentFilter;
 use crate::model::hypernet::HypernetScratch;
@@ -25,7 +25,10 @@ pub struct CpuBackend {
     embed_cfg: EmbeddingConfig,
     embed: EmbeddingUpdater,
     taskid: Option<TaskIdentifier>,
-    controller: Controller,
+    /// None: `kind = "monitor"`, no controller; every bin's command is `hold`.
+    controller: Option<Controller>,
+    /// A monitor's command: the rig's fallback (zeros unless `fallback_vector`) within the bounds.
+    hold: DVector<f64>,
     objective: Objective,
     limits: ActuationLimits,
     u_prev: DVector<f64>,
@@ -35,24 +38,34 @@ pub struct CpuBackend {
     locked: Option<usize>,
     /// A lock's jump, reported as the next bin's `task_jump`.
     lock_jump: Option<usize>,
+    /// The per-unit history term: writes each bin's intercepts into `params.obs_d`.
+    history: Option<crate::model::history::LiveHistory>,
 }
 
 impl CpuBackend {
     pub fn new(params: ModelParams, cfg: &BackendConfig) -> anyhow::Result<CpuBackend> {
         let dims = params.dims;
-        let mut controller = Controller::new(&cfg.controller, &dims, &params).map_err(|e| anyhow!("[controller]: {e}"))?;
-        controller.set_objective(&cfg.objective, &params).map_err(|e| anyhow!("[objective]: {e}"))?;
+        let controller = if cfg.controller.kind == ControllerKind::Monitor {
+            None
+        } else {
+            let mut c = Controller::new(&cfg.controller, &dims, &params).map_err(|e| anyhow!("[controller]: {e}"))?;
+            c.set_objective(&cfg.objective, &params).map_err(|e| anyhow!("[objective]: {e}"))?;
+            Some(c)
+        };
+        let hold = DVector::from_fn(dims.control, |j, _| cfg.hold.get(j).copied().unwrap_or(0.0).clamp(cfg.lower[j], cfg.upper[j]));
         let taskid = (cfg.task_id.enabled && !params.task_library.is_empty()).then(|| TaskIdentifier::new(&params, cfg.task_id.clone()));
         let mut hyper = HypernetScratch::new(&dims);
         let mut theta = Theta::zeros(&dims);
         let z = params.z_init.clone();
         params.hypernet.decode(&z, &mut theta, &mut hyper);
         Ok(CpuBackend {
+            history: crate::model::history::LiveHistory::new(&params),
             filter: LatentFilter::new(&cfg.filter, &params),
             embed: EmbeddingUpdater::new(&dims, cfg.embedding.clone()),
             embed_cfg: cfg.embedding.clone(),
             taskid,
             controller,
+            hold,
             objective: cfg.objective.clone(),
             limits: ActuationLimits { lo: DVector::from_column_slice(&cfg.lower), hi: DVector::from_column_slice(&cfg.upper) },
             u_prev: DVector::zeros(dims.control),
@@ -67,16 +80,9 @@ impl CpuBackend {
     }
 }
 
-impl Backend for CpuBackend {
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-
-    fn dims(&self) -> Dims {
-        self.params.dims
-    }
-
-    fn step(&mut self, input: &BinInput, out: &mut BinOutput) {
+impl CpuBackend {
+    /// One bin of the model proper (the history term's intercepts already in `obs_d`).
+    fn step_model(&mut self, input: &BinInput, out: &mut BinOutput) {
         let p = &self.params;
         self.u_prev.as_mut_slice().copy_from_slice(input.u_prev);
         self.filter.predict(p, &self.theta, &self.u_prev, input.bin);
@@ -108,8 +114,16 @@ impl Backend for CpuBackend {
         out.control_valid = false;
         out.control_fault = false;
         if input.want_control && input.has_data {
-            let ctx = ControlContext { params: p, theta: &self.theta, x, u_prev: &self.u_prev, bin: input.bin };
-            let usable = self.controller.compute(&ctx, &self.objective, &self.limits, &mut self.u);
+            let usable = match &mut self.controller {
+                Some(c) => {
+                    let ctx = ControlContext { params: p, theta: &self.theta, x, u_prev: &self.u_prev, bin: input.bin };
+                    c.compute(&ctx, &self.objective, &self.limits, &mut self.u)
+                }
+                None => {
+                    self.u.copy_from(&self.hold);
+                    true
+                }
+            };
             out.u.copy_from_slice(self.u.as_slice());
             out.control_valid = usable;
             out.control_fault = !usable;
@@ -117,11 +131,34 @@ impl Backend for CpuBackend {
         out.x.copy_from_slice(x.as_slice());
         out.z.copy_from_slice(self.z.as_slice());
     }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn dims(&self) -> Dims {
+        self.params.dims
+    }
+
+    fn step(&mut self, input: &BinInput, out: &mut BinOutput) {
+        if let Some(h) = &self.history {
+            h.before_bin(&mut self.params.obs_d);
+        }
+        self.step_model(input, out);
+        if let Some(h) = &mut self.history {
+            h.after_bin(input.has_data.then_some(input.counts));
+        }
+    }
 
     fn set_objective(&mut self, mut objective: Objective) -> Result<Objective, (Objective, &'static str)> {
         // Validates (allocation-free) and primes the controller's target cache now, so the
         // conversion does not land on the next bin's budget.
-        if self.controller.set_objective(&objective, &self.params).is_err() {
+        let Some(controller) = &mut self.controller else {
+            return Err((objective, "a monitoring session (kind = \"monitor\") has no controller to take an objective"));
+        };
+        if controller.set_objective(&objective, &self.params).is_err() {
             return Err((objective, "the objective does not fit the model (its length, or a value that is not finite)"));
         }
         std::mem::swap(&mut self.objective, &mut objective);

@@ -179,6 +179,12 @@ pub struct GpuBackend<R: Runtime> {
     out_buf: Vec<f32>,
     /// Bins whose read-back failed (each one became a fallback).
     pub device_errors: u64,
+    /// The per-unit history term: each bin's intercepts d + offsets, computed here in f64
+    /// as on the CPU and written over the device's d before the kernels run.
+    history: Option<crate::model::history::LiveHistory>,
+    dv_at: usize,
+    dv: nalgebra::DVector<f64>,
+    dv_buf: Vec<f32>,
 }
 
 impl<R: Runtime> GpuBackend<R> {
@@ -210,8 +216,13 @@ impl<R: Runtime> GpuBackend<R> {
             particles,
         })?;
         let shape = packed.layout.shape;
+        let dv_at = packed.layout.at(lay::O_DV);
         let device = open_device::<R>(name, device, packed)?;
         Ok(GpuBackend {
+            history: crate::model::history::LiveHistory::new(&params),
+            dv_at,
+            dv: params.obs_d.clone(),
+            dv_buf: vec![0.0; params.dims.n_units],
             name,
             dims: params.dims,
             params,
@@ -298,6 +309,16 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             *dst = u as f32;
         }
         self.device.upload_bin(&self.bin_buf);
+        if let Some(h) = &self.history {
+            h.before_bin(&mut self.dv);
+            for (dst, &v) in self.dv_buf.iter_mut().zip(self.dv.iter()) {
+                *dst = v as f32;
+            }
+            self.device.write_mem(self.dv_at, &self.dv_buf);
+        }
+        if let Some(h) = &mut self.history {
+            h.after_bin(input.has_data.then_some(input.counts));
+        }
         self.device.predict();
         if self.particles {
             self.device.pf_propagate(input.bin);

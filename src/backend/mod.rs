@@ -27,6 +27,8 @@ pub struct BackendConfig {
     /// The safety layer's bounds per control channel (the controller plans within them).
     pub lower: Vec<f64>,
     pub upper: Vec<f64>,
+    /// `kind = "monitor"`: the command of every bin (the rig's fallback vector; empty: zeros).
+    pub hold: Vec<f64>,
 }
 
 /// What the loop hands the backend for one bin.

@@ -227,3 +227,68 @@ pub fn training_curve(path: &Path, title: &str, series: &[(String, Vec<(f64, f64
         finish(chart, root, path)
     })
 }
+
+/// A fit's held-out comparison: one bar per method (the model first) for each honest
+/// metric, bits/spike on a linear axis through 0, each bar labelled with its value.
+pub fn score_bars(path: &Path, title: &str, c: &crate::eval::Comparison) -> anyhow::Result<()> {
+    use crate::eval::Metric;
+    // (x position, metric, method, bps); a gap of one bar between metrics.
+    let mut bars: Vec<(f64, Metric, String, f64)> = Vec::new();
+    let mut x = 0.0;
+    for metric in [Metric::CoBps, Metric::PredictiveBps] {
+        for s in c.scores.iter().filter(|s| s.metric == metric) {
+            if let Some(v) = s.bits_per_spike {
+                bars.push((x, metric, s.method.clone(), v));
+                x += 1.0;
+            }
+        }
+        x += 1.0;
+    }
+    let lo = bars.iter().map(|b| b.3).fold(0.0f64, f64::min);
+    let hi = bars.iter().map(|b| b.3).fold(0.0f64, f64::max);
+    let pad = ((hi - lo) * 0.15).max(0.05);
+    let methods: Vec<String> = {
+        let mut m: Vec<String> = Vec::new();
+        for b in &bars {
+            if !m.contains(&b.2) {
+                m.push(b.2.clone());
+            }
+        }
+        m
+    };
+    svg_file(path, |root| {
+        root.fill(&WHITE).map_err(err(path))?;
+        let mut chart = frame(root, title).build_cartesian_2d(-0.5..(x - 0.5).max(1.0), (lo - pad)..(hi + pad)).map_err(err(path))?;
+        let label_of = |x: &f64| {
+            bars.iter().find(|b| (b.0 - x).abs() < 0.01).map_or(String::new(), |b| match b.1 {
+                Metric::CoBps => "co-smoothing".to_string(),
+                Metric::PredictiveBps => "one-step-ahead".to_string(),
+            })
+        };
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(bars.len().max(1) * 2 + 2)
+            .x_label_formatter(&label_of)
+            .y_desc("held-out bits/spike (higher is better)")
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .draw()
+            .map_err(err(path))?;
+        for (i, method) in methods.iter().enumerate() {
+            let col = COLORS[(i + 1) % COLORS.len()];
+            let mine: Vec<_> = bars.iter().filter(|b| &b.2 == method).collect();
+            chart
+                .draw_series(mine.iter().map(|b| Rectangle::new([(b.0 - 0.4, 0.0), (b.0 + 0.4, b.3)], col.filled())))
+                .map_err(err(path))?
+                .label(method.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], col.filled()));
+            chart
+                .draw_series(mine.iter().map(|b| {
+                    let y = if b.3 >= 0.0 { b.3 + pad * 0.2 } else { b.3 - pad * 0.4 };
+                    Text::new(format!("{:.3}", b.3), (b.0 - 0.25, y), ("sans-serif", 14))
+                }))
+                .map_err(err(path))?;
+        }
+        finish(chart, root, path)
+    })
+}

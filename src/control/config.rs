@@ -54,6 +54,10 @@ pub enum ControllerKind {
     Policy,
     /// Excitation for an identification session: no model, no objective (probe.rs).
     Probe,
+    /// No control: the model filters, identifies the task and monitors; the Control stream
+    /// (where the model has inputs) carries the rig's fallback command every bin. The kind
+    /// for a model fitted without stimulation (m = 0), and for watching any model.
+    Monitor,
 }
 
 /// The rig file's `[controller]` table. Every key but `kind` is optional; keys that the

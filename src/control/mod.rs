@@ -74,7 +74,10 @@ impl Controller {
     pub fn new(cfg: &ControllerConfig, dims: &Dims, params: &ModelParams) -> Result<Controller, String> {
         cfg.validate()?;
         if dims.control == 0 {
-            return Err("the model has no control channels (m = 0): nothing to control".into());
+            return Err(
+                "the model has no control channels (m = 0, fitted without an input): nothing to control; run it with kind = \"monitor\""
+                    .into(),
+            );
         }
         if dims.latent == 0 {
             return Err("the model has latent dimension 0".into());
@@ -86,6 +89,7 @@ impl Controller {
             ControllerKind::Probe => {
                 return Err("kind = \"probe\" runs without a model (an identification session), not as a model-based controller".into())
             }
+            ControllerKind::Monitor => return Err("kind = \"monitor\" runs no controller".into()),
         })
     }
 

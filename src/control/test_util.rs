@@ -31,6 +31,7 @@ pub fn params(n: usize, d: usize, m: usize, alpha: f64, obs_c: DMatrix<f64>, obs
         z_prior_sigma: 1.0,
         task_library: vec![],
         policy: None,
+        history: None,
     }
 }
 

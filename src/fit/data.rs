@@ -114,16 +114,11 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
     let bin_s = rig.timing.bin_ms * 1e-3;
     let markers = take_markers(&mut streams);
     let truth_rows = take(&mut streams, "NeuroloopSimTruth");
-    let control_pick = |streams: &mut Vec<Recorded>| -> anyhow::Result<Recorded> {
+    // The Control stream: by the rig's name, else any. None: a recording without stimulation.
+    let control_pick = |streams: &mut Vec<Recorded>| -> Option<Recorded> {
         let by_name = streams.iter().position(|s| s.stream_type == "Control" && s.name == rig.output.control_name);
         let any = || streams.iter().position(|s| s.stream_type == "Control");
-        match by_name.or_else(any) {
-            Some(i) => Ok(streams.swap_remove(i)),
-            None => bail!(
-                "{}: no Control stream (type Control): without the stimulation that was applied the fit cannot identify W_xu, how the input moves the latent. Record the identification session with `neuroloop run --record`, or select the Control stream in LabRecorder",
-                path.display()
-            ),
-        }
+        by_name.or_else(any).map(|i| streams.swap_remove(i))
     };
 
     let (t0, mut fd) = if streams.iter().any(|s| s.stream_type == "NeuroloopBins") {
@@ -253,7 +248,20 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
 
     // The inputs: the Control sample of each bin (stamped at its end). A bin whose sample
     // is missing keeps the previous command (what the rig went on applying).
-    let control = control_pick(&mut streams)?;
+    let Some(control) = control_pick(&mut streams) else {
+        if let Some(m) = rig.control_dim() {
+            bail!(
+                "{}: no Control stream (type Control), but the rig {} declares m = {m} inputs: without the stimulation that was applied the fit cannot identify W_xu, how the input moves the latent. Record the identification session with `neuroloop run --record`, or select the Control stream in LabRecorder; for a recording without stimulation, leave output.control_dim and output.control_labels out of the rig (the fit then learns a model with no input, m = 0)",
+                path.display(),
+                rig.path.display()
+            );
+        }
+        notices.push(format!(
+            "{}: no Control stream and the rig declares no inputs: fitting a model without an input path (m = 0), for filtering, task identification and monitoring (README, \"Recordings without stimulation\")",
+            path.display()
+        ));
+        return finish_labels(fd, t0, bin_s, tasks, markers, truth_rows, path, notices);
+    };
     let m = control.rows.channels;
     if let Some(want) = rig.control_dim() {
         if want != m {
@@ -302,6 +310,23 @@ fn read_file(path: &Path, rig: &Rig, tasks: TaskSource, notices: &mut Vec<String
         fd.lost[k] |= l;
     }
 
+    finish_labels(fd, t0, bin_s, tasks, markers, truth_rows, path, notices)
+}
+
+/// A file's task labels (from its markers) and the simulator's truth, once its bins and
+/// inputs are known.
+#[allow(clippy::too_many_arguments)]
+fn finish_labels(
+    mut fd: FileData,
+    t0: f64,
+    bin_s: f64,
+    tasks: TaskSource,
+    markers: Option<Vec<(f64, String)>>,
+    truth_rows: Option<Recorded>,
+    path: &Path,
+    notices: &mut Vec<String>,
+) -> anyhow::Result<Raw> {
+    let bins = fd.bins;
     let mut labels = vec![None; bins];
     if tasks == TaskSource::Markers {
         let Some(mk) = markers else {

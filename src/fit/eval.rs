@@ -1,91 +1,186 @@
-//! How good a fitted model is, on the held-out bins: bits per spike (Neural Latents
-//! Benchmark definition), and for the simulator the latent R² against its truth and the
-//! same numbers for its true model.
-//!
-//! bits/spike = (NLL_null − NLL_model) / (Σ spikes · ln 2), NLL = Σ r − y log r + log y!
-//! with r the model's expected count in the bin, and the null model each unit's mean count
-//! over the evaluated bins. Two model rates are scored:
-//! - **smoothed**: the RTS-smoothed latent (the fitted model explaining the held-out bins);
-//! - **predictive**: the filter's one-step-ahead prediction x⁻_k, before bin k's spikes
-//!   are seen (what the live loop and its controller act on).
+//! How good a fitted model is, on the held-out bins, by the definitions of [`crate::eval`]
+//! (co-smoothing, one-step-ahead and smoothed bits/spike), and for the simulator the latent
+//! R² against its truth. This module computes the model's rates; `crate::eval` scores them
+//! beside the baselines.
 
 use super::data::FitData;
-use super::smoother::{smooth, Segment};
-use crate::model::observation::{ln_factorial, log_rates};
+use super::smoother::{smooth, Segment, Update};
+use crate::eval::{self, ModelRates, Split};
+use crate::model::observation::log_rates;
 use crate::model::ModelParams;
 use crate::telemetry::affine_r2;
-use nalgebra::DVector;
+use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
     pub heldout_bins: usize,
     pub heldout_spikes: f64,
+    /// The smoother's bits/spike: it has seen each scored bin's spikes (not comparable).
     /// None when nothing could be scored (see `unscored`): never NaN.
     pub bits_per_spike: Option<f64>,
+    /// One-step-ahead (causal) bits/spike of every unit.
     pub predictive_bits_per_spike: Option<f64>,
+    /// Co-smoothing bits/spike (NLB): held-out units from the held-in units' latents.
+    pub co_bits_per_spike: Option<f64>,
     /// Why there is no score: no held-out bins, or no spikes in them.
     pub unscored: Option<String>,
     /// Filtered latent vs the simulator's truth after the best affine map (None: no truth).
     pub latent_r2: Option<f64>,
 }
 
-/// The filter's and smoother's rates on every file, scored on its held-out bins.
-/// `task_of(file, bin)` is the library index whose θ the bin's transition uses (None:
-/// the bin is not evaluated).
-pub fn evaluate(data: &FitData, p: &ModelParams, task_of: &dyn Fn(usize, usize) -> Option<usize>) -> Evaluation {
+/// The fit's recordings as the evaluation sees them: a bin is usable when it has data and a
+/// task label (damaged bins have neither).
+pub fn dataset(data: &FitData) -> eval::Dataset<'_> {
+    eval::Dataset {
+        recordings: data
+            .files
+            .iter()
+            .map(|f| eval::Recording {
+                counts: &f.counts,
+                inputs: &f.inputs,
+                usable: (0..f.bins).map(|k| f.has_data[k] && f.task[k].is_some()).collect(),
+                heldout: &f.heldout,
+            })
+            .collect(),
+        n_units: data.n_units,
+        control: data.control,
+        bin_s: data.bin_s,
+    }
+}
+
+/// `p` observing only `units`: their rows of C and d.
+fn restricted(p: &ModelParams, units: &[usize]) -> ModelParams {
+    let mut q = p.clone();
+    q.obs_c = DMatrix::from_fn(units.len(), p.dims.latent, |i, j| p.obs_c[(units[i], j)]);
+    q.obs_d = DVector::from_iterator(units.len(), units.iter().map(|&u| p.obs_d[u]));
+    q.dims.n_units = units.len();
+    q
+}
+
+/// log E[exp(Σ_b w_b (h_b − μ))] per unit over the training bins (0 without a history term).
+fn history_gain(data: &FitData, p: &ModelParams, split: &Split) -> Vec<f64> {
+    let n = data.n_units;
+    let units: Vec<usize> = (0..n).collect();
+    let units = &units;
+    let Some(h) = &p.history else { return vec![0.0; n] };
+    let (mut sum, mut rows) = (vec![0.0; units.len()], 0.0f64);
+    for (fi, f) in data.files.iter().enumerate() {
+        if !split.train_rows.iter().any(|r| r.0 == fi) {
+            continue;
+        }
+        let t = crate::model::history::centred_traces(&f.counts, &f.has_data, n, &h.taus_s, p.bin_s, h.mean_count.as_slice());
+        let off = crate::model::history::offsets(&t, n, &h.weight, units);
+        for &(_, k) in split.train_rows.iter().filter(|r| r.0 == fi) {
+            for j in 0..units.len() {
+                sum[j] += off[k * units.len() + j].exp();
+            }
+            rows += 1.0;
+        }
+    }
+    sum.iter().map(|s| if rows > 0.0 { (s / rows).ln() } else { 0.0 }).collect()
+}
+
+/// The model's rates on the split's held-out bins, and its scores. `task_of(file, bin)` is
+/// the library index whose θ the bin's transition uses.
+pub fn evaluate(
+    data: &FitData,
+    p: &ModelParams,
+    task_of: &dyn Fn(usize, usize) -> Option<usize>,
+    split: &Split,
+) -> (Evaluation, ModelRates) {
     let (n, d) = (data.n_units, p.dims.latent);
     let thetas: Vec<_> = p.task_library.iter().map(|z| p.theta_at(z)).collect();
-    let mut eval_rows: Vec<(usize, usize)> = Vec::new(); // (file, bin)
-    let mut rates_s: Vec<f64> = Vec::new();
-    let mut rates_p: Vec<f64> = Vec::new();
+    // A unit of a held-out fold has its history unseen: its intercept is d plus
+    // log E[exp(offset)] over the training bins (d alone is the log-rate at the typical
+    // history, and exp is convex).
+    let gain = history_gain(data, p, split);
+    let eval_rows_of = |fi: usize| split.eval_rows.iter().filter(move |r| r.0 == fi).map(|r| r.1);
+    let mut rates = ModelRates {
+        predictive: Vec::new(),
+        smoothed: Vec::new(),
+        cosmoothed: vec![0.0; if split.folds.is_empty() { 0 } else { split.eval_rows.len() * n }],
+    };
     let mut r2_pairs: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
     let mut eta = DVector::zeros(n);
+    let mut rows = split.eval_rows.iter().peekable();
+    // Where each file's held-out rows start in `split.eval_rows`.
+    let mut row0 = 0usize;
     for (fi, f) in data.files.iter().enumerate() {
+        if rows.peek().is_none_or(|r| r.0 != fi) {
+            continue;
+        }
         let task: Vec<usize> = (0..f.bins).map(|k| task_of(fi, k).unwrap_or(0)).collect();
-        let seg = Segment { counts: &f.counts, inputs: &f.inputs, has_data: &f.has_data, task: &task, start: 0, end: f.bins };
-        let s = smooth(p, &thetas, &seg);
-        for k in 0..f.bins {
-            if !(f.heldout[k] && f.has_data[k] && task_of(fi, k).is_some()) {
-                continue;
+        // The history term's offsets: every unit's for the full model, the held-in units'
+        // for co-smoothing (a held-out unit's own spikes are never seen; its rate uses d, the
+        // log-rate at its typical history).
+        let traces = p
+            .history
+            .as_ref()
+            .map(|h| crate::model::history::centred_traces(&f.counts, &f.has_data, n, &h.taus_s, p.bin_s, h.mean_count.as_slice()));
+        let all: Vec<usize> = (0..n).collect();
+        let offsets_of =
+            |units: &[usize]| traces.as_ref().zip(p.history.as_ref()).map(|(t, h)| crate::model::history::offsets(t, n, &h.weight, units));
+        let off_all = offsets_of(&all);
+        let seg = Segment {
+            counts: &f.counts,
+            inputs: &f.inputs,
+            has_data: &f.has_data,
+            task: &task,
+            offsets: off_all.as_deref(),
+            start: 0,
+            end: f.bins,
+        };
+        // The live filter's prediction (what `run` acts on), and the Laplace smoother's means.
+        let live = smooth(p, &thetas, &seg, Update::Live);
+        let s = smooth(p, &thetas, &seg, Update::Laplace(super::smoother::E_STEP_NEWTON));
+        // Co-smoothing, fold by fold: the latents from the other units' counts alone, the
+        // fold's rates from them.
+        for (fo, fold) in split.folds.iter().enumerate() {
+            let heldin = split.heldin(fo, n);
+            let mut q = restricted(p, &heldin);
+            q.history = None; // its offsets come with the segment
+            let off_in = offsets_of(&heldin);
+            let counts_in: Vec<f64> = (0..f.bins).flat_map(|k| heldin.iter().map(move |&u| f.counts[k * n + u])).collect();
+            let seg_in = Segment { counts: &counts_in, offsets: off_in.as_deref(), ..seg };
+            let m = smooth(&q, &thetas, &seg_in, Update::Laplace(super::smoother::E_STEP_NEWTON)).m;
+            let out_c = DMatrix::from_fn(fold.len(), d, |i, j| p.obs_c[(fold[i], j)]);
+            let out_d = DVector::from_iterator(fold.len(), fold.iter().map(|&u| p.obs_d[u] + gain[u]));
+            let mut eta_out = DVector::zeros(fold.len());
+            for (i, k) in eval_rows_of(fi).enumerate() {
+                let xv = DVector::from_column_slice(&m[k * d..(k + 1) * d]);
+                log_rates(&out_c, &out_d, p.log_rate_max, &xv, &mut eta_out);
+                for (j, &u) in fold.iter().enumerate() {
+                    rates.cosmoothed[(row0 + i) * n + u] = p.bin_s * eta_out[j].exp();
+                }
             }
-            eval_rows.push((fi, k));
-            for (x, out) in [(&s.m, &mut rates_s), (&s.x_pred, &mut rates_p)] {
+        }
+        row0 += eval_rows_of(fi).count();
+        while let Some(&&(_, k)) = rows.peek().filter(|r| r.0 == fi) {
+            rows.next();
+            let mut d_eff = p.obs_d.clone();
+            if let Some(o) = &off_all {
+                for i in 0..n {
+                    d_eff[i] += o[k * n + i];
+                }
+            }
+            for (x, out) in [(&s.m, &mut rates.smoothed), (&live.x_pred, &mut rates.predictive)] {
                 let xv = DVector::from_column_slice(&x[k * d..(k + 1) * d]);
-                log_rates(&p.obs_c, &p.obs_d, p.log_rate_max, &xv, &mut eta);
+                log_rates(&p.obs_c, &d_eff, p.log_rate_max, &xv, &mut eta);
                 out.extend(eta.iter().map(|e| p.bin_s * e.exp()));
             }
             if let Some(t) = &f.truth {
                 let xt = &t.x[k * t.latent..(k + 1) * t.latent];
                 if xt.iter().all(|v| v.is_finite()) {
-                    r2_pairs.push((s.x_filt[k * d..(k + 1) * d].to_vec(), xt.to_vec()));
+                    r2_pairs.push((live.x_filt[k * d..(k + 1) * d].to_vec(), xt.to_vec()));
                 }
             }
         }
     }
-    let rows = eval_rows.len();
-    let mut mean = vec![0.0; n];
-    let mut spikes = 0.0;
-    for &(fi, k) in &eval_rows {
-        let y = &data.files[fi].counts[k * n..(k + 1) * n];
-        for u in 0..n {
-            mean[u] += y[u] / rows.max(1) as f64;
-            spikes += y[u];
-        }
-    }
-    let nll = |r: f64, y: f64| {
-        let r = r.max(1e-9);
-        r - y * r.ln() + ln_factorial(y)
-    };
-    let (mut null, mut ms, mut mp) = (0.0, 0.0, 0.0);
-    for (row, &(fi, k)) in eval_rows.iter().enumerate() {
-        let y = &data.files[fi].counts[k * n..(k + 1) * n];
-        for u in 0..n {
-            null += nll(mean[u], y[u]);
-            ms += nll(rates_s[row * n + u], y[u]);
-            mp += nll(rates_p[row * n + u], y[u]);
-        }
-    }
+    let ds = dataset(data);
+    let all: Vec<usize> = (0..n).collect();
+    let (_, _, spikes) = eval::nll_sums(&ds, &split.eval_rows, &all, &rates.predictive);
+    let rows = split.eval_rows.len();
     let unscored = if rows == 0 {
         Some("no held-out bins (--heldout 0, or every held-out bin was a stream gap or unlabelled)".to_string())
     } else if spikes == 0.0 {
@@ -93,15 +188,17 @@ pub fn evaluate(data: &FitData, p: &ModelParams, task_of: &dyn Fn(usize, usize) 
     } else {
         None
     };
-    let bps = |model: f64| Some((null - model) / spikes / std::f64::consts::LN_2).filter(|v| unscored.is_none() && v.is_finite());
-    Evaluation {
+    let bps = |r: &[f64], units: &[usize]| if unscored.is_some() { None } else { eval::bits_per_spike(&ds, &split.eval_rows, units, r) };
+    let evaluation = Evaluation {
         heldout_bins: rows,
         heldout_spikes: spikes,
-        bits_per_spike: bps(ms),
-        predictive_bits_per_spike: bps(mp),
+        bits_per_spike: bps(&rates.smoothed, &all),
+        predictive_bits_per_spike: bps(&rates.predictive, &all),
+        co_bits_per_spike: if split.folds.is_empty() { None } else { bps(&rates.cosmoothed, &all) },
         latent_r2: affine_r2(&r2_pairs),
         unscored,
-    }
+    };
+    (evaluation, rates)
 }
 
 #[cfg(test)]
@@ -154,10 +251,11 @@ pub fn task_identification(data: &FitData, p: &ModelParams, rig: &crate::rig::Ri
         filter: rig.model.filter_choice(),
         embedding: rig.model.embedding.clone(),
         task_id: crate::model::taskid::TaskIdConfig { enabled: true, ..rig.model.task_id.clone() },
-        controller: crate::control::ControllerConfig { kind: crate::control::ControllerKind::Lqr, ..Default::default() },
+        controller: crate::control::ControllerConfig { kind: crate::control::ControllerKind::Monitor, ..Default::default() },
         objective: crate::control::Objective::Latent(DVector::zeros(d)),
         lower: vec![-1e9; m],
         upper: vec![1e9; m],
+        hold: Vec::new(),
     };
     let lib = &p.task_library;
     let nearest = |z: &[f64]| {

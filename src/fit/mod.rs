@@ -17,6 +17,7 @@ pub mod data;
 pub mod eval;
 pub mod mstep;
 pub mod report;
+pub mod select;
 pub mod smoother;
 
 use crate::model::{Dims, Generator, Hypernet, ModelParams, Theta};
@@ -25,7 +26,7 @@ use data::{FitData, TaskSource};
 use mstep::{MStep, Stats, TaskTransitions};
 use nalgebra::{DMatrix, DVector};
 use neuroloop_kernels::philox::normal_at;
-use smoother::{smooth, Segment};
+use smoother::{smooth, Segment, Update};
 use std::path::PathBuf;
 
 /// `neuroloop fit` options (README "Fitting a model").
@@ -51,6 +52,10 @@ pub struct FitOptions {
     pub batch: usize,
     /// Adam's learning rate at the first iteration; it falls to a tenth of it (cosine).
     pub learning_rate: f64,
+    /// Fit the per-unit spike-history term (model/history.rs).
+    pub history: bool,
+    /// Model selection: the values of d, e and h to try (None: `latent`, `embed`, `hidden`).
+    pub choices: Option<select::Choices>,
     pub progress: bool,
 }
 
@@ -71,6 +76,8 @@ impl Default for FitOptions {
             adam_steps: 60,
             batch: 4096,
             learning_rate: 1e-2,
+            history: true,
+            choices: None,
             progress: false,
         }
     }
@@ -161,32 +168,6 @@ fn randn(seed: u64, stream: u64, r: usize, c: usize, scale: f64) -> DMatrix<f64>
     DMatrix::from_fn(r, c, |i, j| scale * normal_at(seed, stream, (i * c + j) as u64) as f64)
 }
 
-/// Gaussian smoothing (σ in bins) of each column over [start, end).
-fn smooth_counts(y: &[f64], n: usize, start: usize, end: usize, sigma: f64) -> Vec<f64> {
-    let w = (3.0 * sigma).ceil() as isize;
-    let kernel: Vec<f64> = (-w..=w).map(|i| (-(i as f64).powi(2) / (2.0 * sigma * sigma)).exp()).collect();
-    let len = end - start;
-    let mut out = vec![0.0; len * n];
-    for i in 0..len {
-        let mut wsum = 0.0;
-        for (o, kv) in (-w..=w).zip(&kernel) {
-            let j = i as isize + o;
-            if j < 0 || j >= len as isize {
-                continue;
-            }
-            wsum += kv;
-            let row = &y[(start + j as usize) * n..(start + j as usize + 1) * n];
-            for u in 0..n {
-                out[i * n + u] += kv * row[u];
-            }
-        }
-        for u in 0..n {
-            out[i * n + u] /= wsum;
-        }
-    }
-    out
-}
-
 /// The initial model: d from mean rates, C and latents from PCA of smoothed log-rates,
 /// dynamics near a slow stable linear system, random distinct embeddings.
 fn initial_params(data: &FitData, opts: &FitOptions, segs: &[(usize, usize, usize)]) -> (ModelParams, Vec<DVector<f64>>) {
@@ -211,9 +192,10 @@ fn initial_params(data: &FitData, opts: &FitOptions, segs: &[(usize, usize, usiz
     let mut cov = DMatrix::<f64>::zeros(n, n);
     let mut rows = 0.0f64;
     let sigma_bins = (0.05 / bin_s).max(1.0);
+    let all_units: Vec<usize> = (0..n).collect();
     for &(fi, a, b) in segs {
         let f = &data.files[fi];
-        let s = smooth_counts(&f.counts, n, a, b, sigma_bins);
+        let s = crate::eval::baselines::gaussian_smooth(&f.counts, n, &all_units, a, b, sigma_bins);
         for i in 0..(b - a) {
             let v = DVector::from_iterator(n, (0..n).map(|u| ((s[i * n + u] + 0.01) / bin_s).ln() - obs_d[u]));
             cov.ger(1.0, &v, &v, 1.0);
@@ -277,6 +259,7 @@ fn initial_params(data: &FitData, opts: &FitOptions, segs: &[(usize, usize, usiz
         z_prior_sigma: 1.0,
         task_library: lib.clone(),
         policy: None,
+        history: None,
     };
     (params, lib)
 }
@@ -296,17 +279,81 @@ struct EStep {
     bins_with_data: f64,
 }
 
-fn e_step(data: &FitData, p: &ModelParams, lib: &[DVector<f64>], segs: &[(usize, usize, usize)]) -> EStep {
+/// Each file's centred history traces (bins × N × B; history.rs), from the training bins'
+/// mean counts. Empty when the fit has no history term.
+pub struct HistoryTraces {
+    pub taus_s: Vec<f64>,
+    pub mean_count: Vec<f64>,
+    pub per_file: Vec<Vec<f64>>,
+    /// Each trace's standard deviation over the training bins (N × B), floored: the
+    /// M-step's scale.
+    pub scale: Vec<f64>,
+}
+
+impl HistoryTraces {
+    fn new(data: &FitData, segs: &[(usize, usize, usize)], taus_s: &[f64]) -> HistoryTraces {
+        let n = data.n_units;
+        let (mut sum, mut bins) = (vec![0.0; n], 0.0f64);
+        for &(fi, a, b) in segs {
+            let f = &data.files[fi];
+            for k in (a..b).filter(|&k| f.has_data[k]) {
+                for u in 0..n {
+                    sum[u] += f.counts[k * n + u];
+                }
+                bins += 1.0;
+            }
+        }
+        let mean_count: Vec<f64> = sum.iter().map(|v| v / bins.max(1.0)).collect();
+        let per_file: Vec<Vec<f64>> = data
+            .files
+            .iter()
+            .map(|f| crate::model::history::centred_traces(&f.counts, &f.has_data, n, taus_s, data.bin_s, &mean_count))
+            .collect();
+        let nb = taus_s.len();
+        let (mut sq, mut rows) = (vec![0.0; n * nb], 0.0f64);
+        for &(fi, a, b) in segs {
+            let t = &per_file[fi];
+            for k in (a..b).filter(|&k| data.files[fi].has_data[k]) {
+                for (j, v) in t[k * n * nb..(k + 1) * n * nb].iter().enumerate() {
+                    sq[j] += v * v;
+                }
+                rows += 1.0;
+            }
+        }
+        let scale = sq.iter().map(|v| (v / rows.max(1.0)).sqrt().max(1e-3)).collect();
+        HistoryTraces { taus_s: taus_s.to_vec(), mean_count, per_file, scale }
+    }
+
+    /// File `fi`'s log-rate offsets under `p`'s history weights (bins × N), if it has any.
+    pub fn offsets(&self, p: &ModelParams, fi: usize, units: &[usize]) -> Option<Vec<f64>> {
+        let h = p.history.as_ref()?;
+        Some(crate::model::history::offsets(&self.per_file[fi], h.mean_count.len(), &h.weight, units))
+    }
+}
+
+fn e_step(data: &FitData, p: &ModelParams, lib: &[DVector<f64>], segs: &[(usize, usize, usize)], traces: Option<&HistoryTraces>) -> EStep {
     let (n, d, m) = (data.n_units, p.dims.latent, data.control);
     let th = thetas(p, lib);
+    let all: Vec<usize> = (0..n).collect();
+    let offsets: Vec<Option<Vec<f64>>> = (0..data.files.len()).map(|fi| traces.and_then(|t| t.offsets(p, fi, &all))).collect();
+    let nb_hist = traces.map_or(0, |t| t.taus_s.len());
+    let mut obs_h = Vec::new();
     let mut trans = vec![TaskTransitions::default(); lib.len()];
     let (mut obs_m, mut obs_p, mut obs_y) = (Vec::new(), Vec::new(), Vec::new());
     let (mut init_sq, mut init_count, mut ll, mut nb) = (0.0, 0.0, 0.0, 0.0);
     for &(fi, a, b) in segs {
         let f = &data.files[fi];
         let task: Vec<usize> = f.task.iter().map(|t| t.unwrap_or(0)).collect();
-        let seg = Segment { counts: &f.counts, inputs: &f.inputs, has_data: &f.has_data, task: &task, start: a, end: b };
-        let s = smooth(p, &th, &seg);
+        let seg = Segment {
+            counts: &f.counts,
+            inputs: &f.inputs,
+            has_data: &f.has_data,
+            task: &task,
+            offsets: offsets[fi].as_deref(),
+            start: a,
+            end: b,
+        };
+        let s = smooth(p, &th, &seg, Update::Laplace(smoother::E_STEP_NEWTON));
         ll += s.predictive_loglik;
         for i in 0..(b - a) {
             let k = a + i;
@@ -314,6 +361,9 @@ fn e_step(data: &FitData, p: &ModelParams, lib: &[DVector<f64>], segs: &[(usize,
                 obs_m.extend_from_slice(&s.m[i * d..(i + 1) * d]);
                 obs_p.extend_from_slice(&s.p[i * d * d..(i + 1) * d * d]);
                 obs_y.extend_from_slice(&f.counts[k * n..(k + 1) * n]);
+                if let Some(t) = traces {
+                    obs_h.extend_from_slice(&t.per_file[fi][k * n * nb_hist..(k + 1) * n * nb_hist]);
+                }
                 nb += 1.0;
             }
             if i + 1 < b - a {
@@ -329,7 +379,13 @@ fn e_step(data: &FitData, p: &ModelParams, lib: &[DVector<f64>], segs: &[(usize,
         }
         init_count += d as f64;
     }
-    EStep { stats: Stats { d, n, m, trans, obs_m, obs_p, obs_y }, init_sq, init_count, predictive_ll: ll, bins_with_data: nb }
+    EStep {
+        stats: Stats { d, n, m, hist: nb_hist, trans, obs_m, obs_p, obs_y, obs_h },
+        init_sq,
+        init_count,
+        predictive_ll: ll,
+        bins_with_data: nb,
+    }
 }
 
 /// diag(Q) in closed form: the mean squared dynamics residual plus its covariance term.
@@ -366,14 +422,24 @@ pub fn fit(data: &FitData, opts: &FitOptions, mut on_iteration: impl FnMut(&Iter
     }
     let started = std::time::Instant::now();
     let (mut params, mut lib) = initial_params(data, opts, &segs);
+    // The per-unit history term starts at zero weights (the model without it).
+    let traces = opts.history.then(|| HistoryTraces::new(data, &segs, &crate::model::history::DEFAULT_TAUS_S));
+    if let Some(t) = &traces {
+        params.history = Some(crate::model::history::History {
+            taus_s: t.taus_s.clone(),
+            weight: DMatrix::zeros(data.n_units, t.taus_s.len()),
+            mean_count: DVector::from_column_slice(&t.mean_count),
+        });
+    }
     let mut iterations = Vec::new();
     let mut diverged = None;
-    let mut mstep = MStep::new(&params, &lib, opts.batch, opts.seed);
+    let hist_scale = traces.as_ref().map_or_else(|| vec![1.0; data.n_units], |t| t.scale.clone());
+    let mut mstep = MStep::new(&params, &lib, hist_scale, opts.batch, opts.seed);
     // The first M-step takes more steps: it fits the dynamics from scratch to the latents
     // the initial model's filter finds (its observation model carries them).
     let mut good = (params.clone(), lib.clone());
     for it in 0..opts.iterations {
-        let es = e_step(data, &params, &lib, &segs);
+        let es = e_step(data, &params, &lib, &segs, traces.as_ref());
         if !es.predictive_ll.is_finite() {
             diverged = Some(format!("iteration {it}: the E-step's log-likelihood is not finite"));
             break;
@@ -388,7 +454,7 @@ pub fn fit(data: &FitData, opts: &FitOptions, mut on_iteration: impl FnMut(&Iter
             diverged = Some(format!("iteration {it}: the M-step objective went non-finite"));
             break;
         }
-        let (mut next, next_lib) = mstep.module.to_params(&params);
+        let (mut next, next_lib) = mstep.module.to_params(&params, &mstep.hist_scale);
         if let Some(a) = opts.alpha {
             next.alpha = a;
         }

@@ -65,6 +65,10 @@ pub struct FitModule<B: Backend> {
     pub d: Param<Tensor<B, 1>>,
     /// α = sigmoid(alpha_logit) ∈ (0, 1).
     pub alpha_logit: Param<Tensor<B, 1>>,
+    /// (N, B): the history term's weights times each regressor's scale (the M-step sees
+    /// standardised traces, so Adam's steps are on one scale whatever a unit's rate);
+    /// unused, (N, 1) zeros, without a history term.
+    pub hist_w: Param<Tensor<B, 2>>,
 }
 
 fn mat<B: Backend>(m: &DMatrix<f64>, dev: &B::Device) -> Tensor<B, 2> {
@@ -114,7 +118,8 @@ impl<B: Backend> GenModule<B> {
 }
 
 impl<B: Backend> FitModule<B> {
-    pub fn from_params(p: &ModelParams, library: &[DVector<f64>], dev: &B::Device) -> Self {
+    /// `hist_scale` (N × B, row-major): the history regressors' scales (see `hist_w`).
+    pub fn from_params(p: &ModelParams, library: &[DVector<f64>], hist_scale: &[f64], dev: &B::Device) -> Self {
         let e = p.dims.embed;
         let zdata: Vec<f64> = library.iter().flat_map(|z| z.iter().copied()).collect();
         let alpha = p.alpha.clamp(1e-4, 1.0 - 1e-4);
@@ -126,11 +131,18 @@ impl<B: Backend> FitModule<B> {
             c: Param::from_tensor(mat(&p.obs_c, dev)),
             d: Param::from_tensor(vect(&p.obs_d, dev)),
             alpha_logit: Param::from_tensor(Tensor::from_data(TensorData::new(vec![(alpha / (1.0 - alpha)).ln()], [1]), dev)),
+            hist_w: Param::from_tensor(match &p.history {
+                Some(h) => mat(
+                    &DMatrix::from_fn(h.weight.nrows(), h.weight.ncols(), |i, b| h.weight[(i, b)] * hist_scale[i * h.weight.ncols() + b]),
+                    dev,
+                ),
+                None => Tensor::zeros([p.dims.n_units, 1], dev),
+            }),
         }
     }
 
     /// The trained values written into a copy of `like` (the library returned separately).
-    pub fn to_params(&self, like: &ModelParams) -> (ModelParams, Vec<DVector<f64>>) {
+    pub fn to_params(&self, like: &ModelParams, hist_scale: &[f64]) -> (ModelParams, Vec<DVector<f64>>) {
         let mut p = like.clone();
         p.hypernet = Hypernet {
             w_hh: gen_back(&self.w_hh, &like.hypernet.w_hh),
@@ -142,6 +154,11 @@ impl<B: Backend> FitModule<B> {
         p.obs_d = DVector::from_vec(to_vec(self.d.val()));
         let a = to_vec(self.alpha_logit.val())[0];
         p.alpha = 1.0 / (1.0 + (-a).exp());
+        if let Some(h) = &mut p.history {
+            let nb = h.basis();
+            let v = to_vec(self.hist_w.val());
+            h.weight = DMatrix::from_fn(n, nb, |i, b| v[i * nb + b] / hist_scale[i * nb + b]);
+        }
         let zs = to_vec(self.z.val());
         let lib = zs.chunks(e).map(DVector::from_column_slice).collect();
         (p, lib)
@@ -159,6 +176,10 @@ pub struct Stats {
     pub obs_m: Vec<f64>,
     pub obs_p: Vec<f64>,
     pub obs_y: Vec<f64>,
+    /// History basis traces per unit (0: no history term), and each bin's centred traces
+    /// (K × N·B).
+    pub hist: usize,
+    pub obs_h: Vec<f64>,
 }
 
 #[derive(Default, Clone)]
@@ -193,6 +214,8 @@ impl Objective {
 
 pub struct MStep {
     pub module: FitModule<Ad>,
+    /// The history regressors' scales (N × B), as `FitModule::hist_w` is stored.
+    pub hist_scale: Vec<f64>,
     optim: OptimizerAdaptor<Adam, FitModule<Ad>, Ad>,
     dev: NdArrayDevice,
     pub batch: usize,
@@ -209,6 +232,9 @@ fn rows<B: Backend>(data: &[f64], cols: usize, dev: &B::Device) -> Tensor<B, 2> 
 struct StatTensors {
     trans: Vec<Option<TensorTriple>>,
     obs: TensorTriple,
+    /// The obs rows' standardised history traces, one (K × N) tensor per basis (none
+    /// without a history term).
+    hist: Vec<Tensor<Ad, 2>>,
 }
 
 /// The three sufficient-statistic tensors of one part of the model.
@@ -227,14 +253,24 @@ impl MStep {
                 })
                 .collect(),
             obs: (rows::<Ad>(&s.obs_m, d, dev), rows::<Ad>(&s.obs_p, d * d, dev), rows::<Ad>(&s.obs_y, n, dev)),
+            hist: (0..s.hist)
+                .map(|b| {
+                    // Basis b's standardised traces (K × N) (see `FitModule::hist_w`): one
+                    // contiguous 2-D tensor per basis (a (K, N, B) product was 3× slower).
+                    let nb = s.hist;
+                    let cols: Vec<f64> =
+                        s.obs_h.iter().skip(b).step_by(nb).enumerate().map(|(j, v)| v / self.hist_scale[(j % n) * nb + b]).collect();
+                    rows::<Ad>(&cols, n, dev)
+                })
+                .collect(),
         }
     }
 
-    pub fn new(p: &ModelParams, library: &[DVector<f64>], batch: usize, seed: u64) -> MStep {
+    pub fn new(p: &ModelParams, library: &[DVector<f64>], hist_scale: Vec<f64>, batch: usize, seed: u64) -> MStep {
         let dev = NdArrayDevice::Cpu;
-        let module = FitModule::<Ad>::from_params(p, library, &dev);
+        let module = FitModule::<Ad>::from_params(p, library, &hist_scale, &dev);
         let optim = AdamConfig::new().init::<Ad, FitModule<Ad>>();
-        MStep { module, optim, dev, batch, seed, steps: 0 }
+        MStep { module, hist_scale, optim, dev, batch, seed, steps: 0 }
     }
 
     /// A seeded subset of `total` row indices of size `batch` (all rows when they fit).
@@ -265,7 +301,8 @@ impl MStep {
             zv = zv + Tensor::<Ad, 2>::from_data(TensorData::new(eps, [t, e]), dev);
         }
         let out_hh = md.w_hh.forward(zv.clone());
-        let out_xu = md.w_xu.forward(zv.clone());
+        // A model without inputs (m = 0) has an empty W_xu generator: nothing to decode.
+        let out_xu = (m > 0).then(|| md.w_xu.forward(zv.clone()));
         let out_b = md.b.forward(zv);
         let inv_q: Tensor<Ad, 2> = Tensor::from_data(TensorData::new(q.iter().map(|v| 0.5 / v).collect::<Vec<f64>>(), [1, d]), dev);
         let n_trans = s.transitions().max(1) as f64;
@@ -288,17 +325,19 @@ impl MStep {
                         .collect();
                     let idx: Tensor<Ad, 1, Int> = Tensor::from_data(TensorData::new(idx, [share]), dev);
                     x = x.select(0, idx.clone());
-                    u = u.select(0, idx.clone());
+                    if m > 0 {
+                        u = u.select(0, idx.clone());
+                    }
                     xn = xn.select(0, idx);
                     weight = k as f64 / n_trans;
                 }
             }
             let rows_used = x.dims()[0] as f64;
             let w = out_hh.clone().slice([t..t + 1, 0..d * d]).reshape([d, d]);
-            let bx = out_xu.clone().slice([t..t + 1, 0..d * m]).reshape([d, m]);
             let b = out_b.clone().slice([t..t + 1, 0..d]);
             let mut a = x.clone().matmul(w.transpose()) + b;
-            if m > 0 {
+            if let Some(out_xu) = &out_xu {
+                let bx = out_xu.clone().slice([t..t + 1, 0..d * m]).reshape([d, m]);
                 a = a + u.matmul(bx.transpose());
             }
             let f = x.clone() + alpha.clone() * (a.tanh() - x);
@@ -309,24 +348,38 @@ impl MStep {
         // Observations.
         let k_obs = s.obs_bins();
         let (mut mm, mut pp, mut yy) = (st.obs.0.clone(), st.obs.1.clone(), st.obs.2.clone());
+        let mut hh = st.hist.clone();
         if sample {
             if let Some(idx) = self.subset(k_obs, 0) {
                 mm = mm.select(0, idx.clone());
                 pp = pp.select(0, idx.clone());
+                hh = hh.into_iter().map(|h| h.select(0, idx.clone())).collect();
                 yy = yy.select(0, idx);
             }
         }
         let used = mm.dims()[0] as f64;
         let c = md.c.val();
-        let eta = mm.matmul(c.clone().transpose()) + md.d.val().unsqueeze::<2>();
+        let mut eta = mm.matmul(c.clone().transpose()) + md.d.val().unsqueeze::<2>();
+        if !hh.is_empty() {
+            // Σ_b w_{ib} (h_{ib,k} − μᵢ), each basis a (K, N) ⊙ (1, N) product.
+            let w = md.hist_w.val();
+            for (b, h) in hh.into_iter().enumerate() {
+                let wb = w.clone().slice([0..n, b..b + 1]).reshape([1, n]);
+                eta = eta + h * wb;
+            }
+        }
         // v_{k,i} = cᵢᵀ P_k cᵢ = P_k (flat) · (cᵢ ⊗ cᵢ).
         let cc = (c.clone().unsqueeze_dim::<3>(2) * c.unsqueeze_dim::<3>(1)).reshape([n, d * d]).transpose();
         let v = pp.matmul(cc);
         let rate = (eta.clone() + v * 0.5).clamp_max(crate::model::file::DEFAULT_LOG_RATE_MAX + 5.0).exp() * bin_s;
         let obs_loss = (rate - yy * eta).sum() / used;
         let mut ridge = (md.z.val().powf_scalar(2.0)).sum() * Z_RIDGE;
-        for g in [&md.w_hh, &md.w_xu, &md.b] {
+        let gens: &[&GenModule<Ad>] = if m > 0 { &[&md.w_hh, &md.w_xu, &md.b] } else { &[&md.w_hh, &md.b] };
+        for g in gens {
             ridge = ridge + (g.w2.val().powf_scalar(2.0).sum() + g.w1.val().powf_scalar(2.0).sum()) * W_RIDGE;
+        }
+        if s.hist > 0 {
+            ridge = ridge + md.hist_w.val().powf_scalar(2.0).sum() * W_RIDGE;
         }
         (dyn_loss + ridge, obs_loss)
     }

@@ -3,7 +3,7 @@
 
 use super::data::{self, FitData, TaskSource};
 use super::eval::{self, Evaluation, TaskIdentification};
-use super::{fit, FitOptions, IterationRecord};
+use super::{FitOptions, IterationRecord};
 use crate::rig::Rig;
 use anyhow::Context;
 use serde::Serialize;
@@ -47,10 +47,16 @@ pub struct FitReport {
     pub alpha: f64,
     pub process_noise: Vec<f64>,
     pub heldout: Evaluation,
+    /// The model against the baselines on the same held-out bins and units (crate::eval).
+    pub comparison: crate::eval::Comparison,
+    /// `comparison`'s chart (SVG), beside the report.
+    pub comparison_plot: Option<String>,
     /// `heldout.bits_per_spike`, the headline number (null, with `heldout.unscored` saying
     /// why, when there is nothing to score).
     pub heldout_bits_per_spike: Option<f64>,
     pub heldout_predictive_bits_per_spike: Option<f64>,
+    /// Co-smoothing bits/spike (NLB): the held-out units predicted from the others' latents.
+    pub heldout_co_bits_per_spike: Option<f64>,
     /// The simulator's true model on the same held-out bins (recordings of the simulated rig).
     pub true_model_heldout: Option<Evaluation>,
     pub true_model_heldout_bits_per_spike: Option<f64>,
@@ -61,6 +67,9 @@ pub struct FitReport {
     /// ‖z_a − z_b‖ between the fitted task embeddings.
     pub embedding_distances: Vec<Vec<f64>>,
     pub task_identification: Option<TaskIdentification>,
+    /// Model selection (`--latent 2,4,8` …): every candidate's held-out scores and the
+    /// choice (null: one model was fitted).
+    pub selection: Option<super::select::Selection>,
     pub elapsed_s: f64,
     pub peak_memory_bytes: Option<u64>,
     pub training_curve: Option<String>,
@@ -90,6 +99,14 @@ fn curve_path(opts: &FitOptions) -> PathBuf {
     match &opts.report {
         Some(r) => r.with_extension("svg"),
         None => opts.out.with_extension("training.svg"),
+    }
+}
+
+/// Where the model-vs-baselines chart goes: beside the report, else beside the model.
+fn comparison_path(opts: &FitOptions) -> PathBuf {
+    match &opts.report {
+        Some(r) => r.with_extension("scores.svg"),
+        None => opts.out.with_extension("scores.svg"),
     }
 }
 
@@ -124,24 +141,33 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let fitted = fit(&data, opts, |rec| {
+    let choices = opts.choices.clone().unwrap_or_else(|| super::select::Choices::single(opts));
+    if choices.candidates().len() > 1 {
+        bar.set_length((opts.iterations * choices.candidates().len()) as u64);
+    }
+    let (fitted, selection) = super::select::fit_and_select(&data, opts, &choices, &|rec| {
         bar.set_message(format!("objective {:.4}", rec.objective));
         bar.inc(1);
     })?;
     bar.finish_and_clear();
     let p = &fitted.params;
 
-    let heldout = eval::evaluate(&data, p, &|fi, k| data.files[fi].task[k]);
+    // Held-out scores by crate::eval's definitions, the baselines on the same bins and units.
+    let eval_data = eval::dataset(&data);
+    let split = crate::eval::Split::new(&eval_data, opts.seed);
+    let (heldout, model_rates) = eval::evaluate(&data, p, &|fi, k| data.files[fi].task[k], &split);
+    let comparison = crate::eval::compare(&eval_data, &split, &model_rates);
     // The simulator's true model on the same bins, with the true task of each bin.
     let truth_model = rig.sim.as_ref().map(|sc| crate::sim::truth_model(sc, data.bin_s));
     let has_truth = data.files.iter().all(|f| f.truth.is_some());
     let true_eval = match (&truth_model, has_truth) {
         (Some(tm), true) if tm.dims.n_units == data.n_units && tm.dims.control == data.control => {
-            Some(eval::evaluate(&data, tm, &|fi, k| {
+            let task_of = |fi: usize, k: usize| {
                 let f = &data.files[fi];
                 f.task[k]?;
                 f.truth.as_ref().and_then(|t| t.task[k])
-            }))
+            };
+            Some(eval::evaluate(&data, tm, &task_of, &split).0)
         }
         _ => None,
     };
@@ -195,9 +221,19 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
         &[series("total", |r| r.objective), series("observation", |r| r.observation), series("dynamics", |r| r.dynamics)],
     )
     .map(|_| curve.display().to_string());
+    let comparison_path = comparison_path(opts);
+    let comparison_written = crate::bench::plot::score_bars(
+        &comparison_path,
+        &format!("neuroloop fit: held-out bits/spike, model and baselines ({})", opts.out.display()),
+        &comparison,
+    )
+    .map(|_| comparison_path.display().to_string());
     let mut notices = data.notices.clone();
     if let Err(e) = &curve_written {
         notices.push(format!("training curve: {e}"));
+    }
+    if let Err(e) = &comparison_written {
+        notices.push(format!("comparison plot: {e}"));
     }
     if let Some(why) = &fitted.diverged {
         notices.push(format!(
@@ -230,14 +266,18 @@ pub fn run(opts: &FitOptions, rig: &Rig) -> anyhow::Result<FitReport> {
         process_noise: p.process_noise.iter().copied().collect(),
         heldout_bits_per_spike: heldout.bits_per_spike,
         heldout_predictive_bits_per_spike: heldout.predictive_bits_per_spike,
+        heldout_co_bits_per_spike: heldout.co_bits_per_spike,
         latent_r2: heldout.latent_r2,
         heldout,
+        comparison,
+        comparison_plot: comparison_written.ok(),
         true_model_heldout_bits_per_spike: true_eval.as_ref().and_then(|e| e.bits_per_spike),
         true_model_heldout_predictive_bits_per_spike: true_eval.as_ref().and_then(|e| e.predictive_bits_per_spike),
         true_model_heldout: true_eval,
         embeddings: data.labels.iter().zip(lib).map(|(l, z)| TaskEmbedding { label: l.clone(), z: z.iter().copied().collect() }).collect(),
         embedding_distances: distances,
         task_identification: task_id,
+        selection,
         elapsed_s: started.elapsed().as_secs_f64(),
         peak_memory_bytes: peak_memory_bytes(),
         training_curve: curve_written.ok(),
@@ -270,14 +310,19 @@ pub fn summary(r: &FitReport, out: &Path) -> String {
         Some(why) => s += &format!("held-out: not scored: {why}\n"),
         None => {
             s += &format!(
-                "held-out ({} bins, {:.0} spikes): bits/spike {} (true model {}), one-step-ahead {} (true model {})\n",
+                "held-out ({} bins, {:.0} spikes): co-smoothing {} (true model {}), one-step-ahead {} (true model {}); smoothed {} (has seen the scored spikes: not comparable)\n",
                 r.heldout.heldout_bins,
                 r.heldout.heldout_spikes,
-                f(r.heldout_bits_per_spike),
-                f(r.true_model_heldout_bits_per_spike),
+                f(r.heldout_co_bits_per_spike),
+                f(r.true_model_heldout.as_ref().and_then(|e| e.co_bits_per_spike)),
                 f(r.heldout_predictive_bits_per_spike),
-                f(r.true_model_heldout_predictive_bits_per_spike)
-            )
+                f(r.true_model_heldout_predictive_bits_per_spike),
+                f(r.heldout_bits_per_spike),
+            );
+            for line in crate::eval::summary_lines(&r.comparison) {
+                s += &line;
+                s += "\n";
+            }
         }
     }
     for i in r.inputs.iter().filter(|i| i.damage.is_some()) {
@@ -301,6 +346,26 @@ pub fn summary(r: &FitReport, out: &Path) -> String {
             100.0 * t.accuracy,
             found.join(", ")
         );
+    }
+    if let Some(sel) = &r.selection {
+        s += "model selection (held-out co-smoothing bits/spike ± jackknife SE over the held-out units):\n";
+        for (i, c) in sel.candidates.iter().enumerate() {
+            let mark = if i == sel.chosen { "  <- chosen" } else { "" };
+            s += &format!(
+                "  d={:<3} e={:<3} h={:<5} α {:<8} co-smoothing {} ± {}  one-step-ahead {}  {:.1} s{}{mark}\n",
+                c.latent,
+                c.embed,
+                c.hidden,
+                c.alpha_fixed.map_or("fitted".into(), |a| a.to_string()),
+                f(c.co_bits_per_spike),
+                f(c.co_bits_per_spike_se),
+                f(c.predictive_bits_per_spike),
+                c.fit_s,
+                c.failed.as_ref().map_or(String::new(), |w| format!(" FAILED: {w}"))
+            );
+        }
+        let alpha = sel.candidates[sel.chosen].alpha_fixed.map_or("fitted".to_string(), |a| a.to_string());
+        s += &format!("chose d={} e={} h={} α {alpha}: {}\n", r.dims.latent, r.dims.embed, r.dims.hidden, sel.rule);
     }
     if let Some(m) = r.peak_memory_bytes {
         s += &format!("peak memory {:.0} MiB\n", m as f64 / (1 << 20) as f64);

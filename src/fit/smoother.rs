@@ -16,6 +16,8 @@ pub struct Segment<'a> {
     pub has_data: &'a [bool],
     /// Library index of each bin's task (the θ that moves x into that bin).
     pub task: &'a [usize],
+    /// The history term's log-rate offsets of the whole file (bins × N), added to d.
+    pub offsets: Option<&'a [f64]>,
     pub start: usize,
     pub end: usize,
 }
@@ -44,8 +46,21 @@ fn inverse_spd(a: &DMatrix<f64>) -> DMatrix<f64> {
     }
 }
 
+/// How the forward pass updates on each bin's spikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// The live loop's point-process EKF: one Newton step from x⁻ (what `run` filters with).
+    Live,
+    /// The Laplace update: Newton to the posterior mode (at most this many steps), robust to
+    /// bursts far from the prediction; the fit's E-step.
+    Laplace(usize),
+}
+
+/// Newton steps of the E-step's Laplace update.
+pub const E_STEP_NEWTON: usize = 6;
+
 /// Run the EKF and the RTS smoother over `seg` with `thetas[task]` for each transition.
-pub fn smooth(params: &ModelParams, thetas: &[Theta], seg: &Segment) -> Smoothed {
+pub fn smooth(params: &ModelParams, thetas: &[Theta], seg: &Segment, update: Update) -> Smoothed {
     let (n, d, m) = (params.dims.n_units, params.dims.latent, params.dims.control);
     let len = seg.end - seg.start;
     let mut ekf = PointProcessEkf::new(&params.dims, params.initial_state_var);
@@ -59,6 +74,7 @@ pub fn smooth(params: &ModelParams, thetas: &[Theta], seg: &Segment) -> Smoothed
     let mut u = DVector::zeros(m);
     let mut f = DMatrix::zeros(d, d);
     let mut ll = 0.0;
+    let mut d_eff = params.obs_d.clone();
     for i in 0..len {
         let k = seg.start + i;
         if i > 0 {
@@ -71,7 +87,16 @@ pub fn smooth(params: &ModelParams, thetas: &[Theta], seg: &Segment) -> Smoothed
         x_pred[i * d..(i + 1) * d].copy_from_slice(ekf.x.as_slice());
         p_pred.push(ekf.p.clone());
         if seg.has_data[k] {
-            ll += ekf.update(&params.obs_c, &params.obs_d, params.log_rate_max, params.bin_s, &seg.counts[k * n..(k + 1) * n]);
+            let y = &seg.counts[k * n..(k + 1) * n];
+            if let Some(o) = seg.offsets {
+                for i in 0..n {
+                    d_eff[i] = params.obs_d[i] + o[k * n + i];
+                }
+            }
+            ll += match update {
+                Update::Live => ekf.update(&params.obs_c, &d_eff, params.log_rate_max, params.bin_s, y),
+                Update::Laplace(steps) => ekf.update_laplace(&params.obs_c, &d_eff, params.log_rate_max, params.bin_s, y, steps),
+            };
         } else {
             ekf.skip_update();
         }

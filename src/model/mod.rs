@@ -12,6 +12,7 @@ pub mod ekf;
 pub mod embedding;
 pub mod file;
 pub mod filter;
+pub mod history;
 pub mod hypernet;
 pub mod observation;
 pub mod particle;
@@ -117,4 +118,6 @@ pub struct ModelParams {
     /// Library of known task embeddings for task identification (may be empty).
     pub task_library: Vec<DVector<f64>>,
     pub policy: Option<Policy>,
+    /// The per-unit spike-history term (history.rs); None: η = C x + d alone.
+    pub history: Option<history::History>,
 }

@@ -192,6 +192,7 @@ impl ModelParams {
             z_prior_sigma: 1.0,
             task_library: library,
             policy: Some(policy),
+            history: None,
         }
     }
 

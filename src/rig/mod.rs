@@ -113,6 +113,11 @@ impl Rig {
         self.controller.kind == crate::control::ControllerKind::Probe
     }
 
+    /// A monitoring session: the model filters and identifies the task, nothing is controlled.
+    pub fn is_monitor(&self) -> bool {
+        self.controller.kind == crate::control::ControllerKind::Monitor
+    }
+
     /// m as the rig file gives it (`output.control_dim`, else the number of
     /// `output.control_labels`), if it does.
     pub fn control_dim(&self) -> Option<usize> {

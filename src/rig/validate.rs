@@ -140,10 +140,10 @@ impl Rig {
             }
         }
         match &self.objective {
-            None if !self.is_probe() => {
+            None if !self.is_probe() && !self.is_monitor() => {
                 return Err(self.invalid(
                     "objective",
-                    "is required (a [objective] table with kind and target); only kind = \"probe\" runs without one",
+                    "is required (a [objective] table with kind and target); only kind = \"probe\" and kind = \"monitor\" run without one",
                 ))
             }
             None => {}

@@ -20,12 +20,15 @@
 //! | `dynamics.process_noise`          | (d)        | optional, else metadata scalar      |
 //! | `controller.0.weight` / `.0.bias` | (hp, 2d) / (hp) | optional as a group of four    |
 //! | `controller.2.weight` / `.2.bias` | (m, hp) / (m)   |                                |
+//! | `history.weight`                  | (N, B)     | optional with the next: the per-unit history term (history.rs) |
+//! | `history.mean_count`              | (N)        | μ, counts per bin                   |
 //!
 //! Metadata (`__metadata__`, all values strings): required `n_units`, `latent_dim`,
 //! `embed_dim`, `control_dim`, `hidden_dim`, `bin_s`, `alpha`; optional `format`
 //! (must be `neuroloop-model` if present), `format_version` (must be `1` if present),
 //! `process_noise` (default 1e-3, used when the tensor is absent), `initial_state_var`
-//! (0.1), `log_rate_max` (7.0 ≈ 1100 Hz), `z_prior_sigma` (1.0), `policy_scale` (1.0).
+//! (0.1), `log_rate_max` (7.0 ≈ 1100 Hz), `z_prior_sigma` (1.0), `policy_scale` (1.0),
+//! `history_taus_s` (a JSON list of B time constants in seconds; required with `history.*`).
 //! Other metadata keys are ignored; unknown tensor names are an error (a typo must not
 //! silently drop weights).
 
@@ -50,6 +53,7 @@ pub const DEFAULT_POLICY_SCALE: f64 = 1.0;
 
 const GENERATORS: [&str; 3] = ["w_hh_generator", "w_xu_generator", "b_generator"];
 const CONTROLLER: [&str; 4] = ["controller.0.weight", "controller.0.bias", "controller.2.weight", "controller.2.bias"];
+const HISTORY: [&str; 2] = ["history.weight", "history.mean_count"];
 
 /// What can go wrong with a model file. Every message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +280,7 @@ impl ModelParams {
         for k in ["observation.weight", "observation.bias", "embedding.initial", "embedding.library", "dynamics.process_noise"]
             .into_iter()
             .chain(CONTROLLER)
+            .chain(HISTORY)
         {
             known.insert(k.to_string());
         }
@@ -323,6 +328,29 @@ impl ModelParams {
                 scale: policy_scale,
             })
         };
+        let history = if HISTORY.iter().any(|k| r.has(k)) {
+            let bad = |reason: String| ModelFileError::BadMetadata {
+                path: path.to_path_buf(),
+                key: "history_taus_s".into(),
+                value: meta.map.get("history_taus_s").cloned().unwrap_or_default(),
+                reason,
+            };
+            let taus_text = meta.map.get("history_taus_s").ok_or_else(|| ModelFileError::MissingMetadata {
+                path: path.to_path_buf(),
+                key: "history_taus_s (the history term's time constants, with history.weight)".into(),
+            })?;
+            let taus_s: Vec<f64> = serde_json::from_str(taus_text).map_err(|e| bad(format!("expected a JSON list of seconds: {e}")))?;
+            if taus_s.is_empty() || taus_s.len() > super::history::MAX_BASIS {
+                return Err(bad(format!("lists {} time constants; 1..={} are allowed", taus_s.len(), super::history::MAX_BASIS)));
+            }
+            Some(super::history::History {
+                weight: r.matrix("history.weight", n, taus_s.len())?,
+                mean_count: r.vector("history.mean_count", n)?,
+                taus_s,
+            })
+        } else {
+            None
+        };
         let params = ModelParams {
             dims,
             bin_s,
@@ -337,6 +365,7 @@ impl ModelParams {
             z_prior_sigma,
             task_library,
             policy,
+            history,
         };
         params.validate_at(path)?;
         Ok(params)
@@ -396,6 +425,9 @@ impl ModelParams {
         if let Some(p) = &self.policy {
             m.insert("policy_scale".into(), p.scale.to_string());
         }
+        if let Some(h) = &self.history {
+            m.insert("history_taus_s".into(), serde_json::to_string(&h.taus_s).unwrap_or_default());
+        }
         m
     }
 
@@ -424,6 +456,10 @@ impl ModelParams {
             t.push(vec_("controller.0.bias", &p.b1));
             t.push(mat("controller.2.weight", &p.w2));
             t.push(vec_("controller.2.bias", &p.b2));
+        }
+        if let Some(h) = &self.history {
+            t.push(mat("history.weight", &h.weight));
+            t.push(vec_("history.mean_count", &h.mean_count));
         }
         t
     }
@@ -514,6 +550,9 @@ impl ModelParams {
         }
         if self.process_noise.iter().any(|&q| q < 0.0) {
             return invalid("dynamics.process_noise must be ≥ 0".into());
+        }
+        if let Some(h) = &self.history {
+            h.check(n).or_else(|reason| invalid(format!("the history term: {reason}")))?;
         }
         Ok(())
     }
