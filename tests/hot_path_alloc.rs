@@ -150,6 +150,37 @@ fn backends_that_claim_an_allocation_free_step_do_not_allocate() {
         neuroloop::hot::leave();
         assert_eq!(my_hot_allocs() - before, 0, "{} backend ({controller}, particles {particles}) allocated in step", backend.name());
     }
+    // A model with the per-unit history term, under a controller and as a monitor.
+    for controller in ["mppi", "monitor"] {
+        use neuroloop::model::history::{History, DEFAULT_TAUS_S};
+        let text = sim.toml(controller, "events", "events", "switch_every_s = 1.0", "[model.task_id]\nenabled = true");
+        let rig = Rig::load(&common::write(dir.path(), "rig-history.toml", &text)).unwrap();
+        let (mut params, _) = session::load_model(&rig).unwrap();
+        let n = params.dims.n_units;
+        params.history = Some(History {
+            taus_s: DEFAULT_TAUS_S.to_vec(),
+            weight: nalgebra::DMatrix::from_fn(n, DEFAULT_TAUS_S.len(), |i, b| -0.5 + 0.1 * ((i + b) % 5) as f64),
+            mean_count: DVector::from_element(n, 0.2),
+        });
+        let mut backend = session::backend(&rig, params).unwrap();
+        assert!(!backend.step_allocates());
+        let dims = backend.dims();
+        let mut out = BinOutput::new(&dims);
+        let counts: Vec<f64> = (0..dims.n_units).map(|i| (i % 3) as f64).collect();
+        let u_prev = vec![0.1; dims.control];
+        let before = my_hot_allocs();
+        neuroloop::hot::enter();
+        for k in 0..300u64 {
+            let input = BinInput { bin: k, counts: &counts, u_prev: &u_prev, has_data: k % 17 != 5, want_control: true };
+            backend.step(&input, &mut out);
+        }
+        neuroloop::hot::leave();
+        assert_eq!(my_hot_allocs() - before, 0, "the cpu backend with a history term ({controller}) allocated in step");
+        assert!(out.x.iter().all(|v| v.is_finite()), "{:?}", out.x);
+        if controller == "monitor" {
+            assert!(out.control_valid && out.u.iter().all(|v| *v == 0.0), "a monitor emits its hold command: {:?}", out.u);
+        }
+    }
     // The probe (an identification session).
     let text = std::fs::read_to_string(common::repo().join("rigs/sim-utah96-probe.toml")).unwrap();
     let rig = Rig::load(&common::write(dir.path(), "probe.toml", &text)).unwrap();

@@ -158,6 +158,11 @@ impl Backend for CpuBackend {
         let Some(controller) = &mut self.controller else {
             return Err((objective, "a monitoring session (kind = \"monitor\") has no controller to take an objective"));
         };
+        // A rate target becomes a latent target through d at a typical history, not this
+        // bin's history offsets (the next bin writes them again).
+        if let Some(h) = &self.history {
+            self.params.obs_d.copy_from(h.base());
+        }
         if controller.set_objective(&objective, &self.params).is_err() {
             return Err((objective, "the objective does not fit the model (its length, or a value that is not finite)"));
         }

@@ -138,6 +138,11 @@ impl LiveHistory {
         self.state.intercepts_into(&self.history, &self.d, obs_d);
     }
 
+    /// The model's own d (the log-rates at a typical history).
+    pub fn base(&self) -> &DVector<f64> {
+        &self.d
+    }
+
     /// After the bin: its counts enter the traces (None: no data, no spikes).
     pub fn after_bin(&mut self, counts: Option<&[f64]>) {
         self.state.push(counts);

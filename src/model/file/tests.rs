@@ -167,3 +167,34 @@ fn validate_rejects_inconsistent_params() {
     let err = p.validate().unwrap_err().to_string();
     assert!(err.contains("observation.bias") && err.contains(IN_MEMORY), "{err}");
 }
+
+/// The per-unit history term round-trips; an old file without it loads with none; a file
+/// with the weights but not the time constants, or of the wrong shape, is refused by name.
+#[test]
+fn history_term_round_trips_and_bad_history_is_named() {
+    use crate::model::history::{History, DEFAULT_TAUS_S};
+    let mut p = ModelParams::synthetic(dims(), 2, 0.01, 6);
+    let n = p.dims.n_units;
+    assert!(p.history.is_none());
+    p.history = Some(History {
+        taus_s: DEFAULT_TAUS_S.to_vec(),
+        weight: DMatrix::from_fn(n, DEFAULT_TAUS_S.len(), |i, b| 0.1 * i as f64 - 0.2 * b as f64),
+        mean_count: DVector::from_fn(n, |i, _| 0.05 * (i + 1) as f64),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.safetensors");
+    p.save(&path).unwrap();
+    assert_eq!(ModelParams::load(&path).unwrap(), p);
+    let (err, _) = load_err(&p, |_, m| {
+        m.remove("history_taus_s");
+    });
+    assert!(err.contains("history_taus_s"), "{err}");
+    let (err, _) = load_err(&p, |_, m| {
+        m.insert("history_taus_s".into(), "[0.0, 0.05]".into());
+    });
+    assert!(err.contains("history.weight"), "{err}");
+    let (err, _) = load_err(&p, |_, m| {
+        m.insert("history_taus_s".into(), "[0.0, -1, 0.2, 1.0]".into());
+    });
+    assert!(err.contains("history_taus_s") || err.contains("τ"), "{err}");
+}
