@@ -104,7 +104,7 @@ impl SessionModel {
             rig.check_against_model(&params.dims, units.n_units())?;
             if params.dims.control == 0 && !rig.is_monitor() {
                 bail!(
-                    "rig file {}: [controller] kind = \"{:?}\", but the model has no input (m = 0, fitted without stimulation): nothing to control; use kind = \"monitor\"",
+                    "rig file {}: [controller] kind = \"{}\", but the model has no input (m = 0, fitted without stimulation): nothing to control; use kind = \"monitor\"",
                     rig.path.display(),
                     format!("{:?}", rig.controller.kind).to_lowercase()
                 );

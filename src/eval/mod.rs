@@ -1,7 +1,7 @@
 //! How well a model predicts held-out spikes, measured the way the field does, with the
-//! baselines a lab already has scored on the same bins and units. One definition, used by
-//! `neuroloop fit`, `neuroloop filters` and the bench (as nlb_tools is for the Neural
-//! Latents Benchmark).
+//! baselines a lab already has scored on the same bins and units. One definition (as
+//! nlb_tools is for the Neural Latents Benchmark), used by `neuroloop fit`; `filters` and the
+//! bench are to report through it too (issue 26, not yet).
 //!
 //! **bits/spike** (NLB): (NLL_null − NLL_model) / (Σ y · ln 2), NLL = Σ r − y log r + log y!,
 //! r the expected count in the bin (floored at 1e-9), the null model each unit's mean count
@@ -17,8 +17,9 @@
 //!   its score moved by ±0.02 bits/spike with the numerics' rounding (a recorded locust, 3
 //!   held-out units).
 //! - **predictive bits/spike** (`predictive_bps`): every unit's rate in bin k from bins
-//!   before k only (the filter's one-step-ahead prediction), what the live loop and its
-//!   controller act on. Honest for the same reason.
+//!   before k only (the live loop's one-step EKF's prediction, with each bin's labelled task
+//!   and no online embedding update), what the loop and its controller act on. Honest for
+//!   the same reason.
 //! - **smoothed bits/spike**: the smoother's rates, which have seen each bin's own spikes;
 //!   reported for continuity, not comparable with anything.
 //!
@@ -160,6 +161,10 @@ pub fn nll_sums(ds: &Dataset, rows: &[Row], units: &[usize], rates: &[f64]) -> (
 /// Bits per spike of `rates` (rows × units.len()) on `rows`; None when there is no spike
 /// to score or the score is not finite (never NaN in a report).
 pub fn bits_per_spike(ds: &Dataset, rows: &[Row], units: &[usize], rates: &[f64]) -> Option<f64> {
+    // A rate that is not finite (a diverged filter) gets no score, not a floored one.
+    if rates.iter().any(|r| !r.is_finite()) {
+        return None;
+    }
     let (null, model, spikes) = nll_sums(ds, rows, units, rates);
     if spikes <= 0.0 {
         return None;

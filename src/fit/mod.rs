@@ -435,6 +435,7 @@ pub fn fit(data: &FitData, opts: &FitOptions, mut on_iteration: impl FnMut(&Iter
     let mut diverged = None;
     let hist_scale = traces.as_ref().map_or_else(|| vec![1.0; data.n_units], |t| t.scale.clone());
     let mut mstep = MStep::new(&params, &lib, hist_scale, opts.batch, opts.seed);
+    mstep.fixed_alpha = opts.alpha;
     // The first M-step takes more steps: it fits the dynamics from scratch to the latents
     // the initial model's filter finds (its observation model carries them).
     let mut good = (params.clone(), lib.clone());

@@ -216,6 +216,8 @@ pub struct MStep {
     pub module: FitModule<Ad>,
     /// The history regressors' scales (N × B), as `FitModule::hist_w` is stored.
     pub hist_scale: Vec<f64>,
+    /// α held fixed (`--alpha A`); None: trained.
+    pub fixed_alpha: Option<f64>,
     optim: OptimizerAdaptor<Adam, FitModule<Ad>, Ad>,
     dev: NdArrayDevice,
     pub batch: usize,
@@ -270,7 +272,7 @@ impl MStep {
         let dev = NdArrayDevice::Cpu;
         let module = FitModule::<Ad>::from_params(p, library, &hist_scale, &dev);
         let optim = AdamConfig::new().init::<Ad, FitModule<Ad>>();
-        MStep { module, hist_scale, optim, dev, batch, seed, steps: 0 }
+        MStep { module, hist_scale, fixed_alpha: None, optim, dev, batch, seed, steps: 0 }
     }
 
     /// A seeded subset of `total` row indices of size `batch` (all rows when they fit).
@@ -291,7 +293,12 @@ impl MStep {
         let (d, n, m) = (s.d, s.n, s.m);
         let dev = &self.dev;
         let md = &self.module;
-        let alpha = sigmoid(md.alpha_logit.val()).unsqueeze::<2>();
+        // A fixed α (`--alpha A`) is a constant here, not the trainable logit: the generators
+        // are fitted under the α the E-step and Q use.
+        let alpha = match self.fixed_alpha {
+            Some(a) => Tensor::<Ad, 2>::from_data(TensorData::new(vec![a], [1, 1]), dev),
+            None => sigmoid(md.alpha_logit.val()).unsqueeze::<2>(),
+        };
         let mut zv = md.z.val();
         if sample {
             let [t, e] = zv.dims();

@@ -169,7 +169,7 @@ pub fn fit_and_select(
                     fit_s: 0.0,
                     failed: None,
                 };
-                let fitted = match fit(data, &o, |_| {}) {
+                let fitted = match fit(data, &o, on_iteration) {
                     Ok(f) => {
                         let (ev, rates) = eval::evaluate(data, &f.params, &|fi, k| data.files[fi].task[k], &split);
                         let (co, se) = co_bps_with_se(&ds, &split, &rates.cosmoothed);
