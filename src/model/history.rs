@@ -8,13 +8,15 @@
 //!
 //! The traces h are each unit's own past counts, causal: known before bin k's spikes. μᵢ is
 //! the unit's mean count per bin over the fit's training bins, and the traces start there,
-//! so dᵢ stays the log-rate at the unit's typical history: what a controller predicting
-//! future bins and the co-smoothing readout of an unobserved unit use. A bin without data
+//! so dᵢ stays the log-rate at the unit's typical history: what a rate target is converted
+//! through and what the co-smoothing readout of an unobserved unit uses. A bin without data
 //! feeds the traces no spikes (offline and live alike).
 //!
 //! Per bin O(N·B), allocation-free: the backends add the offsets to d before the filter,
 //! the embedding update, task identification and the controller see it (`obs_d` of the
-//! backend's copy of the parameters; the GPU backends upload it with the bin).
+//! backend's copy of the parameters; the GPU backends upload it with the bin). MPPI's
+//! rollouts therefore hold this bin's offsets over the whole horizon (the future spikes that
+//! would move them are unknown); on both backends alike.
 
 use nalgebra::{DMatrix, DVector};
 
