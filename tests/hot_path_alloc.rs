@@ -118,6 +118,24 @@ fn per_bin_model_path_does_not_allocate() {
     }
 }
 
+/// 300 bins through `backend` while hot (a gap every 17th bin; `want_control(k)`): the
+/// allocations this thread made, and the last bin's output.
+fn step_hot(backend: &mut dyn neuroloop::backend::Backend, want_control: impl Fn(u64) -> bool) -> (u64, neuroloop::backend::BinOutput) {
+    use neuroloop::backend::{BinInput, BinOutput};
+    let dims = backend.dims();
+    let mut out = BinOutput::new(&dims);
+    let counts: Vec<f64> = (0..dims.n_units).map(|i| (i % 3) as f64).collect();
+    let u_prev = vec![0.1; dims.control];
+    let before = my_hot_allocs();
+    neuroloop::hot::enter();
+    for k in 0..300u64 {
+        let input = BinInput { bin: k, counts: &counts, u_prev: &u_prev, has_data: k % 17 != 5, want_control: want_control(k) };
+        backend.step(&input, &mut out);
+    }
+    neuroloop::hot::leave();
+    (my_hot_allocs() - before, out)
+}
+
 /// Every backend that says its `step` is allocation-free (`Backend::step_allocates`) is held
 /// to it, bin by bin, through the real construction path (`session::backend`); the CPU
 /// backend (EKF and particle filter, each controller) and the probe must say so.
@@ -137,18 +155,8 @@ fn backends_that_claim_an_allocation_free_step_do_not_allocate() {
         let model = session::SessionModel::resolve(&rig).unwrap();
         let mut backend = model.backend(&rig).unwrap();
         assert!(!backend.step_allocates(), "the cpu backend ({controller}, particles {particles}) must be allocation-free");
-        let dims = backend.dims();
-        let mut out = BinOutput::new(&dims);
-        let counts: Vec<f64> = (0..dims.n_units).map(|i| (i % 3) as f64).collect();
-        let u_prev = vec![0.1; dims.control];
-        let before = my_hot_allocs();
-        neuroloop::hot::enter();
-        for k in 0..300u64 {
-            let input = BinInput { bin: k, counts: &counts, u_prev: &u_prev, has_data: k % 17 != 5, want_control: k % 23 != 7 };
-            backend.step(&input, &mut out);
-        }
-        neuroloop::hot::leave();
-        assert_eq!(my_hot_allocs() - before, 0, "{} backend ({controller}, particles {particles}) allocated in step", backend.name());
+        let (allocs, _) = step_hot(backend.as_mut(), |k| k % 23 != 7);
+        assert_eq!(allocs, 0, "{} backend ({controller}, particles {particles}) allocated in step", backend.name());
     }
     // A model with the per-unit history term, under a controller and as a monitor.
     for controller in ["mppi", "monitor"] {
@@ -164,18 +172,8 @@ fn backends_that_claim_an_allocation_free_step_do_not_allocate() {
         });
         let mut backend = session::backend(&rig, params).unwrap();
         assert!(!backend.step_allocates());
-        let dims = backend.dims();
-        let mut out = BinOutput::new(&dims);
-        let counts: Vec<f64> = (0..dims.n_units).map(|i| (i % 3) as f64).collect();
-        let u_prev = vec![0.1; dims.control];
-        let before = my_hot_allocs();
-        neuroloop::hot::enter();
-        for k in 0..300u64 {
-            let input = BinInput { bin: k, counts: &counts, u_prev: &u_prev, has_data: k % 17 != 5, want_control: true };
-            backend.step(&input, &mut out);
-        }
-        neuroloop::hot::leave();
-        assert_eq!(my_hot_allocs() - before, 0, "the cpu backend with a history term ({controller}) allocated in step");
+        let (allocs, out) = step_hot(backend.as_mut(), |_| true);
+        assert_eq!(allocs, 0, "the cpu backend with a history term ({controller}) allocated in step");
         assert!(out.x.iter().all(|v| v.is_finite()), "{:?}", out.x);
         if controller == "monitor" {
             assert!(out.control_valid && out.u.iter().all(|v| *v == 0.0), "a monitor emits its hold command: {:?}", out.u);
